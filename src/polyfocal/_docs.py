@@ -1,0 +1,43 @@
+"""Docstring fragments shared by the losses of one family, filled in by :func:`fill`."""
+
+SOFTMAX_ARGS = """logits: ``(N, C, *)`` unnormalised scores, C >= 2.
+        target: class indices ``(N, *)`` (integer) or class probabilities ``(N, C, *)`` (float,
+            one-hot or soft). With probabilities the loss is the expectation over the target
+            distribution, ``sum_c y_c phi(p_c)``.
+        weight: ``(C,)`` per-class rescaling, as ``torch.nn.functional.cross_entropy``; for
+            class indices it is also part of the mean's denominator.
+        ignore_index: class-index value to skip (any negative value is safe). Default -100.
+        label_smoothing: in [0, 1], mixes the target with the uniform distribution, as
+            ``torch.nn.functional.cross_entropy``.
+        reduction: ``"none"`` (shape ``(N, *)``), ``"sum"`` or ``"mean"``. Mean divides by
+            the sum of ``weight[target]`` over non-ignored examples (their count without
+            ``weight``) for class indices, by ``N * prod(*)`` for probabilities. An empty or
+            all-ignored batch gives 0 with zero gradients.
+        normalizer: with ``reduction="mean"``, divide the sum by this number or scalar tensor
+            instead (for example the number of positive anchors).
+        validate: check target values (costs a host sync). ``None``: on CPU outside
+            ``torch.compile``; ``True``: always; ``False``: never."""
+
+SIGMOID_ARGS = """logits: any shape; ``(N, C, *)`` when ``target`` holds class indices.
+        target: float in [0, 1] with the shape of ``logits`` (binary or soft); or class indices
+            ``(N, *)`` where the value C means background (every class negative); or a pair
+            ``(labels, scores)`` giving the label's class the float score.
+        weight: per-element rescaling, broadcastable to ``logits`` (not part of the mean's count).
+        ignore_index: with class indices, the label to skip. Default -100.
+        reduction: ``"none"`` (the per-element loss, the shape of ``logits``), ``"sum"`` or
+            ``"mean"``. Mean divides by the number of elements for float targets, by the number
+            of non-ignored locations ``(N, *)`` for class indices (never by the C one-hot slots).
+        normalizer: with ``reduction="mean"``, divide the sum by this number or scalar tensor
+            instead (RetinaNet divides by the number of positive anchors).
+        validate: check target values (costs a host sync). ``None``: on CPU outside
+            ``torch.compile``; ``True``: always; ``False``: never."""
+
+RETURNS = """Returns:
+        The loss: a scalar, or the per-element loss for ``reduction="none"``, in the dtype of
+        ``logits`` (fp32 for fp16/bf16 inputs under autocast); computed in fp32 at least."""
+
+
+def fill(func):
+    """Replace ``{softmax_args}``, ``{sigmoid_args}`` and ``{returns}`` in ``func``'s docstring."""
+    func.__doc__ = func.__doc__.format(softmax_args=SOFTMAX_ARGS, sigmoid_args=SIGMOID_ARGS, returns=RETURNS)
+    return func

@@ -1,0 +1,96 @@
+"""The math of each loss, written once, as elementwise functions.
+
+Softmax-family losses are functions ``phi(log p, log(1 - p))`` of one class's
+probability, applied to the target class (or averaged over a soft target).
+Sigmoid-family losses are functions ``f(x, y)`` of a logit and a target in [0, 1].
+The engines (reference autograd, fused paths) only evaluate these.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._numerics import binary_cross_entropy, pow_of_log, safe_pow, sigmoid_log1m_pt, sigmoid_target_gap
+
+
+# --- functions of p_t (softmax family; also the sigmoid family's Su losses) ----------------------
+
+def poly_series(logp: Tensor, log1m: Tensor, *, coefficients: Sequence[float] = (),
+                gamma: float = 0.0, keep_tail: bool = True) -> Tensor:
+    """``sum_j a_j (1-p)^(j+gamma)``, with ``a_j = 1/j`` beyond the given coefficients when
+    ``keep_tail`` (the exact cross-entropy tail), or nothing beyond them when it is False.
+
+    With the tail kept this is ``(1-p)^gamma * (-log p + sum_j (a_j - 1/j) (1-p)^j)``:
+    cross-entropy (no coefficients), focal loss (gamma), Poly-1 and Poly-N.
+    """
+    loss = -logp if keep_tail else torch.zeros_like(logp)
+    for j, a in enumerate(coefficients, start=1):
+        c = a - 1.0 / j if keep_tail else a
+        if c != 0:
+            loss = loss + c * pow_of_log(log1m, j)
+    return loss * pow_of_log(log1m, gamma) if gamma != 0 else loss
+
+
+def soft_truncation(logp: Tensor, log1m: Tensor, *, k: float) -> Tensor:
+    """Su's softened truncation ``sigmoid(-k m) * (-log p)`` with the margin ``m = logit(p)``."""
+    margin = logp - log1m
+    return torch.exp(F.logsigmoid(-k * margin)) * -logp
+
+
+def hard_truncation(logp: Tensor, log1m: Tensor, *, margin: float) -> Tensor:
+    """Su's hard truncation: ``-log p`` while ``p <= margin``, then no loss and no gradient."""
+    del log1m  # the step depends on p alone
+    return torch.where(logp > math.log(margin), torch.zeros_like(logp), -logp)
+
+
+# --- functions of (logit, target) (sigmoid family) -----------------------------------------------
+
+def expected_over_binary(phi, x: Tensor, y: Tensor, **params) -> Tensor:
+    """A function of p_t averaged over a binary target: ``y phi(p) + (1-y) phi(1-p)``."""
+    logp, log1mp = F.logsigmoid(x), F.logsigmoid(-x)
+    return y * phi(logp, log1mp, **params) + (1 - y) * phi(log1mp, logp, **params)
+
+
+def alpha_t(y: Tensor, alpha: float | None):
+    """RetinaNet's class balance: ``alpha`` on positives, ``1 - alpha`` on negatives."""
+    return 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+
+
+def sigmoid_focal(x: Tensor, y: Tensor, *, gamma: float, alpha: float | None = None,
+                  epsilon: float = 0.0) -> Tensor:
+    """``alpha_t (1-p_t)^gamma BCE + epsilon (1-p_t)^(gamma+1)``: BCE, focal, Poly-1 BCE and Poly-1 focal."""
+    log1m = sigmoid_log1m_pt(x, y)
+    loss = alpha_t(y, alpha) * pow_of_log(log1m, gamma) * binary_cross_entropy(x, y)
+    if epsilon != 0:
+        loss = loss + epsilon * pow_of_log(log1m, gamma + 1)
+    return loss
+
+
+def weighted_binary_cross_entropy(x: Tensor, y: Tensor, *, pos_weight: Tensor | None) -> Tensor:
+    """``-(w_pos y log sigmoid(x) + (1-y) log sigmoid(-x))``, as ``binary_cross_entropy_with_logits``."""
+    if pos_weight is None:
+        return binary_cross_entropy(x, y)
+    return -(pos_weight * y * F.logsigmoid(x) + (1 - y) * F.logsigmoid(-x))
+
+
+def quality_focal(x: Tensor, y: Tensor, *, beta: float) -> Tensor:
+    """QFL: ``|y - sigma|^beta * BCE(sigma, y)``."""
+    return safe_pow(sigmoid_target_gap(x, y), beta) * binary_cross_entropy(x, y)
+
+
+def varifocal(x: Tensor, q: Tensor, *, alpha: float, gamma: float, iou_weighted: bool) -> Tensor:
+    """VFL: ``q * BCE(p, q)`` (or ``BCE``) for q > 0, ``alpha p^gamma BCE(p, 0)`` for q = 0."""
+    positive = q > 0
+    pos_factor = q if iou_weighted else torch.ones_like(q)
+    neg_factor = alpha * pow_of_log(F.logsigmoid(x), gamma)
+    return torch.where(positive, pos_factor, neg_factor) * binary_cross_entropy(x, q)
+
+
+def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
+    """GHM-R's authentic smooth L1: ``sqrt(d^2 + mu^2) - mu``."""
+    return torch.sqrt(diff * diff + mu * mu) - mu

@@ -1,0 +1,74 @@
+"""Log-space building blocks: every loss is written with these, never with raw probabilities."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """fp16 and bf16 inputs are computed in fp32; other floats in their own dtype."""
+    return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+def output_dtype(x: Tensor) -> torch.dtype:
+    """The input dtype, or fp32 for low-precision inputs under autocast."""
+    if x.dtype in _LOW_PRECISION and torch.is_autocast_enabled(x.device.type):
+        return torch.float32
+    return x.dtype
+
+
+def log_softmax_and_log1m(logits: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:
+    """``log p`` and ``log(1 - p)`` of a softmax, both exact in floating point.
+
+    ``log1p(-p)`` loses everything once ``p`` rounds to 1 (a target margin above
+    ~17 in fp32). Only the most probable class can have ``p > 1/2``; for it,
+    ``1 - p`` is the mass of the other classes, a log-sum-exp. Every other class
+    has ``p <= 1/2``, where ``log1p(-p)`` is accurate.
+    """
+    logp = logits.log_softmax(dim)
+    top = torch.zeros_like(logp, dtype=torch.bool).scatter_(dim, logp.argmax(dim, keepdim=True), True)
+    rest = logp.masked_fill(top, float("-inf")).logsumexp(dim, keepdim=True)
+    # The top class gets a harmless stand-in so its unused branch has a finite gradient.
+    others = torch.log1p(-logp.masked_fill(top, -1.0).exp())
+    return logp, torch.where(top, rest, others)
+
+
+def pow_of_log(log_base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` from ``log(base)``: the focal modulator as ``exp(gamma * log(1 - p))``."""
+    if exponent == 0:
+        return torch.ones_like(log_base)
+    return torch.exp(exponent * log_base)
+
+
+def safe_pow(base: Tensor, exponent: float) -> Tensor:
+    """``base ** exponent`` for ``base >= 0``, with ``0 ** 0 = 1`` and a zero (not NaN) gradient at 0."""
+    if exponent == 0:
+        return torch.ones_like(base)
+    positive = base > 0
+    tiny = torch.finfo(base.dtype).tiny
+    return torch.where(positive, base.clamp_min(tiny).pow(exponent), torch.zeros_like(base))
+
+
+def sigmoid_log1m_pt(x: Tensor, y: Tensor) -> Tensor:
+    """``log(1 - p_t)`` with ``p_t = y p + (1 - y)(1 - p)`` and ``p = sigmoid(x)``, for y in [0, 1].
+
+    ``1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)``; each part is taken in log space,
+    so a hard target (y exactly 0 or 1) gives ``logsigmoid(-+x)`` with no rounding.
+    """
+    a = torch.log(y) + torch.nn.functional.logsigmoid(-x)
+    b = torch.log1p(-y) + torch.nn.functional.logsigmoid(x)
+    return torch.logaddexp(a, b)
+
+
+def binary_cross_entropy(x: Tensor, y: Tensor) -> Tensor:
+    """``-(y log sigmoid(x) + (1 - y) log sigmoid(-x))``, finite for any finite logit."""
+    logsig = torch.nn.functional.logsigmoid
+    return -(y * logsig(x) + (1 - y) * logsig(-x))
+
+
+def sigmoid_target_gap(x: Tensor, y: Tensor) -> Tensor:
+    """``|y - sigmoid(x)|`` without the cancellation of ``1 - sigmoid(x)`` near 1."""
+    return (y * torch.sigmoid(-x) - (1 - y) * torch.sigmoid(x)).abs()

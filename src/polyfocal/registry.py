@@ -1,0 +1,72 @@
+"""Name every loss from a config: ``build_loss("focal_loss", gamma=2.0)`` or ``build_loss({"name": ...})``."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from torch import nn
+
+from . import gfl, ghm, modules, sigmoid, softmax
+
+__all__ = ["build_loss", "available_losses", "get_loss_function", "register_loss"]
+
+_REGISTRY: dict[str, tuple[Callable | None, type[nn.Module]]] = {}
+
+
+def register_loss(name: str, function: Callable | None, module: type[nn.Module]) -> None:
+    """Make a loss buildable by name: its function (or None) and its Module class."""
+    if name in _REGISTRY:
+        raise ValueError(f"a loss named {name!r} is already registered")
+    _REGISTRY[name] = (function, module)
+
+
+def available_losses() -> list[str]:
+    """The names :func:`build_loss` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str):
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
+    return _REGISTRY[name]
+
+
+def get_loss_function(name: str) -> Callable:
+    """The functional form of a registered loss."""
+    function, _ = _lookup(name)
+    if function is None:
+        raise ValueError(f"loss {name!r} has no functional form")
+    return function
+
+
+def build_loss(config: str | Mapping, **kwargs) -> nn.Module:
+    """A loss Module from a name and keyword arguments, or from a mapping with a ``"name"`` key.
+
+    Example:
+        >>> import polyfocal as pf
+        >>> pf.build_loss({"name": "poly1_cross_entropy", "epsilon": 2.0})
+        Poly1CrossEntropyLoss(epsilon=2.0)
+    """
+    if isinstance(config, Mapping):
+        if "name" not in config:
+            raise ValueError(f"a loss config needs a 'name' key; got keys {sorted(config)}")
+        options = {k: v for k, v in config.items() if k != "name"}
+        return build_loss(config["name"], **options, **kwargs)
+    if not isinstance(config, str):
+        raise TypeError(f"`config` must be a loss name or a mapping; got {type(config).__name__}")
+    _, module = _lookup(config)
+    return module(**kwargs)
+
+
+for _fn in (softmax.cross_entropy, softmax.focal_loss, softmax.poly1_cross_entropy,
+            softmax.polyn_cross_entropy, softmax.poly_loss, softmax.truncated_cross_entropy,
+            softmax.soft_truncated_loss, softmax.hard_truncated_loss, sigmoid.binary_cross_entropy,
+            sigmoid.sigmoid_focal_loss, sigmoid.poly1_focal_loss, sigmoid.poly1_binary_cross_entropy,
+            sigmoid.sigmoid_soft_truncated_loss, sigmoid.sigmoid_hard_truncated_loss,
+            gfl.quality_focal_loss, gfl.varifocal_loss, gfl.distribution_focal_loss,
+            gfl.generalized_focal_loss):
+    _module_class = next(m for m in vars(modules).values()
+                         if isinstance(m, type) and getattr(m, "function", None) is _fn)
+    register_loss(_fn.__name__, _fn, _module_class)
+register_loss("ghm_c_loss", ghm.ghm_c_loss, ghm.GHMCLoss)
+register_loss("ghm_r_loss", ghm.ghm_r_loss, ghm.GHMRLoss)
