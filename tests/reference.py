@@ -1,0 +1,164 @@
+"""Obvious, slow reference implementations written straight from the papers' formulas.
+
+They use plain probabilities (softmax / sigmoid, then log) and literal series, so they
+share no code and no numerical trick with the library. Use them on moderate logits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# --- softmax family: per-class functions of p -----------------------------------------------------
+
+
+def ce(p):
+    return -torch.log(p)
+
+
+def focal(p, gamma):
+    return -((1 - p) ** gamma) * torch.log(p)
+
+
+def poly1(p, epsilon):
+    return -torch.log(p) + epsilon * (1 - p)
+
+
+def polyn(p, epsilons):
+    return -torch.log(p) + sum(e * (1 - p) ** j for j, e in enumerate(epsilons, start=1))
+
+
+def ce_tail(p, n_terms, gamma=0.0, n_series=None):
+    """``sum_(j > N) (1-p)^(j+gamma) / j``: literally when ``n_series`` is given, else as
+    ``(1-p)^gamma (-log p - sum_(j <= N) (1-p)^j / j)`` (exact for any p; tested against the series)."""
+    if n_series is not None:
+        j = torch.arange(n_terms + 1, n_series, dtype=p.dtype)[:, None]
+        return ((1 - p) ** (j + gamma) / j).sum(0)
+    return (1 - p) ** gamma * (-torch.log(p) - truncated(p, n_terms))
+
+
+def poly_series(p, coefficients, gamma=0.0, tail="ce"):
+    """``sum_j a_j (1-p)^(j+gamma)`` over the given terms, plus cross-entropy's tail."""
+    total = sum(a * (1 - p) ** (j + gamma) for j, a in enumerate(coefficients, start=1))
+    return total + ce_tail(p, len(coefficients), gamma) if tail == "ce" else total
+
+
+def truncated(p, n_terms):
+    return sum((1 - p) ** j / j for j in range(1, n_terms + 1))
+
+
+def su_soft(p, k):
+    margin = torch.log(p) - torch.log(1 - p)  # x_t - logsumexp_{j != t} x_j
+    return torch.sigmoid(-k * margin) * -torch.log(p)
+
+
+def su_hard(p, margin):
+    return (p <= margin).to(p.dtype) * -torch.log(p)
+
+
+SOFTMAX = {
+    "cross_entropy": (ce, {}),
+    "focal_loss": (focal, {"gamma": 2.0}),
+    "poly1_cross_entropy": (poly1, {"epsilon": 2.0}),
+    "polyn_cross_entropy": (polyn, {"epsilons": (1.0, -0.3, 0.5)}),
+    "poly_loss": (poly_series, {"coefficients": (2.0, 0.1), "gamma": 0.5, "tail": "ce"}),
+    "truncated_cross_entropy": (truncated, {"n_terms": 5}),
+    "soft_truncated_loss": (su_soft, {"k": 3.0}),
+    "hard_truncated_loss": (su_hard, {"margin": 0.4}),
+}
+
+
+def softmax_loss(phi, logits, target, *, weight=None, alpha=None, ignore_index=-100,
+                 label_smoothing=0.0, reduction="mean", **params):
+    """The softmax family's contract, example by example."""
+    n, c = logits.shape[:2]
+    x = logits.movedim(1, -1).reshape(-1, c)
+    p = torch.softmax(x, dim=1)
+    w = torch.ones(c, dtype=x.dtype) if weight is None else weight
+    a = torch.ones(c, dtype=x.dtype) if alpha is None else torch.as_tensor(alpha, dtype=x.dtype).expand(c)
+    if target.is_floating_point():
+        y = target.movedim(1, -1).reshape(-1, c)
+        valid = torch.ones(len(y), dtype=torch.bool)
+        denominators = torch.ones(len(y), dtype=x.dtype)
+    else:
+        t = target.reshape(-1)
+        valid = t != ignore_index
+        safe = torch.where(valid, t, 0)
+        y = torch.nn.functional.one_hot(safe, c).to(x.dtype)
+        denominators = w[safe] * valid
+    y = y * (1 - label_smoothing) + label_smoothing / c
+    losses = []
+    for i in range(len(x)):
+        per_class = phi(p[i], **params)
+        losses.append((y[i] * w * a * per_class).sum() if valid[i] else x.new_zeros(()))
+    loss = torch.stack(losses)
+    if reduction == "none":
+        return loss.reshape((n,) + tuple(logits.shape[2:]))
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / denominators.sum()
+
+
+# --- sigmoid family -------------------------------------------------------------------------------
+
+
+def bce(x, y):
+    p = torch.sigmoid(x)
+    return -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+
+
+def sigmoid_focal(x, y, gamma=2.0, alpha=0.25, epsilon=0.0):
+    """torchvision's form: ``alpha_t (1 - p_t)^gamma BCE + epsilon (1 - p_t)^(gamma+1)``."""
+    p = torch.sigmoid(x)
+    p_t = p * y + (1 - p) * (1 - y)
+    a_t = 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+    return a_t * (1 - p_t) ** gamma * bce(x, y) + epsilon * (1 - p_t) ** (gamma + 1)
+
+
+def sigmoid_su_soft(x, y, k=1.0):
+    p = torch.sigmoid(x)
+    return -y * torch.sigmoid(-k * x) * torch.log(p) - (1 - y) * torch.sigmoid(k * x) * torch.log(1 - p)
+
+
+def sigmoid_su_hard(x, y, margin=0.5):
+    p = torch.sigmoid(x)
+    keep_pos = (p <= margin).to(x.dtype)
+    keep_neg = (1 - p <= margin).to(x.dtype)
+    return -y * keep_pos * torch.log(p) - (1 - y) * keep_neg * torch.log(1 - p)
+
+
+SIGMOID = {
+    "binary_cross_entropy": (bce, {}),
+    "sigmoid_focal_loss": (sigmoid_focal, {"gamma": 2.0, "alpha": 0.25}),
+    "poly1_focal_loss": (sigmoid_focal, {"gamma": 1.5, "alpha": 0.25, "epsilon": -0.7}),
+    "poly1_binary_cross_entropy": (sigmoid_focal, {"gamma": 0.0, "alpha": None, "epsilon": 1.5}),
+    "sigmoid_soft_truncated_loss": (sigmoid_su_soft, {"k": 2.0}),
+    "sigmoid_hard_truncated_loss": (sigmoid_su_hard, {"margin": 0.6}),
+}
+
+
+def library_params(name, params):
+    """The reference's parameters as the library function's keyword arguments."""
+    if name == "poly1_binary_cross_entropy":
+        return {"epsilon": params["epsilon"]}
+    return dict(params)
+
+
+def sigmoid_loss(f, logits, target, *, weight=None, ignore_index=-100, reduction="mean", **params):
+    """The sigmoid family's contract: dense float targets or class indices with background C."""
+    if target.is_floating_point():
+        y, valid, count = target, torch.ones_like(logits, dtype=torch.bool), logits.numel()
+    else:
+        c = logits.shape[1]
+        valid_loc = target != ignore_index
+        labels = torch.where(valid_loc, target, c)
+        y = torch.nn.functional.one_hot(labels, c + 1)[..., :c].movedim(-1, 1).to(logits.dtype)
+        valid = valid_loc.unsqueeze(1).expand_as(logits)
+        count = valid_loc.sum()
+    loss = torch.where(valid, f(logits, y, **params), torch.zeros_like(logits))
+    if weight is not None:
+        loss = loss * weight
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / count
