@@ -1,4 +1,16 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))  # tests import `reference`
+os.environ.setdefault("POLYFOCAL_STRICT", "1")  # a fused-engine failure is a test failure, not a fallback
+
+import polyfocal._backend as backend  # noqa: E402
+
+
+@pytest.fixture(params=["reference", "fused"])
+def engine(request):
+    """Run a test once per engine: the reference autograd path and the compiled fused path."""
+    with backend.use_backend(request.param):
+        yield request.param

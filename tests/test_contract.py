@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import polyfocal as pf
 
+
 SOFTMAX = {
     "cross_entropy": {}, "focal_loss": {"gamma": 2.0}, "poly1_cross_entropy": {"epsilon": 1.0},
     "polyn_cross_entropy": {"epsilons": (1.0, 0.5)}, "poly_loss": {"coefficients": (2.0,), "gamma": 1.0},

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import polyfocal as pf
 
+
 REDUCTIONS = ["none", "sum", "mean"]
 SIGMOID_SHAPES = [(7,), (5, 3), (3, 4, 5), (2, 3, 4, 5)]  # odd sizes, extra spatial dims
 DIST_SHAPES = [(7, 5), (3, 6, 4), (2, 4, 3, 5)]  # (N, n, *): n bins along dim 1

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import polyfocal as pf
 import reference as ref
 
+
 REDUCTIONS = ["none", "sum", "mean"]
 
 

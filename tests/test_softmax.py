@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import polyfocal as pf
 import reference as ref
 
+
 SHAPES = [(7, 5), (3, 4, 5), (2, 6, 3, 4)]  # odd sizes, extra spatial dims
 REDUCTIONS = ["none", "sum", "mean"]
 

@@ -10,7 +10,7 @@ checks; ``False`` never does.
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Sequence
 
 import torch
@@ -55,11 +55,11 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
 
 
 def integer(value, name: str, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}")
     if value < low:
         raise ValueError(f"`{name}` must be >= {low}; got {value}")
-    return value
+    return int(value)
 
 
 def numbers(values: Sequence, name: str) -> tuple[float, ...]:

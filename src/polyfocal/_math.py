@@ -9,13 +9,16 @@ The engines (reference autograd, fused paths) only evaluate these.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._numerics import binary_cross_entropy, pow_of_log, safe_pow, sigmoid_log1m_pt, sigmoid_target_gap
+from ._numerics import (binary_cross_entropy, is_constant, pow_of_log, safe_pow, sigmoid_log1m_pt,
+                        sigmoid_target_gap)
 
 
 # --- functions of p_t (softmax family; also the sigmoid family's Su losses) ----------------------
@@ -31,9 +34,9 @@ def poly_series(logp: Tensor, log1m: Tensor, *, coefficients: Sequence[float] = 
     loss = -logp if keep_tail else torch.zeros_like(logp)
     for j, a in enumerate(coefficients, start=1):
         c = a - 1.0 / j if keep_tail else a
-        if c != 0:
+        if not is_constant(c, 0):
             loss = loss + c * pow_of_log(log1m, j)
-    return loss * pow_of_log(log1m, gamma) if gamma != 0 else loss
+    return loss if is_constant(gamma, 0) else loss * pow_of_log(log1m, gamma)
 
 
 def soft_truncation(logp: Tensor, log1m: Tensor, *, k: float) -> Tensor:
@@ -45,7 +48,8 @@ def soft_truncation(logp: Tensor, log1m: Tensor, *, k: float) -> Tensor:
 def hard_truncation(logp: Tensor, log1m: Tensor, *, margin: float) -> Tensor:
     """Su's hard truncation: ``-log p`` while ``p <= margin``, then no loss and no gradient."""
     del log1m  # the step depends on p alone
-    return torch.where(logp > math.log(margin), torch.zeros_like(logp), -logp)
+    log_margin = torch.log(margin) if isinstance(margin, Tensor) else math.log(margin)
+    return torch.where(logp > log_margin, torch.zeros_like(logp), -logp)
 
 
 # --- functions of (logit, target) (sigmoid family) -----------------------------------------------
@@ -66,7 +70,7 @@ def sigmoid_focal(x: Tensor, y: Tensor, *, gamma: float, alpha: float | None = N
     """``alpha_t (1-p_t)^gamma BCE + epsilon (1-p_t)^(gamma+1)``: BCE, focal, Poly-1 BCE and Poly-1 focal."""
     log1m = sigmoid_log1m_pt(x, y)
     loss = alpha_t(y, alpha) * pow_of_log(log1m, gamma) * binary_cross_entropy(x, y)
-    if epsilon != 0:
+    if not is_constant(epsilon, 0):
         loss = loss + epsilon * pow_of_log(log1m, gamma + 1)
     return loss
 
@@ -94,3 +98,54 @@ def varifocal(x: Tensor, q: Tensor, *, alpha: float, gamma: float, iou_weighted:
 def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
     """GHM-R's authentic smooth L1: ``sqrt(d^2 + mu^2) - mu``."""
     return torch.sqrt(diff * diff + mu * mu) - mu
+
+
+# --- binary forms: functions of (log p_t, log(1-p_t), y) for targets exactly 0 or 1 -------------
+# With a hard target, p_t = sigmoid(z) with z = (2y-1) x: two log-sigmoids, no log of the target.
+
+def binary_focal(logpt: Tensor, log1m: Tensor, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
+    loss = alpha_t(y, alpha) * poly_series(logpt, log1m, gamma=gamma)
+    if not is_constant(epsilon, 0):
+        loss = loss + epsilon * pow_of_log(log1m, gamma + 1)
+    return loss
+
+
+def binary_bce(logpt: Tensor, log1m: Tensor, y: Tensor, *, pos_weight=None) -> Tensor:
+    del log1m
+    return -logpt if pos_weight is None else -logpt * (1 + (pos_weight - 1) * y)
+
+
+def binary_quality_focal(logpt: Tensor, log1m: Tensor, y: Tensor, *, beta) -> Tensor:
+    del y  # |y - sigma| = 1 - p_t for a hard target
+    return poly_series(logpt, log1m, gamma=beta)
+
+
+def binary_varifocal(logpt: Tensor, log1m: Tensor, y: Tensor, *, alpha, gamma, iou_weighted) -> Tensor:
+    del iou_weighted  # q = 1 for a hard positive
+    return -logpt * (y + (1 - y) * alpha * pow_of_log(log1m, gamma))
+
+
+def binary_soft_truncation(logpt: Tensor, log1m: Tensor, y: Tensor, *, k) -> Tensor:
+    del y
+    return soft_truncation(logpt, log1m, k=k)
+
+
+def binary_hard_truncation(logpt: Tensor, log1m: Tensor, y: Tensor, *, margin) -> Tensor:
+    del y
+    return hard_truncation(logpt, log1m, margin=margin)
+
+
+@dataclass(frozen=True)
+class SigmoidMath:
+    """A sigmoid-family loss: its form for soft targets ``f(x, y)`` and for hard ones ``f(log p_t, log(1-p_t), y)``."""
+
+    soft: Callable
+    binary: Callable
+
+
+BCE = SigmoidMath(weighted_binary_cross_entropy, binary_bce)
+FOCAL = SigmoidMath(sigmoid_focal, binary_focal)
+QUALITY_FOCAL = SigmoidMath(quality_focal, binary_quality_focal)
+VARIFOCAL = SigmoidMath(varifocal, binary_varifocal)
+SOFT_TRUNCATION = SigmoidMath(partial(expected_over_binary, soft_truncation), binary_soft_truncation)
+HARD_TRUNCATION = SigmoidMath(partial(expected_over_binary, hard_truncation), binary_hard_truncation)

@@ -36,20 +36,26 @@ def log_softmax_and_log1m(logits: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]
     return logp, torch.where(top, rest, others)
 
 
-def pow_of_log(log_base: Tensor, exponent: float) -> Tensor:
+def is_constant(value, constant: float) -> bool:
+    """True for a Python number equal to ``constant``; hyperparameters passed as tensors (to the
+    compiled engines, so new values do not recompile) never take such shortcuts."""
+    return not isinstance(value, Tensor) and value == constant
+
+
+def pow_of_log(log_base: Tensor, exponent) -> Tensor:
     """``base ** exponent`` from ``log(base)``: the focal modulator as ``exp(gamma * log(1 - p))``."""
-    if exponent == 0:
+    if is_constant(exponent, 0):
         return torch.ones_like(log_base)
     return torch.exp(exponent * log_base)
 
 
-def safe_pow(base: Tensor, exponent: float) -> Tensor:
+def safe_pow(base: Tensor, exponent) -> Tensor:
     """``base ** exponent`` for ``base >= 0``, with ``0 ** 0 = 1`` and a zero (not NaN) gradient at 0."""
-    if exponent == 0:
+    if is_constant(exponent, 0):
         return torch.ones_like(base)
-    positive = base > 0
     tiny = torch.finfo(base.dtype).tiny
-    return torch.where(positive, base.clamp_min(tiny).pow(exponent), torch.zeros_like(base))
+    at_zero = torch.zeros_like(base) if not isinstance(exponent, Tensor) else (exponent == 0).to(base.dtype)
+    return torch.where(base > 0, base.clamp_min(tiny).pow(exponent), at_zero)
 
 
 def sigmoid_log1m_pt(x: Tensor, y: Tensor) -> Tensor:
@@ -72,3 +78,10 @@ def binary_cross_entropy(x: Tensor, y: Tensor) -> Tensor:
 def sigmoid_target_gap(x: Tensor, y: Tensor) -> Tensor:
     """``|y - sigmoid(x)|`` without the cancellation of ``1 - sigmoid(x)`` near 1."""
     return (y * torch.sigmoid(-x) - (1 - y) * torch.sigmoid(x)).abs()
+
+
+def is_class(x: Tensor, labels: Tensor) -> Tensor:
+    """``(N, C, *)`` mask of ``k == labels`` for ``x`` of shape ``(N, C, *)`` and labels ``(N, *)``,
+    built by broadcasting (nothing one-hot is materialised inside a fused kernel)."""
+    classes = torch.arange(x.shape[1], device=x.device).view((1, -1) + (1,) * (x.dim() - 2))
+    return classes == labels.unsqueeze(1)

@@ -1,4 +1,11 @@
-"""The one reduction helper: ``none``, ``sum``, ``mean`` and the ``normalizer`` override."""
+"""The one reduction helper: ``none``, ``sum``, ``mean`` and the ``normalizer`` override.
+
+Every engine reduces the same way: the summed loss times a *scale*, 1 for ``sum``, and for
+``mean`` one over the loss's documented count (the weighted number of non-ignored examples)
+or over the given ``normalizer``. An empty or all-ignored batch has a count of 0 and a sum
+of 0; it gives 0 with zero gradients, not NaN. A given ``normalizer`` is used as it is
+(pass ``num_pos.clamp(min=1)`` yourself if that is what you want).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,15 @@ import torch
 from torch import Tensor
 
 
-def reduce_loss(loss: Tensor, reduction: str, count: Tensor | float, normalizer=None) -> Tensor:
-    """Reduce a per-element loss.
-
-    ``mean`` divides the sum by ``count`` (the loss's documented count: the weighted
-    number of non-ignored examples). An empty or all-ignored batch has a count of 0
-    and a sum of 0; it gives 0 with zero gradients, not NaN. A given ``normalizer``
-    replaces the count as it is (divide by ``num_pos.clamp(min=1)`` yourself if
-    that is what you want).
-    """
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
+def reduction_scale(reduction: str, count, normalizer, like: Tensor) -> Tensor:
+    """The factor applied to the summed loss (and to its gradient), as a 0-d tensor like ``like``."""
+    if reduction != "mean":
+        return torch.ones((), dtype=like.dtype, device=like.device)
     if normalizer is not None:
-        return total / normalizer
-    if not isinstance(count, Tensor):
-        return total / count if count > 0 else total
-    return total / torch.where(count > 0, count, torch.ones_like(count))
+        return 1 / torch.as_tensor(normalizer, dtype=like.dtype, device=like.device)
+    count = torch.as_tensor(count, dtype=like.dtype, device=like.device)
+    return 1 / torch.where(count > 0, count, torch.ones_like(count))
+
+
+def reduce_loss(loss: Tensor, reduction: str, scale: Tensor) -> Tensor:
+    return loss if reduction == "none" else loss.sum() * scale

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks
-from ._numerics import compute_dtype, output_dtype
-from ._reduce import reduce_loss
-
-PerElement = Callable[[Tensor, Tensor], Tensor]
-
+from . import _fused
+from ._backend import wants_fused
+from ._math import SigmoidMath
+from ._numerics import compute_dtype, is_class, output_dtype
+from ._reduce import reduce_loss, reduction_scale
 
 def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -> None:
     if logits.ndim < 2:
@@ -42,8 +42,9 @@ def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -
         _checks.check_index_range(labels, logits.shape[1], ignore_index, allow_background=True)
 
 
-def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
-    """The target as floats the shape of ``logits``, the valid-location mask (or None) and the count."""
+def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
+    """``(labels, None, count)`` for class indices, else ``(None, (y, valid), count)`` with ``y``
+    float the shape of ``logits`` and ``valid`` a location mask (or None)."""
     scores = None
     if isinstance(target, tuple):
         if len(target) != 2:
@@ -62,19 +63,42 @@ def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: tor
             raise ValueError(f"`target` must have the shape of `logits` {tuple(logits.shape)}; got {tuple(target.shape)}")
         if _checks.should_validate(validate, target):
             _checks.check_unit_interval(target, "target")
-        return target.to(dtype), None, target.numel()
+        return None, (target.to(dtype), None), target.numel()
     _check_labels(logits, target, ignore_index, validate)
-    num_classes = logits.shape[1]
     valid = target != ignore_index
-    labels = torch.where(valid, target, torch.full_like(target, num_classes)).long()
-    y = F.one_hot(labels, num_classes + 1)[..., :num_classes].movedim(-1, 1).to(dtype)
-    if scores is not None:
-        if scores.shape != target.shape:
-            raise ValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
-        if _checks.should_validate(validate, scores):
-            _checks.check_unit_interval(scores, "target scores")
-        y = y * scores.to(dtype).unsqueeze(1)
-    return y, valid.unsqueeze(1), valid.sum().to(dtype)
+    if scores is None:
+        return target, None, valid.sum()
+    if scores.shape != target.shape:
+        raise ValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
+    if _checks.should_validate(validate, scores):
+        _checks.check_unit_interval(scores, "target scores")
+    y = is_class(logits, target).to(dtype) * scores.to(dtype).unsqueeze(1)
+    return None, (y, valid.unsqueeze(1)), valid.sum()
+
+
+def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
+    """The target as floats the shape of ``logits``, the valid-location mask (or None) and the count."""
+    labels, dense, count = prepare_target(logits, target, ignore_index, validate, dtype)
+    if labels is None:
+        return (*dense, count)
+    return is_class(logits, labels).to(dtype), (labels != ignore_index).unsqueeze(1), count
+
+
+def index_elements(x: Tensor, labels: Tensor, ignore_index: int, weight, binary: Callable, **params) -> Tensor:
+    """A loss's hard-target form at every element, from class labels (C = background)."""
+    y = is_class(x, labels).to(x.dtype)
+    z = torch.where(y > 0, x, -x)
+    loss = binary(F.logsigmoid(z), F.logsigmoid(-z), y, **params)
+    loss = torch.where((labels != ignore_index).unsqueeze(1), loss, torch.zeros_like(loss))
+    return loss if weight is None else loss * weight
+
+
+def soft_elements(x: Tensor, y: Tensor, valid, weight, soft: Callable, **params) -> Tensor:
+    """A loss's soft-target form at every element."""
+    loss = soft(x, y, **params)
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return loss if weight is None else loss * weight
 
 
 def check_weight(weight, logits: Tensor, name: str = "weight"):
@@ -94,19 +118,35 @@ def check_weight(weight, logits: Tensor, name: str = "weight"):
     return weight
 
 
-def sigmoid_loss(f: PerElement, logits: Tensor, target, *, weight=None, ignore_index: int = -100,
-                 reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
-    """Evaluate a sigmoid-family loss ``f(x, y)`` with the library's contract (module docstring)."""
+def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, weight=None,
+                 ignore_index: int = -100, reduction: str = "mean", normalizer=None,
+                 validate: bool | None = None, backend: str | None = None) -> Tensor:
+    """Evaluate a sigmoid-family loss with the library's contract (module docstring)."""
     _checks.float_tensor(logits, "logits")
     _checks.check_reduction(reduction, normalizer)
     _checks.integer(ignore_index, "ignore_index", low=-(2**63))
     weight = check_weight(weight, logits)
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        y, valid, count = dense_target(logits, target, ignore_index, validate, dtype)
-        loss = f(logits.to(dtype), y)
-        if valid is not None:
-            loss = torch.where(valid, loss, torch.zeros_like(loss))
-        if weight is not None:
-            loss = loss * weight.to(dtype)
-        return reduce_loss(loss, reduction, count, normalizer).to(out_dtype)
+        labels, dense, count = prepare_target(logits, target, ignore_index, validate, dtype)
+        weight = None if weight is None else weight.to(dtype)
+        if labels is not None:
+            f, args = index_elements, (labels, ignore_index, weight, math.binary)
+        else:
+            f, args = soft_elements, (*dense, weight, math.soft)
+        scale = reduction_scale(reduction, count, normalizer, torch.empty((), dtype=dtype, device=logits.device))
+        if wants_fused(backend, logits):
+            try:
+                shape = logits.shape
+                if labels is not None:
+                    args = (_fused.rows_3d(labels, shape), ignore_index, _fused.full_3d(weight, shape), math.binary)
+                else:
+                    y, valid = dense
+                    args = (_fused.full_3d(y, shape), _fused.full_3d(valid, shape), _fused.full_3d(weight, shape),
+                            math.soft)
+                params = {k: _fused.full_3d(v, shape) for k, v in params.items()}
+                return _fused.value_and_grad(f, logits, args, params, dtype=dtype, scale=scale, loss_shape=shape,
+                                             summed=reduction != "none").to(out_dtype)
+            except _fused.FusedUnavailable:
+                pass
+        return reduce_loss(f(logits.to(dtype), *args, **params), reduction, scale).to(out_dtype)

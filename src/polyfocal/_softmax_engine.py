@@ -21,7 +21,9 @@ from torch import Tensor
 
 from . import _checks
 from ._numerics import compute_dtype, log_softmax_and_log1m, output_dtype
-from ._reduce import reduce_loss
+from . import _fused
+from ._backend import wants_fused
+from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Tensor, Tensor], Tensor]
 
@@ -85,10 +87,24 @@ def _at(vector, index: Tensor):
     return vector[index]
 
 
-def softmax_loss(phi: PerClass, logits: Tensor, target: Tensor, *, weight=None, alpha=None,
+def soft_rows(x: Tensor, y: Tensor, phi: PerClass, **params) -> Tensor:
+    """``sum_c y_c phi(log p_c, log(1 - p_c))`` per row (``y`` already carries the class factors)."""
+    logp, log1m = log_softmax_and_log1m(x)
+    return (y * phi(logp, log1m, **params)).sum(1)
+
+
+def index_rows(x: Tensor, t: Tensor, factor, phi: PerClass, **params) -> Tensor:
+    """``factor * phi(log p_t, log(1 - p_t))`` per row, at the target class ``t``."""
+    logp, log1m = log_softmax_and_log1m(x)
+    at = t.unsqueeze(1)
+    return phi(logp.gather(1, at).squeeze(1), log1m.gather(1, at).squeeze(1), **params) * factor
+
+
+def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *, weight=None, alpha=None,
                  ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
-                 normalizer=None, validate: bool | None = None, sample_weight: Tensor | None = None) -> Tensor:
-    """Evaluate a softmax-family loss ``phi`` with the library's contract (see the module docstring)."""
+                 normalizer=None, validate: bool | None = None, sample_weight: Tensor | None = None,
+                 backend: str | None = None) -> Tensor:
+    """Evaluate the softmax-family loss ``phi(**params)`` with the library's contract (module docstring)."""
     num_classes = check_logits(logits)
     _checks.check_reduction(reduction, normalizer)
     smoothing = _checks.number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
@@ -97,35 +113,50 @@ def softmax_loss(phi: PerClass, logits: Tensor, target: Tensor, *, weight=None, 
 
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        x = logits.to(dtype)
-        w = _checks.class_vector(weight, "weight", num_classes, x)
-        a = class_factor(alpha, num_classes, x)
-        logp, log1m = log_softmax_and_log1m(x)
+        like = torch.empty((), dtype=dtype, device=logits.device)
+        w = _checks.class_vector(weight, "weight", num_classes, like)
+        a = class_factor(alpha, num_classes, like)
+        rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
+        row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(rows_shape)
         if index:
             valid = target != ignore_index
             t = torch.where(valid, target, torch.zeros_like(target)).long()
-            count = valid.sum().to(dtype) if w is None else (w[t] * valid).sum()
-            if smoothing == 0:
-                loss = phi(logp.gather(1, t.unsqueeze(1)), log1m.gather(1, t.unsqueeze(1))).squeeze(1)
-                loss = loss * _at(w, t) * _at(a, t)
-            else:
+            count = valid.sum() if w is None else (w[t] * valid).sum()
+            row_factor = valid.to(dtype) * _at(w, t) * _at(a, t)
+            if row_weight is not None:
+                row_factor = row_factor * row_weight
+            if smoothing:
                 y = F.one_hot(t, num_classes).movedim(-1, 1).to(dtype) * (1 - smoothing) + smoothing / num_classes
-                loss = _expectation(phi(logp, log1m), y, w, a)
-            loss = torch.where(valid, loss, torch.zeros_like(loss))
+                y = _with_class_factors(y, w, a) * (valid.to(dtype) if row_weight is None else row_factor).unsqueeze(1)
         else:
+            count = target.numel() // num_classes
             y = target.to(dtype)
             if smoothing:
                 y = y * (1 - smoothing) + smoothing / num_classes
-            loss = _expectation(phi(logp, log1m), y, w, a)
-            count = loss.numel()
-        if sample_weight is not None:
-            loss = loss * sample_weight.to(dtype)
-        return reduce_loss(loss, reduction, count, normalizer).to(out_dtype)
+            y = _with_class_factors(y, w, a)
+            if row_weight is not None:
+                y = y * row_weight.unsqueeze(1)
+        scale = reduction_scale(reduction, count, normalizer, like)
+        summed = reduction != "none"
+        by_index = index and not smoothing
+        if wants_fused(backend, logits):
+            try:
+                if by_index:
+                    loss = _fused.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
+                                               summed=summed)
+                else:
+                    loss = _fused.value_and_grad(soft_rows, logits, (_fused.full_3d(y, logits.shape), phi), params,
+                                                 dtype=dtype, scale=scale, summed=summed, loss_shape=rows_shape)
+                return loss.to(out_dtype)
+            except _fused.FusedUnavailable:
+                pass
+        x = logits.to(dtype)
+        rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, y, phi, **params)
+        return reduce_loss(rows, reduction, scale).to(out_dtype)
 
 
-def _expectation(per_class: Tensor, y: Tensor, w, a) -> Tensor:
-    factor = y
+def _with_class_factors(y: Tensor, w, a) -> Tensor:
     for vector in (w, a):
         if vector is not None:
-            factor = factor * _per_class_view(vector, y.ndim)
-    return (factor * per_class).sum(1)
+            y = y * _per_class_view(vector, y.ndim)
+    return y

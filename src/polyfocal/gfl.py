@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -11,7 +9,7 @@ from torch import Tensor
 from . import _checks, _math
 from ._docs import fill
 from ._numerics import compute_dtype, output_dtype, safe_pow
-from ._reduce import reduce_loss
+from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, sigmoid_loss
 from ._softmax_engine import check_logits, softmax_loss
 
@@ -38,7 +36,7 @@ def quality_focal_loss(logits: Tensor, target, *, beta: float = 2.0, weight=None
     {returns}
     """
     beta = _checks.number(beta, "beta", low=0.0)
-    return sigmoid_loss(partial(_math.quality_focal, beta=beta), logits, target, weight=weight,
+    return sigmoid_loss(_math.QUALITY_FOCAL, dict(beta=beta), logits, target, weight=weight,
                         ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
                         validate=validate)
 
@@ -63,8 +61,8 @@ def varifocal_loss(logits: Tensor, target, *, alpha: float = 0.75, gamma: float 
     """
     alpha = _checks.number(alpha, "alpha", low=0.0)
     gamma = _checks.number(gamma, "gamma", low=0.0)
-    f = partial(_math.varifocal, alpha=alpha, gamma=gamma, iou_weighted=bool(iou_weighted))
-    return sigmoid_loss(f, logits, target, weight=weight, ignore_index=ignore_index,
+    f, params = _math.VARIFOCAL, dict(alpha=alpha, gamma=gamma, iou_weighted=bool(iou_weighted))
+    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
 
@@ -115,7 +113,7 @@ def distribution_focal_loss(logits: Tensor, target: Tensor, *, weight: Tensor | 
     num_bins = check_logits(logits)
     _check_distribution_target(logits, target, weight, validate)
     hot = _two_hot_distribution(target, num_bins, compute_dtype(logits))
-    return softmax_loss(_math.poly_series, logits, hot, reduction=reduction, normalizer=normalizer,
+    return softmax_loss(_math.poly_series, {}, logits, hot, reduction=reduction, normalizer=normalizer,
                         validate=False, sample_weight=weight)
 
 
@@ -155,7 +153,8 @@ def generalized_focal_loss(logits: Tensor, target: Tensor, *, beta: float = 2.0,
         loss = -((1 - w_right) * logp_l + w_right * logp_r) * safe_pow((y - y_hat).abs(), beta)
         if weight is not None:
             loss = loss * weight.to(dtype)
-        return reduce_loss(loss, reduction, loss.numel(), normalizer).to(out_dtype)
+        scale = reduction_scale(reduction, loss.numel(), normalizer, loss)
+        return reduce_loss(loss, reduction, scale).to(out_dtype)
 
 
 def decode_distribution(logits: Tensor, *, dim: int = 1, log_probs: bool = False) -> Tensor:

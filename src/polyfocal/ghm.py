@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import _checks, _math
 from ._numerics import binary_cross_entropy, compute_dtype, output_dtype, sigmoid_target_gap
-from ._reduce import reduce_loss
+from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target
 
 __all__ = ["ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMRLoss"]
@@ -39,14 +39,16 @@ class _MovingCounts:
 
     def update(self, batch_counts: Tensor) -> Tensor:
         """Fold this batch's counts into the average (non-empty bins only); return the estimate."""
+        dtype = batch_counts.dtype
+        batch_counts = batch_counts.to(self.counts.dtype)
         seen = batch_counts > 0
         mixed = self.momentum * self.counts + (1 - self.momentum) * batch_counts
         self.counts.copy_(torch.where(seen, mixed, self.counts))
         self.steps.add_(seen.to(self.steps.dtype))
         if not self.bias_correction:
-            return self.counts.clone()
+            return self.counts.to(dtype)
         unbias = 1 - torch.pow(torch.full_like(self.counts, self.momentum), self.steps)
-        return self.counts / torch.where(unbias > 0, unbias, torch.ones_like(unbias))
+        return (self.counts / torch.where(unbias > 0, unbias, torch.ones_like(unbias))).to(dtype)
 
 
 def _is_distributed(distributed: bool | None) -> bool:
@@ -96,7 +98,7 @@ def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, redu
         g = sigmoid_target_gap(x.detach(), y)
         beta_over_n, n = harmonizing_weights(g, w, bins, state, distributed)
         loss = beta_over_n * n * binary_cross_entropy(x, y)
-        return reduce_loss(loss, reduction, n).to(out_dtype)
+        return reduce_loss(loss, reduction, reduction_scale(reduction, n, None, loss)).to(out_dtype)
 
 
 def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduction: str,
@@ -115,7 +117,7 @@ def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduct
         g = d.abs() / torch.sqrt(d * d + mu * mu)
         beta_over_n, n = harmonizing_weights(g, w, bins, state, distributed)
         loss = beta_over_n * n * _math.smooth_l1_authentic(diff, mu=mu)
-        return reduce_loss(loss, reduction, n).to(out_dtype)
+        return reduce_loss(loss, reduction, reduction_scale(reduction, n, None, loss)).to(out_dtype)
 
 
 def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None = None,
@@ -176,8 +178,16 @@ class _GHMBase(nn.Module):
         self.bins = _check_bins(bins)
         self.momentum = _checks.number(momentum, "momentum", low=0.0, high=1.0, high_open=True)
         self.bias_correction = bool(bias_correction)
-        self.register_buffer("counts", torch.zeros(self.bins))
-        self.register_buffer("steps", torch.zeros(self.bins))
+        self.register_buffer("counts", torch.zeros(self.bins, dtype=torch.float64))
+        self.register_buffer("steps", torch.zeros(self.bins, dtype=torch.float64))
+
+    def _apply(self, fn, recurse=True):
+        # The histogram stays float64 whatever the Module is cast to: fp16 counts overflow at
+        # 65504 and low-precision averages lose small updates.
+        super()._apply(fn, recurse)
+        for name in ("counts", "steps"):
+            setattr(self, name, getattr(self, name).to(torch.float64))
+        return self
 
     def _state(self) -> _MovingCounts | None:
         if self.momentum == 0:

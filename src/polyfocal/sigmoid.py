@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from torch import Tensor
 
 from . import _checks, _math
@@ -37,7 +35,7 @@ def binary_cross_entropy(logits: Tensor, target, *, pos_weight: Tensor | None = 
     {returns}
     """
     pos_weight = check_weight(pos_weight, logits, "pos_weight")
-    return sigmoid_loss(partial(_math.weighted_binary_cross_entropy, pos_weight=pos_weight), logits,
+    return sigmoid_loss(_math.BCE, dict(pos_weight=pos_weight), logits,
                         target, weight=weight, ignore_index=ignore_index, reduction=reduction,
                         normalizer=normalizer, validate=validate)
 
@@ -67,8 +65,8 @@ def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: flo
         >>> loss = pf.sigmoid_focal_loss(logits, labels, normalizer=(labels < 80).sum().clamp(min=1))
     """
     gamma = _checks.number(gamma, "gamma", low=0.0)
-    f = partial(_math.sigmoid_focal, gamma=gamma, alpha=_alpha(alpha))
-    return sigmoid_loss(f, logits, target, weight=weight, ignore_index=ignore_index,
+    f, params = _math.FOCAL, dict(gamma=gamma, alpha=_alpha(alpha))
+    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
 
@@ -92,8 +90,8 @@ def poly1_focal_loss(logits: Tensor, target, *, epsilon: float = 1.0, gamma: flo
     """
     epsilon = _checks.number(epsilon, "epsilon")
     gamma = _checks.number(gamma, "gamma", low=0.0)
-    f = partial(_math.sigmoid_focal, gamma=gamma, alpha=_alpha(alpha), epsilon=epsilon)
-    return sigmoid_loss(f, logits, target, weight=weight, ignore_index=ignore_index,
+    f, params = _math.FOCAL, dict(gamma=gamma, alpha=_alpha(alpha), epsilon=epsilon)
+    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
 
@@ -110,8 +108,8 @@ def poly1_binary_cross_entropy(logits: Tensor, target, *, epsilon: float = 1.0, 
     {returns}
     """
     epsilon = _checks.number(epsilon, "epsilon")
-    f = partial(_math.sigmoid_focal, gamma=0.0, epsilon=epsilon)
-    return sigmoid_loss(f, logits, target, weight=weight, ignore_index=ignore_index,
+    f, params = _math.FOCAL, dict(gamma=0.0, epsilon=epsilon)
+    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
 
@@ -130,8 +128,8 @@ def sigmoid_soft_truncated_loss(logits: Tensor, target, *, k: float = 1.0, weigh
     {returns}
     """
     k = _checks.number(k, "k", low=0.0, low_open=True)
-    f = partial(_math.expected_over_binary, _math.soft_truncation, k=k)
-    return sigmoid_loss(f, logits, target, weight=weight, ignore_index=ignore_index,
+    f, params = _math.SOFT_TRUNCATION, dict(k=k)
+    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
 
@@ -151,6 +149,6 @@ def sigmoid_hard_truncated_loss(logits: Tensor, target, *, margin: float = 0.5, 
     {returns}
     """
     margin = _checks.number(margin, "margin", low=0.0, high=1.0, low_open=True, high_open=True)
-    f = partial(_math.expected_over_binary, _math.hard_truncation, margin=margin)
-    return sigmoid_loss(f, logits, target, weight=weight, ignore_index=ignore_index,
+    f, params = _math.HARD_TRUNCATION, dict(margin=margin)
+    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Sequence
 
 from torch import Tensor
@@ -38,7 +37,7 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: 
         >>> pf.cross_entropy(torch.randn(8, 5), torch.randint(0, 5, (8,))).shape
         torch.Size([])
     """
-    return softmax_loss(_math.poly_series, logits, target, weight=weight,
+    return softmax_loss(_math.poly_series, {}, logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
@@ -68,7 +67,7 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None
         True
     """
     gamma = _checks.number(gamma, "gamma", low=0.0)
-    return softmax_loss(partial(_math.poly_series, gamma=gamma), logits, target, weight=weight,
+    return softmax_loss(_math.poly_series, dict(gamma=gamma), logits, target, weight=weight,
                         alpha=alpha, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
@@ -91,7 +90,7 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     {returns}
     """
     epsilon = _checks.number(epsilon, "epsilon")
-    return softmax_loss(partial(_math.poly_series, coefficients=(1.0 + epsilon,)), logits, target,
+    return softmax_loss(_math.poly_series, dict(coefficients=(1.0 + epsilon,)), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
@@ -112,7 +111,7 @@ def polyn_cross_entropy(logits: Tensor, target: Tensor, *, epsilons: Sequence[fl
     """
     epsilons = _checks.numbers(epsilons, "epsilons")
     coefficients = tuple(1.0 / j + e for j, e in enumerate(epsilons, start=1))
-    return softmax_loss(partial(_math.poly_series, coefficients=coefficients), logits, target,
+    return softmax_loss(_math.poly_series, dict(coefficients=coefficients), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
@@ -145,10 +144,10 @@ def poly_loss(logits: Tensor, target: Tensor, *, coefficients: Sequence[float] =
     gamma = _checks.number(gamma, "gamma", low=0.0)
     if tail not in TAILS:
         raise ValueError(f"`tail` must be one of {TAILS}; got {tail!r}")
-    phi = partial(_math.poly_series, coefficients=coefficients, gamma=gamma, keep_tail=tail == "ce")
-    return softmax_loss(phi, logits, target, weight=weight, alpha=alpha, ignore_index=ignore_index,
-                        label_smoothing=label_smoothing, reduction=reduction, normalizer=normalizer,
-                        validate=validate)
+    params = dict(coefficients=coefficients, gamma=gamma, keep_tail=tail == "ce")
+    return softmax_loss(_math.poly_series, params, logits, target, weight=weight, alpha=alpha,
+                        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                        normalizer=normalizer, validate=validate)
 
 
 @fill
@@ -169,10 +168,10 @@ def truncated_cross_entropy(logits: Tensor, target: Tensor, *, n_terms: int, wei
     """
     n_terms = _checks.integer(n_terms, "n_terms", low=1)
     coefficients = tuple(1.0 / j for j in range(1, n_terms + 1))
-    phi = partial(_math.poly_series, coefficients=coefficients, keep_tail=False)
-    return softmax_loss(phi, logits, target, weight=weight, ignore_index=ignore_index,
-                        label_smoothing=label_smoothing, reduction=reduction, normalizer=normalizer,
-                        validate=validate)
+    params = dict(coefficients=coefficients, keep_tail=False)
+    return softmax_loss(_math.poly_series, params, logits, target, weight=weight,
+                        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                        normalizer=normalizer, validate=validate)
 
 
 @fill
@@ -193,7 +192,7 @@ def soft_truncated_loss(logits: Tensor, target: Tensor, *, k: float = 1.0, weigh
     {returns}
     """
     k = _checks.number(k, "k", low=0.0, low_open=True)
-    return softmax_loss(partial(_math.soft_truncation, k=k), logits, target, weight=weight,
+    return softmax_loss(_math.soft_truncation, dict(k=k), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate)
 
@@ -214,6 +213,6 @@ def hard_truncated_loss(logits: Tensor, target: Tensor, *, margin: float = 0.5, 
     {returns}
     """
     margin = _checks.number(margin, "margin", low=0.0, high=1.0, low_open=True, high_open=True)
-    return softmax_loss(partial(_math.hard_truncation, margin=margin), logits, target, weight=weight,
+    return softmax_loss(_math.hard_truncation, dict(margin=margin), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate)

@@ -1,0 +1,193 @@
+"""The fused engine: the forward pass computes the gradient, and only the gradient is saved.
+
+The same math as the reference engine, compiled with ``torch.compile`` (inductor: vectorised
+C++ on CPU, Triton on GPU) with dynamic shapes and hyperparameters passed as tensors, so new
+shapes or new gammas do not recompile. Backward is one multiply by ``grad_output`` (none at
+all when it is 1). Two mechanisms:
+
+* softmax losses with class-index targets use one loss-independent *row engine*: a compiled
+  pass for the row statistics (target logit, max and sum of the others), the loss's scalar
+  function ``phi(log p_t, log(1-p_t))`` and its two partial derivatives on the N rows (by
+  autograd, cheap), and a compiled pass that writes the gradient. A new loss needs no new kernel.
+* every other case compiles ``value_and_grad`` of the reference engine's element function.
+
+If compilation fails (no C++ compiler, an unsupported platform), the engine warns once and
+the reference engine takes over. Set ``POLYFOCAL_STRICT=1`` to raise instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ._numerics import is_class
+
+_compiled: dict[Callable, Callable] = {}
+_broken: str | None = None
+
+
+class FusedUnavailable(RuntimeError):
+    """The fused engine cannot run here; the caller falls back to the reference engine."""
+
+
+def available() -> bool:
+    return _broken is None
+
+
+def _run(kernel: Callable, *args):
+    """Call the compiled ``kernel``; a failure disables the fused engine (or raises when strict)."""
+    global _broken
+    if kernel not in _compiled:
+        _compiled[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
+    try:
+        # One kernel serves every loss and dtype: each is a specialisation, not a recompile storm.
+        with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+            return _compiled[kernel](*args)
+    except Exception as error:  # compilation errors come in many types
+        if os.environ.get("POLYFOCAL_STRICT"):
+            raise
+        _broken = f"{type(error).__name__}: {error}"
+        warnings.warn(f"polyfocal: the fused engine is unavailable ({_broken}); using the reference engine",
+                      RuntimeWarning, stacklevel=3)
+        raise FusedUnavailable(_broken) from error
+
+
+class _SavedGradient(torch.autograd.Function):
+    """Returns a loss computed with its gradient; backward multiplies the saved gradient."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, compute: Callable):
+        loss, grad = compute()
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (grad,) = ctx.saved_tensors
+        if grad_output.dim() == 0:
+            if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
+                return grad, None
+            return grad * grad_output.to(grad.dtype), None
+        if grad_output.dim() < grad.dim():  # per-row losses of the softmax family
+            grad_output = grad_output.unsqueeze(1)
+        return grad * grad_output.to(grad.dtype), None
+
+
+def with_saved_gradient(logits: Tensor, compute: Callable[[], tuple[Tensor, Tensor]]) -> Tensor:
+    return _SavedGradient.apply(logits, compute)
+
+
+def as_tensors(params: dict, like: Tensor) -> dict:
+    """Numbers (and tuples of numbers) as 0-d tensors, so the compiled code treats them as inputs."""
+    def convert(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+        if isinstance(value, tuple):
+            return tuple(convert(v) for v in value)
+        return value
+    return {name: convert(value) for name, value in params.items()}
+
+
+# --- canonical shapes: every call compiles for 3-d inputs, whatever the caller's rank -------------
+
+def shape_3d(shape) -> tuple[int, int, int]:
+    """``(N, C, L)`` for ``(N, C, *)``; lower ranks padded with ones."""
+    shape = tuple(shape) + (1,) * max(0, 2 - len(shape))
+    return (shape[0], shape[1], math.prod(shape[2:]))
+
+
+def full_3d(tensor, shape):
+    """A tensor broadcastable to ``shape``, as ``shape_3d(shape)`` (a view when it already has ``shape``)."""
+    if not isinstance(tensor, Tensor):
+        return tensor
+    return tensor.expand(shape).reshape(shape_3d(shape))
+
+
+def rows_3d(tensor, shape):
+    """A per-row tensor ``(N, *)`` of logits ``shape`` ``(N, C, *)``, as ``(N, L)``."""
+    if not isinstance(tensor, Tensor):
+        return tensor
+    n, _, length = shape_3d(shape)
+    return tensor.expand((shape[0],) + tuple(shape[2:])).reshape(n, length)
+
+
+# --- generic: value and gradient of an element function -------------------------------------------
+
+def _value_and_grad_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, dtype: torch.dtype,
+                           args: tuple, params: dict):
+    loss, pullback = torch.func.vjp(lambda z: f(z, *args, **params), x.to(dtype))
+    (grad,) = pullback(torch.ones_like(loss) * scale)
+    return (loss.sum() * scale if summed else loss), grad.to(x.dtype)
+
+
+def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dtype: torch.dtype,
+                   scale: Tensor, summed: bool, loss_shape=None) -> Tensor:
+    """``f(logits, *args, **params)`` (summed and scaled, or per element) with a saved gradient.
+
+    ``logits`` is viewed as 3-d; ``args`` and ``params`` must already fit that view, and a
+    per-element loss is returned with ``loss_shape``.
+    """
+    params = as_tensors(params, scale)
+
+    def compute():
+        loss, grad = _run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale,
+                          dtype, args, params)
+        return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
+
+    return with_saved_gradient(logits, compute)
+
+
+# --- the softmax row engine for class-index targets -----------------------------------------------
+
+def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
+    """Per row: the max ``m`` and shifted exp-sum ``s`` of the non-target logits, and ``x_t - m``."""
+    x = x.to(dtype)
+    target = is_class(x, t)
+    m_other = x.masked_fill(target, float("-inf")).amax(1)
+    s_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0).sum(1)
+    return x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, s_other
+
+
+def _row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor):
+    """``exp(x_k - m_other) * other_coef`` off the target, ``target_grad`` on it."""
+    exp_other = torch.exp(x.to(other_coef.dtype) - m_other.unsqueeze(1))
+    grad = torch.where(is_class(x, t), target_grad.unsqueeze(1), exp_other * other_coef.unsqueeze(1))
+    return grad.to(x.dtype)
+
+
+def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
+                 scale: Tensor, summed: bool) -> Tensor:
+    """A softmax loss ``factor * phi(log p_t, log(1-p_t))`` per row, with its saved gradient.
+
+    With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
+    ``log p_t`` follow exactly, and the gradient of row loss ``L`` is, with ``d1 = dL/dlog p_t``
+    and ``d2 = dL/dlog(1-p_t)``: ``d1 (1-p_t) - d2 p_t`` at the target and
+    ``p_k (d2 p_t / (1-p_t) - d1) = exp(x_k - m) (d2 p_t - d1 (1-p_t)) / s`` elsewhere: one
+    exponential per element, no overflow, and no cancellation for losses that fall as p_t rises.
+    """
+    shape = logits.shape
+    x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
+
+    def compute():
+        shifted_t, m_other, s_other = _run(_row_statistics, x, t, dtype)
+        log_s = torch.log(s_other)
+        lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
+        logp = (shifted_t - lse).requires_grad_()
+        log1m = (log_s - lse).requires_grad_()
+        with torch.enable_grad():
+            rows = phi(logp, log1m, **params) * factor
+            d1, d2 = torch.autograd.grad(rows, (logp, log1m), torch.ones_like(rows) * scale,
+                                         allow_unused=True, materialize_grads=True)
+        logp, log1m, rows = logp.detach(), log1m.detach(), rows.detach()
+        p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
+        other_coef = (d2 * p_t - d1 * q_t) / s_other
+        target_grad = d1 * q_t - d2 * p_t
+        grad = _run(_row_gradient, x, t, m_other, other_coef, target_grad).reshape(shape)
+        return (rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])), grad
+
+    return with_saved_gradient(logits, compute)

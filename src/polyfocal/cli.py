@@ -1,0 +1,345 @@
+"""The ``polyfocal`` command line: ``polyfocal explain {coefficients,curves,truncation,share,density}``.
+
+Each ``explain`` topic writes PNG(s) to ``--out`` and prints a short text summary. The
+parser is built from a list of command adders (:data:`COMMANDS`), so further commands
+(``compare``, ``sweep``, ``reproduce``) are one function each::
+
+    polyfocal explain coefficients --loss focal --gamma 2 --out figures
+    polyfocal explain curves --losses ce,focal,poly1 --epsilon 2 --out figures
+    polyfocal explain truncation --delta 0.01 --zeta 1e-3 --out figures
+    polyfocal explain density --n 100000 --positive-fraction 0.01 --out figures
+    python -m polyfocal explain share --steps 200 --out figures
+
+Plots need matplotlib (``pip install 'polyfocal[plots]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__, analysis
+from ._backend import use_backend
+from .registry import get_loss_function
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+
+class CommandError(Exception):
+    """A user error found after parsing; printed as ``polyfocal: error: ...``, exit code 2."""
+
+
+# --- shared options -------------------------------------------------------------------------------
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
+
+
+def _optional_float(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none'; got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+# (flag, the loss keyword it sets, argparse options)
+_LOSS_OPTIONS = (
+    ("--gamma", "gamma", dict(type=float, help="focusing parameter (focal, poly, sigmoid_focal, ...)")),
+    ("--alpha", "alpha", dict(type=_optional_float, help="alpha of the sigmoid focal losses, or 'none'")),
+    ("--epsilon", "epsilon", dict(type=float, help="Poly-1's first-term perturbation")),
+    ("--epsilons", "epsilons", dict(type=_floats, help="Poly-N's perturbations, e.g. 1,0.5")),
+    ("--coefficients", "coefficients", dict(type=_floats, help="poly_loss's leading coefficients, e.g. 2,0.5")),
+    ("--tail", "tail", dict(choices=("ce", "drop"), help="poly_loss's tail")),
+    ("--cutoff", "n_terms", dict(type=int, help="truncated_cross_entropy's n_terms (default 5)")),
+    ("--k", "k", dict(type=float, help="steepness of the soft truncation")),
+    ("--margin", "margin", dict(type=float, help="margin of the hard truncation")),
+    ("--beta", "beta", dict(type=float, help="QFL's beta")),
+)
+_DEFAULTS = {"n_terms": 5}  # truncated_cross_entropy has no default of its own
+
+
+def _add_loss_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("loss parameters (each applies to every listed loss that has it)")
+    for flag, keyword, options in _LOSS_OPTIONS:
+        group.add_argument(flag, dest=f"param_{keyword}", default=None, **options)
+
+
+def _add_out(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=".", help="directory for the PNG files (created; default: .)")
+
+
+def _loss_params(args, losses: Sequence[str], accepted: Callable[[str], Sequence[str]]) -> dict[str, dict]:
+    """The per-loss keyword arguments from the ``--gamma``-style flags."""
+    given = {kw: getattr(args, f"param_{kw}") for _, kw, _ in _LOSS_OPTIONS
+             if getattr(args, f"param_{kw}") is not None}
+    params = {name: {} for name in losses}
+    used = set()
+    for name in losses:
+        names = accepted(name)
+        for keyword, value in given.items():
+            if keyword in names:
+                params[name][keyword] = value
+                used.add(keyword)
+        for keyword, value in _DEFAULTS.items():
+            if keyword in names and keyword not in params[name] and _required(name, keyword):
+                params[name][keyword] = value
+    unused = [flag for flag, kw, _ in _LOSS_OPTIONS if kw in given and kw not in used]
+    if unused:
+        raise CommandError(f"{', '.join(unused)} does not apply to any of: {', '.join(losses)}")
+    return params
+
+
+def _required(name: str, keyword: str) -> bool:
+    parameter = inspect.signature(get_loss_function(name)).parameters[keyword]
+    return parameter.default is inspect.Parameter.empty
+
+
+def _keyword_names(name: str) -> list[str]:
+    return list(inspect.signature(get_loss_function(name)).parameters)
+
+
+def _resolve(names: Sequence[str], argument: str) -> list[str]:
+    try:
+        return [analysis.resolve_loss_name(n, argument) for n in names]
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def _path(args, filename: str) -> str:
+    os.makedirs(args.out, exist_ok=True)
+    return os.path.join(args.out, filename)
+
+
+def _plots():
+    try:
+        from . import plots
+    except ImportError as error:
+        raise CommandError(str(error)) from None
+    return plots
+
+
+# --- explain topics -------------------------------------------------------------------------------
+
+def _explain_coefficients(args) -> int:
+    losses = _resolve(args.losses, "--loss")
+    for name in losses:
+        if name not in analysis.SERIES_LOSSES:
+            raise CommandError(f"--loss {name!r} has no polynomial expansion; "
+                               f"supported: {', '.join(analysis.SERIES_LOSSES)}")
+    params = _loss_params(args, losses, lambda name: analysis.SERIES_LOSSES[name])
+    path = _path(args, "coefficients.png")
+    _plots().plot_coefficients(losses, n_terms=args.n_terms, params=params, path=path)
+    print(f"Coefficients of (1 - p_t)^k, first {args.n_terms} terms (loss: a_k; gradient: -a_k k):")
+    for name in ["cross_entropy"] + [n for n in losses if n != "cross_entropy"]:
+        c = analysis.poly_coefficients(name, min(args.n_terms, 5), **params.get(name, {}))
+        terms = "  ".join(f"{a:.4g}(1-p)^{k:g}" for a, k in zip(c.coefficients, c.powers))
+        print(f"  {_label(name, c.params)}: {terms}  ...")
+    print(f"wrote {path}")
+    return 0
+
+
+def _label(name: str, params: dict) -> str:
+    inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in params.items() if v is not None)
+    return f"{name}({inner})" if inner else name
+
+
+def _explain_curves(args) -> int:
+    losses = _resolve(args.losses, "--losses")
+    for name in losses:
+        if name not in analysis.CURVE_LOSSES:
+            raise CommandError(f"--losses {name!r} is not a function of one example's p_t; "
+                               f"supported: {', '.join(analysis.CURVE_LOSSES)}")
+    params = _loss_params(args, losses, _keyword_names)
+    curves = analysis.loss_curves(losses, **params)
+    plots = _plots()
+    written = []
+    for versus in (("p_t", "margin") if args.versus == "both" else (args.versus,)):
+        path = _path(args, "curves.png" if versus == "p_t" else "curves_margin.png")
+        plots.plot_loss_curves(curves, versus=versus, path=path)
+        written.append(path)
+    probes = [0.1, 0.5, 0.9]
+    at = [int(np.argmin(np.abs(curves.p_t - q))) for q in probes]
+    print("loss and |dL/dp_t| at p_t = " + ", ".join(f"{curves.p_t[i]:.2f}" for i in at) + ":")
+    for name in curves.loss:
+        values = "  ".join(f"{curves.loss[name][i]:.4f}/{curves.grad_p[name][i]:.4f}" for i in at)
+        print(f"  {_label(name, curves.params[name])}: {values}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _explain_truncation(args) -> int:
+    bound = analysis.theorem1_bound(args.zeta, args.delta)
+    needed = analysis.terms_needed(args.zeta, args.delta)
+    path = _path(args, "truncation.png")
+    _plots().plot_truncation(delta=args.delta, zeta=args.zeta, max_terms=args.max_terms, path=path)
+    print(f"|R_N| and |R'_N| below zeta={args.zeta:g} on [delta={args.delta:g}, 1]:")
+    print(f"  Theorem 1 bound log_(1-delta)(delta*zeta) = {bound:.2f}")
+    print(f"  smallest N found numerically          = {needed}")
+    print(f"  at p = delta and N = {needed}: R_N = {float(analysis.remainder(args.delta, needed)):.3e}, "
+          f"|R'_N| = {abs(float(analysis.remainder_derivative(args.delta, needed))):.3e}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _explain_density(args) -> int:
+    logits, target = analysis.synthetic_imbalanced_batch(
+        args.n, positive_fraction=args.positive_fraction, outlier_fraction=args.outlier_fraction,
+        seed=args.seed)
+    histogram = analysis.gradient_norm_histogram(logits, target, args.bins, ghm_bins=args.ghm_bins)
+    path = _path(args, "density.png")
+    _plots().plot_gradient_density(histogram, path=path)
+    easy = histogram.counts[0] / histogram.n
+    print(f"synthetic batch: N={args.n}, positives {args.positive_fraction:g}, "
+          f"flipped labels {args.outlier_fraction:g}")
+    print(f"  {easy:.1%} of examples in the lowest g bin; they carry "
+          f"{histogram.gradient[0] / histogram.gradient.sum():.1%} of the gradient before GHM, "
+          f"{histogram.harmonized_gradient[0] / histogram.harmonized_gradient.sum():.1%} after")
+    print(f"  highest g bin (outliers): {histogram.counts[-1]:g} examples, "
+          f"{histogram.gradient[-1] / histogram.gradient.sum():.1%} of the gradient before, "
+          f"{histogram.harmonized_gradient[-1] / histogram.harmonized_gradient.sum():.1%} after")
+    print(f"wrote {path}")
+    return 0
+
+
+def _train_share(name: str, params: dict, steps: int, seed: int) -> analysis.GradientShareTracker:
+    """A linear classifier on Gaussian blobs trained with ``name``; the first-term share per step."""
+    gen = torch.Generator().manual_seed(seed)
+    classes, dim, n = 5, 16, 2048
+    centers = 0.5 * torch.randn(classes, dim, generator=gen)  # overlapping: p_t stays well below 1
+    target = torch.randint(0, classes, (n,), generator=gen)
+    features = centers[target] + torch.randn(n, dim, generator=gen)
+    model = torch.nn.Linear(dim, classes)
+    with torch.no_grad():
+        model.weight.copy_(0.01 * torch.randn(classes, dim, generator=gen))
+        model.bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = get_loss_function(name)
+    tracker = analysis.GradientShareTracker()
+    with use_backend("reference"):  # a tiny model: compiling a fused kernel would cost more than it saves
+        for _ in range(steps):
+            batch = torch.randint(0, n, (128,), generator=gen)
+            logits = model(features[batch])
+            tracker.update(logits, target[batch])
+            optimizer.zero_grad()
+            loss_fn(logits, target[batch], **params).backward()
+            optimizer.step()
+    return tracker
+
+
+def _explain_share(args) -> int:
+    losses = _resolve(args.losses, "--losses")
+    for name in losses:
+        if name not in analysis.SERIES_LOSSES and name not in ("soft_truncated_loss", "hard_truncated_loss"):
+            raise CommandError(f"--losses {name!r} is not a softmax classification loss")
+    params = _loss_params(args, losses, _keyword_names)
+    params = {name: analysis.loss_parameters(name, params[name]) for name in losses}
+    histories = {_label(name, params[name]): _train_share(name, params[name], args.steps, args.seed)
+                 for name in losses}
+    path = _path(args, "share.png")
+    _plots().plot_gradient_share(histories, path=path)
+    print(f"mean first-term share of the CE gradient (= mean p_t), linear model on blobs, {args.steps} steps:")
+    for label, tracker in histories.items():
+        h = tracker.history
+        first_over_half = next((i for i, v in enumerate(h) if v > 0.5), None)
+        print(f"  {label}: start {h[0]:.3f}, end {h[-1]:.3f}, above 0.5 from step {first_over_half}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_explain(commands) -> None:
+    explain = commands.add_parser("explain", help="pictures and numbers of the PolyLoss lens",
+                                  description="Write PNG figures of the PolyLoss view of the losses.")
+    topics = explain.add_subparsers(dest="topic", metavar="TOPIC", required=True)
+
+    p = topics.add_parser("coefficients", help="coefficients of (1 - p_t)^k (PolyLoss Fig. 1)")
+    p.add_argument("--loss", "--losses", dest="losses", type=_names, default=["focal_loss"],
+                   help="comma-separated series losses or aliases (default: focal_loss)")
+    p.add_argument("--n-terms", type=int, default=10, help="terms to draw (default 10)")
+    _add_loss_options(p)
+    _add_out(p)
+    p.set_defaults(handler=_explain_coefficients)
+
+    p = topics.add_parser("curves", help="loss and gradient as functions of p_t")
+    p.add_argument("--losses", "--loss", dest="losses", type=_names,
+                   default=["cross_entropy", "focal_loss", "poly1_cross_entropy"],
+                   help="comma-separated loss names or aliases (default: ce,focal,poly1)")
+    p.add_argument("--versus", choices=("p_t", "margin", "both"), default="both",
+                   help="x-axis: p_t, the logit margin, or both (two files; default)")
+    _add_loss_options(p)
+    _add_out(p)
+    p.set_defaults(handler=_explain_curves)
+
+    p = topics.add_parser("truncation", help="terms needed to truncate CE's series (Theorem 1)")
+    p.add_argument("--delta", type=float, default=0.01, help="smallest p_t covered (default 0.01)")
+    p.add_argument("--zeta", type=float, default=1e-3, help="tolerance (default 1e-3)")
+    p.add_argument("--max-terms", type=int, default=None, help="largest N drawn")
+    _add_out(p)
+    p.set_defaults(handler=_explain_truncation)
+
+    p = topics.add_parser("share", help="first-term share of the CE gradient during training (Fig. 3b)")
+    p.add_argument("--losses", "--loss", dest="losses", type=_names, default=["cross_entropy"],
+                   help="comma-separated softmax losses to train with (default: ce)")
+    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_loss_options(p)
+    _add_out(p)
+    p.set_defaults(handler=_explain_share)
+
+    p = topics.add_parser("density", help="gradient-norm density before/after GHM")
+    p.add_argument("--n", type=int, default=100_000, help="synthetic examples (default 100000)")
+    p.add_argument("--positive-fraction", type=float, default=0.01, help="default 0.01")
+    p.add_argument("--outlier-fraction", type=float, default=0.002, help="flipped labels (default 0.002)")
+    p.add_argument("--bins", type=int, default=30, help="histogram bins (default 30)")
+    p.add_argument("--ghm-bins", type=int, default=None, help="GHM unit regions (default: --bins)")
+    p.add_argument("--seed", type=int, default=0)
+    _add_out(p)
+    p.set_defaults(handler=_explain_density)
+
+
+#: Functions that each add one top-level command to the ``add_subparsers()`` object.
+COMMANDS: list[Callable] = [_add_explain]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="polyfocal",
+                                     description="polyfocal: the cross-entropy family of losses.")
+    parser.add_argument("--version", action="version", version=f"polyfocal {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 success, 2 usage or input error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        return args.handler(args)
+    except (CommandError, ValueError, TypeError) as error:
+        print(f"polyfocal: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

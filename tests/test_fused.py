@@ -1,0 +1,273 @@
+"""The fused engine against the paper-formula references and the reference engine.
+
+Compiling is the slow part (a few seconds per kernel variant on 2 cores), so the fused engine
+is checked on one odd 3-d shape in fp32 (plus fp16/bf16/fp64 spot checks) rather than the
+whole shape matrix the reference engine runs; every loss, target form and reduction is covered.
+"""
+
+import gc
+import warnings
+import weakref
+
+import pytest
+import torch
+
+import polyfocal as pf
+import reference as ref
+from polyfocal import _fused
+from polyfocal._backend import use_backend
+
+SHAPE = (5, 4, 3)
+
+
+def is_fused(loss):
+    return loss.grad_fn is not None and "SavedGradient" in type(loss.grad_fn).__name__
+
+
+def softmax_inputs(kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(SHAPE, generator=g, dtype=torch.float64) * 2
+    if kind == "probs":
+        return logits, torch.softmax(torch.randn(SHAPE, generator=g, dtype=torch.float64) * 3, 1)
+    target = torch.randint(0, SHAPE[1], (SHAPE[0], SHAPE[2]), generator=g)
+    target[0, 1] = -100
+    return logits, target
+
+
+def sigmoid_inputs(kind, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(SHAPE, generator=g, dtype=torch.float64) * 2
+    if kind == "soft":
+        return logits, torch.rand(SHAPE, generator=g, dtype=torch.float64)
+    target = torch.randint(0, SHAPE[1] + 1, (SHAPE[0], SHAPE[2]), generator=g)
+    target[1, 0] = -100
+    return logits, target
+
+
+def fused_vs(want_fn, got_fn, logits64, rtol=1e-5, atol=1e-6):
+    """Run ``got_fn`` on the fused engine in fp32 and compare value and gradient with ``want_fn`` in fp64."""
+    x64 = logits64.clone().requires_grad_()
+    x32 = logits64.float().requires_grad_()
+    want = want_fn(x64)
+    with use_backend("fused"):
+        got = got_fn(x32)
+    assert is_fused(got)
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol)
+    (g_want,) = torch.autograd.grad(want.sum(), x64)
+    (g_got,) = torch.autograd.grad(got.sum(), x32)
+    torch.testing.assert_close(g_got.double(), g_want, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("name", sorted(ref.SOFTMAX))
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_softmax_losses(name, kind, reduction):
+    phi, params = ref.SOFTMAX[name]
+    logits, target = softmax_inputs(kind)
+    weight = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
+    target32 = target.float() if kind == "probs" else target
+    fused_vs(lambda x: ref.softmax_loss(phi, x, target, weight=weight, reduction=reduction, **params),
+             lambda x: pf.get_loss_function(name)(x, target32, weight=weight.float(), reduction=reduction, **params),
+             logits)
+
+
+@pytest.mark.parametrize("name", sorted(ref.SOFTMAX))
+def test_softmax_label_smoothing_and_alpha(name):
+    phi, params = ref.SOFTMAX[name]
+    logits, target = softmax_inputs("index", seed=1)
+    fused_vs(lambda x: ref.softmax_loss(phi, x, target, label_smoothing=0.1, **params),
+             lambda x: pf.get_loss_function(name)(x, target, label_smoothing=0.1, **params), logits)
+    alpha = [0.1, 0.2, 0.3, 0.4]
+    fused_vs(lambda x: ref.softmax_loss(ref.focal, x, target, alpha=alpha, gamma=1.5),
+             lambda x: pf.focal_loss(x, target, alpha=alpha, gamma=1.5), logits)
+
+
+@pytest.mark.parametrize("name", sorted(ref.SIGMOID))
+@pytest.mark.parametrize("kind", ["index", "soft"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_sigmoid_losses(name, kind, reduction):
+    f, params = ref.SIGMOID[name]
+    logits, target = sigmoid_inputs(kind)
+    weight = torch.rand(SHAPE[1], 1, dtype=torch.float64)
+    target32 = target.float() if kind == "soft" else target
+    fused_vs(lambda x: ref.sigmoid_loss(f, x, target, weight=weight, reduction=reduction, **params),
+             lambda x: pf.get_loss_function(name)(x, target32, weight=weight.float(), reduction=reduction,
+                                                  **ref.library_params(name, params)),
+             logits)
+
+
+@pytest.mark.parametrize("name", ["quality_focal_loss", "varifocal_loss"])
+@pytest.mark.parametrize("kind", ["index", "soft", "labels_scores"])
+def test_quality_losses_match_the_reference_engine(name, kind):
+    logits, target = sigmoid_inputs("soft" if kind == "soft" else "index", seed=2)
+    if kind == "labels_scores":
+        target = (target, torch.rand(target.shape, dtype=torch.float64))
+    fn = pf.get_loss_function(name)
+    with use_backend("reference"):
+        want_fn = lambda x: fn(x, target)  # noqa: E731
+        fused_vs(want_fn, lambda x: fn(x, target if kind != "soft" else target.float()), logits)
+
+
+def test_binary_cross_entropy_pos_weight():
+    logits, target = sigmoid_inputs("soft", seed=3)
+    pos_weight = torch.rand(SHAPE[1], 1, dtype=torch.float64) * 3
+    fused_vs(lambda x: torch.nn.functional.binary_cross_entropy_with_logits(x, target, pos_weight=pos_weight),
+             lambda x: pf.binary_cross_entropy(x, target.float(), pos_weight=pos_weight.float()), logits)
+
+
+@pytest.mark.parametrize("name", ["focal_loss", "poly1_cross_entropy", "soft_truncated_loss", "sigmoid_focal_loss",
+                                  "poly1_focal_loss", "quality_focal_loss", "varifocal_loss",
+                                  "sigmoid_soft_truncated_loss"])
+def test_saturated_logits_stay_finite_and_equal_the_reference_engine(name):
+    g = torch.Generator().manual_seed(4)
+    x = torch.where(torch.rand(SHAPE, generator=g) < 0.5, 1e4, -1e4)
+    softmax = name in ref.SOFTMAX
+    target = torch.randint(0, SHAPE[1] + (0 if softmax else 1), (SHAPE[0], SHAPE[2]), generator=g)
+    fn = pf.get_loss_function(name)
+    kwargs = {"gamma": 0.5} if name in ("focal_loss", "sigmoid_focal_loss", "poly1_focal_loss") else {}
+    results = {}
+    for engine in ("reference", "fused"):
+        xr = x.clone().requires_grad_()
+        with use_backend(engine):
+            loss = fn(xr, target, **kwargs)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(xr.grad).all()
+        results[engine] = (loss, xr.grad)
+    torch.testing.assert_close(results["fused"], results["reference"])
+
+
+@pytest.mark.parametrize("name, target_fn", [
+    ("focal_loss", lambda: torch.randint(0, 4, (5, 3))),
+    ("sigmoid_focal_loss", lambda: torch.randint(0, 5, (5, 3))),
+    ("quality_focal_loss", lambda: torch.rand(SHAPE)),
+])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(name, target_fn, dtype):
+    torch.manual_seed(5)
+    x, target = torch.randn(SHAPE).to(dtype), target_fn()
+    fn = pf.get_loss_function(name)
+    results = {}
+    for engine in ("reference", "fused"):
+        xr = x.clone().requires_grad_()
+        with use_backend(engine):
+            loss = fn(xr, target, reduction="none")
+        loss.sum().backward()
+        assert loss.dtype == dtype and xr.grad.dtype == dtype
+        results[engine] = (loss, xr.grad)
+    torch.testing.assert_close(results["fused"], results["reference"])
+
+
+def test_gradcheck_through_the_fused_engine():
+    logits, target = softmax_inputs("index", seed=6)
+    with use_backend("fused"):
+        assert torch.autograd.gradcheck(lambda x: pf.focal_loss(x, target, gamma=0.5),
+                                        (logits.clone().requires_grad_(),))
+        labels = torch.randint(0, 5, (5, 3))
+        assert torch.autograd.gradcheck(lambda x: pf.sigmoid_focal_loss(x, labels, reduction="none"),
+                                        (logits.clone().requires_grad_(),))
+
+
+def saved_bytes(fn, x):
+    """Bytes of tensors the autograd graph of ``fn(x)`` still holds after the forward, ``x`` excluded
+    (tensors saved by short-lived helper graphs inside the forward are freed and not counted)."""
+    saved = []
+
+    def pack(t):
+        saved.append(weakref.ref(t))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn(x)
+    gc.collect()
+    alive = {}
+    for ref_ in saved:
+        t = ref_()
+        if t is not None and t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            alive[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    del loss
+    return sum(alive.values())
+
+
+@pytest.mark.parametrize("name, target", [("focal_loss", torch.randint(0, 4, (64, 8))),
+                                          ("sigmoid_focal_loss", torch.randint(0, 5, (64, 8)))])
+def test_saves_one_logits_sized_gradient(name, target):
+    x = torch.randn(64, 4, 8, requires_grad=True)
+    fn = pf.get_loss_function(name)
+    with use_backend("fused"):
+        assert saved_bytes(lambda z: fn(z, target), x) == x.numel() * x.element_size()
+    with use_backend("reference"):
+        assert saved_bytes(lambda z: fn(z, target), x) > x.numel() * x.element_size()
+
+
+def test_backward_multiplies_grad_output():
+    logits, target = softmax_inputs("index", seed=7)
+    x = logits.float().requires_grad_()
+    with use_backend("fused"):
+        rows = pf.poly1_cross_entropy(x, target, reduction="none")
+        total = pf.poly1_cross_entropy(x, target, reduction="sum")
+    upstream = torch.randn(rows.shape)
+    (g_rows,) = torch.autograd.grad(rows, x, upstream)
+    (g_total,) = torch.autograd.grad(total * 3.0, x)
+    with use_backend("reference"):
+        (want_rows,) = torch.autograd.grad(pf.poly1_cross_entropy(x, target, reduction="none"), x, upstream)
+        (want_total,) = torch.autograd.grad(pf.poly1_cross_entropy(x, target, reduction="sum") * 3.0, x)
+    torch.testing.assert_close(g_rows, want_rows)
+    torch.testing.assert_close(g_total, want_total)
+
+
+@pytest.mark.parametrize("name", ["focal_loss", "sigmoid_focal_loss"])
+def test_empty_and_all_ignored(name):
+    fn = pf.get_loss_function(name)
+    with use_backend("fused"):
+        for x, t in [(torch.randn(0, 4, 3), torch.zeros(0, 3, dtype=torch.long)),
+                     (torch.randn(5, 4, 3), torch.full((5, 3), -100))]:
+            x.requires_grad_()
+            loss = fn(x, t)
+            (grad,) = torch.autograd.grad(loss, x)
+            assert loss.item() == 0 and (grad == 0).all()
+
+
+def test_new_hyperparameters_do_not_recompile():
+    from torch._dynamo.utils import counters
+
+    x, t = torch.randn(SHAPE, requires_grad=True), torch.randint(0, 5, (SHAPE[0], SHAPE[2]))
+    with use_backend("fused"):
+        pf.sigmoid_focal_loss(x, t, gamma=1.0, alpha=0.3)
+        before = counters["stats"]["unique_graphs"]
+        pf.sigmoid_focal_loss(x, t, gamma=3.0, alpha=0.6)
+        pf.sigmoid_focal_loss(torch.randn(7, 4, 9, requires_grad=True), torch.randint(0, 5, (7, 9)), gamma=0.5)
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_auto_backend_picks_fused_for_large_inputs_with_gradients():
+    big = torch.randn(256, 300, requires_grad=True)
+    t = torch.randint(0, 300, (256,))
+    assert is_fused(pf.focal_loss(big, t))
+    assert not is_fused(pf.focal_loss(big[:8], t[:8]))  # too small to be worth compiling
+    assert pf.focal_loss(big.detach(), t).grad_fn is None  # no gradient wanted
+    with use_backend("reference"):
+        assert not is_fused(pf.focal_loss(big, t))
+
+
+def test_compile_failure_falls_back_to_the_reference_with_one_warning(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.delenv("POLYFOCAL_STRICT", raising=False)
+    monkeypatch.setattr(_fused, "_compiled", {})
+    monkeypatch.setattr(_fused, "_broken", None)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    x, t = torch.randn(SHAPE, requires_grad=True), torch.randint(0, 4, (SHAPE[0], SHAPE[2]))
+    with use_backend("fused"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = pf.focal_loss(x, t)
+    assert any("fused engine is unavailable" in str(w.message) for w in caught)
+    assert not is_fused(loss) and not _fused.available()
+    with use_backend("reference"):
+        torch.testing.assert_close(loss, pf.focal_loss(x, t))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="`backend` must be one of"):
+        with use_backend("cuda"):
+            pass
