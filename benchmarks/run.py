@@ -187,14 +187,15 @@ def run_case(case: Case, device, repeats: int) -> dict:
 
 
 def print_table(result: dict) -> None:
-    def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
+    def cell(value, width, spec, unit=""):
+        return ("-" if value is None else format(value, spec) + unit).rjust(width)
     print(f"\n{result['loss']}  {result['shape'][0]} x {result['shape'][1]}")
     print(f"  {'implementation':<36}{'vs comp.':>9}{'vs F.ce':>9}{'t/copy':>8}{'bw/copy':>9}{'saved':>7}{'peak':>7}")
     for r in result["rows"]:
-        print(f"  {r['impl']:<36}{fmt(r['speedup_vs_composition'], '8.1f')}x{fmt(r['speedup_vs_F_cross_entropy'], '8.2f')}x"
-              f"{fmt(r['time_vs_copy'], '8.1f')}{fmt(r['bandwidth_vs_copy'], '9.2f')}"
-              f"{fmt(r['saved_vs_logits'], '6.1f')}x{fmt(r['peak_vs_logits'], '6.1f')}x")
+        print(f"  {r['impl']:<36}{cell(r['speedup_vs_composition'], 9, '.1f', 'x')}"
+              f"{cell(r['speedup_vs_F_cross_entropy'], 9, '.2f', 'x')}{cell(r['time_vs_copy'], 8, '.1f')}"
+              f"{cell(r['bandwidth_vs_copy'], 9, '.2f')}{cell(r['saved_vs_logits'], 7, '.1f', 'x')}"
+              f"{cell(r['peak_vs_logits'], 7, '.1f', 'x')}")
 
 
 def main(argv=None) -> None:

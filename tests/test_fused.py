@@ -271,3 +271,26 @@ def test_unknown_backend():
     with pytest.raises(ValueError, match="`backend` must be one of"):
         with use_backend("cuda"):
             pass
+
+
+@pytest.mark.parametrize("kind", ["index", "soft"])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_ghm_matches_the_reference_engine_over_steps(kind, reduction):
+    batches = [sigmoid_inputs(kind, seed=s) for s in (8, 9, 10)]
+    weight = torch.rand(SHAPE[1], 1)
+    results = {}
+    for engine in ("reference", "fused"):
+        modules = (pf.GHMCLoss(momentum=0.75, reduction=reduction), pf.GHMRLoss(momentum=0.5, reduction=reduction))
+        outputs = []
+        for logits, target in batches:
+            x = logits.float().requires_grad_()
+            target = target.float() if kind == "soft" else target
+            with use_backend(engine):
+                c = modules[0](x, target, weight)
+                r = modules[1](x, torch.randn(SHAPE, generator=torch.Generator().manual_seed(1)), weight)
+            if engine == "fused":
+                assert is_fused(c) and is_fused(r)
+            (grad,) = torch.autograd.grad(c.sum() + r.sum(), x)
+            outputs.append((c, r, grad))
+        results[engine] = (outputs, [m.counts.clone() for m in modules])
+    torch.testing.assert_close(results["fused"], results["reference"])

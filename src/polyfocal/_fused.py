@@ -39,7 +39,7 @@ def available() -> bool:
     return _broken is None
 
 
-def _run(kernel: Callable, *args):
+def run(kernel: Callable, *args):
     """Call the compiled ``kernel``; a failure disables the fused engine (or raises when strict)."""
     global _broken
     if kernel not in _compiled:
@@ -135,7 +135,7 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
     params = as_tensors(params, scale)
 
     def compute():
-        loss, grad = _run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale,
+        loss, grad = run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale,
                           dtype, args, params)
         return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
 
@@ -174,7 +174,7 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
 
     def compute():
-        shifted_t, m_other, s_other = _run(_row_statistics, x, t, dtype)
+        shifted_t, m_other, s_other = run(_row_statistics, x, t, dtype)
         log_s = torch.log(s_other)
         lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
         logp = (shifted_t - lse).requires_grad_()
@@ -187,7 +187,7 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
         p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
         other_coef = (d2 * p_t - d1 * q_t) / s_other
         target_grad = d1 * q_t - d2 * p_t
-        grad = _run(_row_gradient, x, t, m_other, other_coef, target_grad).reshape(shape)
+        grad = run(_row_gradient, x, t, m_other, other_coef, target_grad).reshape(shape)
         return (rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])), grad
 
     return with_saved_gradient(logits, compute)

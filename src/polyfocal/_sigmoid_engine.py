@@ -43,8 +43,8 @@ def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -
 
 
 def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
-    """``(labels, None, count)`` for class indices, else ``(None, (y, valid), count)`` with ``y``
-    float the shape of ``logits`` and ``valid`` a location mask (or None)."""
+    """``(labels, scores, y, count)``: class labels ``(N, *)`` with optional float scores, or
+    (labels None) a float target ``y`` the shape of ``logits``; and the mean's count."""
     scores = None
     if isinstance(target, tuple):
         if len(target) != 2:
@@ -63,41 +63,43 @@ def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: t
             raise ValueError(f"`target` must have the shape of `logits` {tuple(logits.shape)}; got {tuple(target.shape)}")
         if _checks.should_validate(validate, target):
             _checks.check_unit_interval(target, "target")
-        return None, (target.to(dtype), None), target.numel()
+        return None, None, target.to(dtype), target.numel()
     _check_labels(logits, target, ignore_index, validate)
-    valid = target != ignore_index
-    if scores is None:
-        return target, None, valid.sum()
-    if scores.shape != target.shape:
-        raise ValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
-    if _checks.should_validate(validate, scores):
-        _checks.check_unit_interval(scores, "target scores")
-    y = is_class(logits, target).to(dtype) * scores.to(dtype).unsqueeze(1)
-    return None, (y, valid.unsqueeze(1)), valid.sum()
+    if scores is not None:
+        if scores.shape != target.shape:
+            raise ValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
+        if _checks.should_validate(validate, scores):
+            _checks.check_unit_interval(scores, "target scores")
+        scores = scores.to(dtype)
+    return target, scores, None, (target != ignore_index).sum()
 
 
 def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
     """The target as floats the shape of ``logits``, the valid-location mask (or None) and the count."""
-    labels, dense, count = prepare_target(logits, target, ignore_index, validate, dtype)
+    labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
     if labels is None:
-        return (*dense, count)
-    return is_class(logits, labels).to(dtype), (labels != ignore_index).unsqueeze(1), count
+        return y, None, count
+    y = is_class(logits, labels).to(dtype)
+    return (y if scores is None else y * scores.unsqueeze(1)), (labels != ignore_index).unsqueeze(1), count
 
 
-def index_elements(x: Tensor, labels: Tensor, ignore_index: int, weight, binary: Callable, **params) -> Tensor:
-    """A loss's hard-target form at every element, from class labels (C = background)."""
-    y = is_class(x, labels).to(x.dtype)
-    z = torch.where(y > 0, x, -x)
-    loss = binary(F.logsigmoid(z), F.logsigmoid(-z), y, **params)
+def index_elements(x: Tensor, labels: Tensor, scores, ignore_index: int, weight, math: SigmoidMath,
+                   **params) -> Tensor:
+    """A loss at every element from class labels (C = background): its hard-target form, or with
+    per-location ``scores`` its soft form, the target built in place (never materialised)."""
+    hot = is_class(x, labels)
+    if scores is None:
+        z = torch.where(hot, x, -x)
+        loss = math.binary(F.logsigmoid(z), F.logsigmoid(-z), hot.to(x.dtype), **params)
+    else:
+        loss = math.soft(x, hot.to(x.dtype) * scores.unsqueeze(1), **params)
     loss = torch.where((labels != ignore_index).unsqueeze(1), loss, torch.zeros_like(loss))
     return loss if weight is None else loss * weight
 
 
-def soft_elements(x: Tensor, y: Tensor, valid, weight, soft: Callable, **params) -> Tensor:
+def soft_elements(x: Tensor, y: Tensor, weight, math: SigmoidMath, **params) -> Tensor:
     """A loss's soft-target form at every element."""
-    loss = soft(x, y, **params)
-    if valid is not None:
-        loss = torch.where(valid, loss, torch.zeros_like(loss))
+    loss = math.soft(x, y, **params)
     return loss if weight is None else loss * weight
 
 
@@ -128,22 +130,21 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
     weight = check_weight(weight, logits)
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        labels, dense, count = prepare_target(logits, target, ignore_index, validate, dtype)
+        labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
         weight = None if weight is None else weight.to(dtype)
-        if labels is not None:
-            f, args = index_elements, (labels, ignore_index, weight, math.binary)
-        else:
-            f, args = soft_elements, (*dense, weight, math.soft)
         scale = reduction_scale(reduction, count, normalizer, torch.empty((), dtype=dtype, device=logits.device))
+        if labels is not None:
+            f, args = index_elements, (labels, scores, ignore_index, weight, math)
+        else:
+            f, args = soft_elements, (y, weight, math)
         if wants_fused(backend, logits):
             try:
                 shape = logits.shape
                 if labels is not None:
-                    args = (_fused.rows_3d(labels, shape), ignore_index, _fused.full_3d(weight, shape), math.binary)
+                    args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), ignore_index,
+                            _fused.full_3d(weight, shape), math)
                 else:
-                    y, valid = dense
-                    args = (_fused.full_3d(y, shape), _fused.full_3d(valid, shape), _fused.full_3d(weight, shape),
-                            math.soft)
+                    args = (_fused.full_3d(y, shape), _fused.full_3d(weight, shape), math)
                 params = {k: _fused.full_3d(v, shape) for k, v in params.items()}
                 return _fused.value_and_grad(f, logits, args, params, dtype=dtype, scale=scale, loss_shape=shape,
                                              summed=reduction != "none").to(out_dtype)

@@ -23,9 +23,11 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import _checks, _math
-from ._numerics import binary_cross_entropy, compute_dtype, output_dtype, sigmoid_target_gap
+from . import _fused
+from ._backend import wants_fused
+from ._numerics import binary_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_target_gap
 from ._reduce import reduce_loss, reduction_scale
-from ._sigmoid_engine import check_weight, dense_target
+from ._sigmoid_engine import check_weight, dense_target, prepare_target
 
 __all__ = ["ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMRLoss"]
 
@@ -57,67 +59,142 @@ def _is_distributed(distributed: bool | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-@torch.no_grad()
-def harmonizing_weights(g: Tensor, weight: Tensor, bins: int, state: _MovingCounts | None = None,
-                        distributed: bool | None = None) -> tuple[Tensor, Tensor]:
-    """``beta_i / N = 1 / GD(g_i)`` times each element's weight, and N (the weighted count).
+def bin_index(g: Tensor, bins: int) -> Tensor:
+    """The unit region of each gradient norm in [0, 1] (g = 1 falls in the last one)."""
+    return (g * bins).floor().clamp(0, bins - 1).long()
 
-    ``g`` in [0, 1] and ``weight`` (>= 0) have the same shape. One vectorised histogram,
-    no host sync.
-    """
-    index = (g * bins).floor().clamp(0, bins - 1).long()
-    totals = torch.zeros(bins + 1, dtype=weight.dtype, device=weight.device)
-    totals.index_add_(0, index.flatten(), weight.flatten())
-    totals[bins] = weight.sum()
+
+def gradient_histogram(g: Tensor, weight: Tensor, bins: int) -> Tensor:
+    """Weighted counts per bin, and the total weight N last: a ``(bins + 1,)`` vector, no host sync."""
+    totals = torch.zeros(bins, dtype=weight.dtype, device=weight.device)
+    totals = totals.index_add(0, bin_index(g, bins).flatten(), weight.flatten())
+    return torch.cat([totals, weight.sum().reshape(1)])
+
+
+@torch.no_grad()
+def bin_density(totals: Tensor, bins: int, state: _MovingCounts | None = None,
+                distributed: bool | None = None) -> tuple[Tensor, Tensor]:
+    """``GD`` per bin (0 bins replaced by 1, as no element falls there) and N, from the histogram;
+    all-reduced across ranks and folded into the moving average when asked."""
     if _is_distributed(distributed):
         dist.all_reduce(totals)
     batch_counts, n = totals[:bins], totals[bins]
     counts = batch_counts if state is None else state.update(batch_counts)
-    nonempty = (batch_counts > 0).sum().to(weight.dtype)
-    density = counts * nonempty
-    density = torch.where(density > 0, density, torch.ones_like(density))
-    return weight / density[index], n
+    density = counts * (batch_counts > 0).sum().to(counts.dtype)
+    return torch.where(density > 0, density, torch.ones_like(density)), n
+
+
+@torch.no_grad()
+def harmonizing_weights(g: Tensor, weight: Tensor, bins: int, state: _MovingCounts | None = None,
+                        distributed: bool | None = None) -> tuple[Tensor, Tensor]:
+    """``beta_i / N = 1 / GD(g_i)`` times each element's weight, and N (the weighted count)."""
+    density, n = bin_density(gradient_histogram(g, weight, bins), bins, state, distributed)
+    return weight / density[bin_index(g, bins)], n
 
 
 def _check_bins(bins) -> int:
     return _checks.integer(bins, "bins", low=1)
 
 
-def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, reduction: str,
-           validate, distributed, state: _MovingCounts | None) -> Tensor:
-    _checks.float_tensor(logits, "logits")
-    _checks.check_reduction(reduction, None)
-    weight = check_weight(weight, logits)
+# --- the element math, shared by the reference and fused engines ---------------------------------
+# GHM-C: g = |sigmoid(x) - y| and BCE; GHM-R: g = |d| / sqrt(d^2 + mu^2) and sqrt(d^2 + mu^2) - mu.
+
+def _classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
+    return sigmoid_target_gap(x, y)
+
+
+def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
+    return binary_cross_entropy(x, y)
+
+
+def _regression_gap(x: Tensor, y: Tensor, mu) -> Tensor:
+    d = x - y
+    return d.abs() / torch.sqrt(d * d + mu * mu)
+
+
+def _regression_loss(x: Tensor, y: Tensor, mu) -> Tensor:
+    return _math.smooth_l1_authentic(x - y, mu=mu)
+
+
+def _target_and_weight(x: Tensor, labels, y, valid, weight, ignore_index: int):
+    """The dense target and the element weights (0 where ignored)."""
+    if labels is not None:
+        y, valid = is_class(x, labels).to(x.dtype), (labels != ignore_index).unsqueeze(1)
+    w = torch.ones_like(x) if weight is None else weight.expand_as(x)
+    return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
+
+
+def _histogram(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, mu, dtype):
+    x = x.to(dtype)
+    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index)
+    return gradient_histogram(gap(x, y, mu), w, bins)
+
+
+def _harmonized(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, loss, density, n,
+                mu) -> Tensor:
+    """``beta_i L_i = w_i N / GD(g_i) L_i`` per element (``beta`` is a constant for the gradient)."""
+    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index)
+    beta = w * n / density[bin_index(gap(x.detach(), y, mu), bins)]
+    return beta * loss(x, y, mu)
+
+
+def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: int, gap, loss, mu,
+         reduction: str, distributed, state: _MovingCounts | None, backend) -> Tensor:
+    """Histogram pass, density (all-reduce, moving average: exactly once), then the harmonised loss."""
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        x = logits.to(dtype)
-        y, valid, _ = dense_target(logits, target, ignore_index, validate, dtype)
-        w = torch.ones_like(x) if weight is None else weight.to(dtype).expand_as(x)
-        if valid is not None:
-            w = torch.where(valid, w, torch.zeros_like(w))
-        g = sigmoid_target_gap(x.detach(), y)
-        beta_over_n, n = harmonizing_weights(g, w, bins, state, distributed)
-        loss = beta_over_n * n * binary_cross_entropy(x, y)
-        return reduce_loss(loss, reduction, reduction_scale(reduction, n, None, loss)).to(out_dtype)
+        weight = None if weight is None else weight.to(dtype)
+        args = (labels, None if y is None else y.to(dtype), valid, weight, ignore_index, bins, gap)
+        shape = logits.shape
+        args_3d = (_fused.rows_3d(args[0], shape), *(_fused.full_3d(a, shape) for a in args[1:4]), *args[4:])
+        fused, totals = wants_fused(backend, logits), None
+        if fused:
+            try:
+                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), *args_3d, mu, dtype)
+            except _fused.FusedUnavailable:
+                fused = False
+        if totals is None:
+            totals = _histogram(logits.detach(), *args, mu, dtype)
+        density, n = bin_density(totals, bins, state, distributed)
+        scale = reduction_scale(reduction, n, None, n)
+        if fused:
+            try:
+                return _fused.value_and_grad(_harmonized, logits, (*args_3d, loss, density, n), {"mu": mu},
+                                             dtype=dtype, scale=scale, summed=reduction != "none",
+                                             loss_shape=shape).to(out_dtype)
+            except _fused.FusedUnavailable:
+                pass
+        elements = _harmonized(logits.to(dtype), *args, loss, density, n, mu)
+        return reduce_loss(elements, reduction, scale).to(out_dtype)
+
+
+def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, reduction: str,
+           validate, distributed, state: _MovingCounts | None, backend=None) -> Tensor:
+    _checks.float_tensor(logits, "logits")
+    _checks.check_reduction(reduction, None)
+    _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    weight = check_weight(weight, logits)
+    labels, scores, y, _ = prepare_target(logits, target, ignore_index, validate, compute_dtype(logits))
+    valid = None
+    if scores is not None:  # the detection form: a dense target
+        y, valid, _ = dense_target(logits, target, ignore_index, False, compute_dtype(logits))
+        labels = None
+    return _ghm(logits, labels, y, valid, weight, ignore_index=ignore_index, bins=bins,
+                gap=_classification_gap, loss=_classification_loss, mu=0.0, reduction=reduction,
+                distributed=distributed, state=state, backend=backend)
 
 
 def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduction: str,
-           distributed, state: _MovingCounts | None) -> Tensor:
+           distributed, state: _MovingCounts | None, backend=None) -> Tensor:
     _checks.float_tensor(pred, "pred")
     _checks.float_tensor(target, "target")
     if target.shape != pred.shape:
         raise ValueError(f"`target` must have the shape of `pred` {tuple(pred.shape)}; got {tuple(target.shape)}")
     _checks.check_reduction(reduction, None)
     weight = check_weight(weight, pred)
-    dtype, out_dtype = compute_dtype(pred), output_dtype(pred)
-    with torch.autocast(pred.device.type, enabled=False):
-        diff = pred.to(dtype) - target.to(dtype)
-        w = torch.ones_like(diff) if weight is None else weight.to(dtype).expand_as(diff)
-        d = diff.detach()
-        g = d.abs() / torch.sqrt(d * d + mu * mu)
-        beta_over_n, n = harmonizing_weights(g, w, bins, state, distributed)
-        loss = beta_over_n * n * _math.smooth_l1_authentic(diff, mu=mu)
-        return reduce_loss(loss, reduction, reduction_scale(reduction, n, None, loss)).to(out_dtype)
+    return _ghm(pred, None, target, None, weight, ignore_index=-100, bins=bins, gap=_regression_gap,
+                loss=_regression_loss, mu=mu, reduction=reduction, distributed=distributed, state=state,
+                backend=backend)
 
 
 def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None = None,
