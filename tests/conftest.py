@@ -4,6 +4,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests import `reference`
+os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU in the tests (read at import)
 os.environ.setdefault("POLYFOCAL_STRICT", "1")  # a fused-engine failure is a test failure, not a fallback
 
 import polyfocal._backend as backend  # noqa: E402

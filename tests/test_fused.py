@@ -292,5 +292,6 @@ def test_ghm_matches_the_reference_engine_over_steps(kind, reduction):
                 assert is_fused(c) and is_fused(r)
             (grad,) = torch.autograd.grad(c.sum() + r.sum(), x)
             outputs.append((c, r, grad))
-        results[engine] = (outputs, [m.counts.clone() for m in modules])
-    torch.testing.assert_close(results["fused"], results["reference"])
+        results[engine] = (outputs, [m.counts.float() for m in modules])
+    # fp32 histograms summed in another order: counts agree to fp32 rounding
+    torch.testing.assert_close(results["fused"], results["reference"], rtol=1e-5, atol=1e-5)

@@ -4,7 +4,9 @@
 least ``FUSED_MIN_ELEMENTS`` elements (below that the first call's compilation costs more than
 it can save) and the call is not already inside ``torch.compile`` (whose own fusion then
 applies to the reference math);
-``"reference"`` always runs the reference; ``"fused"`` forces the compiled engine.
+``"reference"`` always runs the reference; ``"fused"`` forces the compiled engine;
+``"triton"`` forces it with the hand-written Triton row kernels for class-index softmax losses
+(the default on CUDA when Triton is installed; on CPU it needs ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import torch
 from torch import Tensor
 
-BACKENDS = ("auto", "reference", "fused")
+BACKENDS = ("auto", "reference", "fused", "triton")
 FUSED_MIN_ELEMENTS = 1 << 16
 _default = "auto"
 
@@ -46,13 +48,20 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def wants_fused(backend: str | None, logits: Tensor) -> bool:
+def engine_for(backend: str | None, logits: Tensor) -> str:
+    """``"reference"``, ``"fused"`` or ``"triton"`` for this call."""
     name = _check(backend if backend is not None else _default)
     if name == "reference" or torch.compiler.is_compiling():
-        return False
-    if name == "fused":
-        return True
-    from . import _fused  # noqa: PLC0415 (the fused engine loads torch.compile lazily)
+        return "reference"
+    if name != "auto":
+        return name
+    from . import _fused, _triton  # noqa: PLC0415 (the fused engine loads torch.compile lazily)
 
     needs_grad = logits.requires_grad and torch.is_grad_enabled()
-    return needs_grad and logits.numel() >= FUSED_MIN_ELEMENTS and _fused.available()
+    if not (needs_grad and logits.numel() >= FUSED_MIN_ELEMENTS and _fused.available()):
+        return "reference"
+    return "triton" if logits.is_cuda and _triton.available() else "fused"
+
+
+def wants_fused(backend: str | None, logits: Tensor) -> bool:
+    return engine_for(backend, logits) != "reference"

@@ -160,34 +160,52 @@ def _row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, tar
     return grad.to(x.dtype)
 
 
+def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
+    """The row losses and the two per-row coefficients of the gradient (see :func:`softmax_rows`)."""
+    log_s = torch.log(s_other)
+    lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
+    logp, log1m = shifted_t - lse, log_s - lse
+    rows, pullback = torch.func.vjp(lambda a, b: phi(a, b, **params) * factor, logp, log1m)
+    d1, d2 = pullback(torch.ones_like(rows) * scale)
+    p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
+    return rows, (d2 * p_t - d1 * q_t) / s_other, d1 * q_t - d2 * p_t
+
+
+def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, dtype: torch.dtype, factor, scale: Tensor,
+                             params: dict):
+    shifted_t, m_other, s_other = _row_statistics(x, t, dtype)
+    rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
+    return rows, m_other, other_coef, target_grad
+
+
 def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
-                 scale: Tensor, summed: bool) -> Tensor:
+                 scale: Tensor, summed: bool, use_triton: bool = False) -> Tensor:
     """A softmax loss ``factor * phi(log p_t, log(1-p_t))`` per row, with its saved gradient.
 
     With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
     ``log p_t`` follow exactly, and the gradient of row loss ``L`` is, with ``d1 = dL/dlog p_t``
-    and ``d2 = dL/dlog(1-p_t)``: ``d1 (1-p_t) - d2 p_t`` at the target and
-    ``p_k (d2 p_t / (1-p_t) - d1) = exp(x_k - m) (d2 p_t - d1 (1-p_t)) / s`` elsewhere: one
-    exponential per element, no overflow, and no cancellation for losses that fall as p_t rises.
+    and ``d2 = dL/dlog(1-p_t)`` (autograd of ``phi`` on the N rows): ``d1 (1-p_t) - d2 p_t`` at
+    the target and ``p_k (d2 p_t / (1-p_t) - d1) = exp(x_k - m) (d2 p_t - d1 (1-p_t)) / s``
+    elsewhere: one exponential per element, no overflow, and no cancellation for losses that
+    fall as p_t rises. Two passes over the logits: statistics, then gradient.
     """
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
+    params = as_tensors(params, scale)
 
     def compute():
-        shifted_t, m_other, s_other = run(_row_statistics, x, t, dtype)
-        log_s = torch.log(s_other)
-        lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
-        logp = (shifted_t - lse).requires_grad_()
-        log1m = (log_s - lse).requires_grad_()
-        with torch.enable_grad():
-            rows = phi(logp, log1m, **params) * factor
-            d1, d2 = torch.autograd.grad(rows, (logp, log1m), torch.ones_like(rows) * scale,
-                                         allow_unused=True, materialize_grads=True)
-        logp, log1m, rows = logp.detach(), log1m.detach(), rows.detach()
-        p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
-        other_coef = (d2 * p_t - d1 * q_t) / s_other
-        target_grad = d1 * q_t - d2 * p_t
-        grad = run(_row_gradient, x, t, m_other, other_coef, target_grad).reshape(shape)
-        return (rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])), grad
+        if use_triton:
+            from . import _triton  # noqa: PLC0415
+
+            shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
+            rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
+            grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
+        else:
+            # two kernels: fused into one, the compiler would redo the per-row math per element
+            rows, m_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, dtype, factor,
+                                                         scale, params)
+            grad = run(_row_gradient, x, t, m_other, other_coef, target_grad)
+        rows = rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
+        return rows, grad.reshape(shape)
 
     return with_saved_gradient(logits, compute)

@@ -22,7 +22,7 @@ from torch import Tensor
 from . import _checks
 from ._numerics import compute_dtype, log_softmax_and_log1m, output_dtype
 from . import _fused
-from ._backend import wants_fused
+from ._backend import engine_for
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Tensor, Tensor], Tensor]
@@ -139,11 +139,12 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         scale = reduction_scale(reduction, count, normalizer, like)
         summed = reduction != "none"
         by_index = index and not smoothing
-        if wants_fused(backend, logits):
+        engine = engine_for(backend, logits)
+        if engine != "reference":
             try:
                 if by_index:
                     loss = _fused.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
-                                               summed=summed)
+                                               summed=summed, use_triton=engine == "triton")
                 else:
                     loss = _fused.value_and_grad(soft_rows, logits, (_fused.full_3d(y, logits.shape), phi), params,
                                                  dtype=dtype, scale=scale, summed=summed, loss_shape=rows_shape)

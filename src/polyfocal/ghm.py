@@ -65,10 +65,18 @@ def bin_index(g: Tensor, bins: int) -> Tensor:
 
 
 def gradient_histogram(g: Tensor, weight: Tensor, bins: int) -> Tensor:
-    """Weighted counts per bin, and the total weight N last: a ``(bins + 1,)`` vector, no host sync."""
-    totals = torch.zeros(bins, dtype=weight.dtype, device=weight.device)
-    totals = totals.index_add(0, bin_index(g, bins).flatten(), weight.flatten())
-    return torch.cat([totals, weight.sum().reshape(1)])
+    """Weighted counts per bin, and the total weight N last: a ``(bins + 1,)`` vector, no host sync.
+
+    Eagerly one scatter-add; inside a compiled kernel, one masked sum per bin, which the
+    compiler fuses into a single pass with ``bins`` accumulators (its scatter-add is serial).
+    """
+    index = bin_index(g, bins)
+    if torch.compiler.is_compiling() and bins <= 64:
+        counts = torch.stack([torch.where(index == b, weight, torch.zeros_like(weight)).sum() for b in range(bins)])
+    else:
+        counts = torch.zeros(bins, dtype=weight.dtype, device=weight.device)
+        counts = counts.index_add(0, index.flatten(), weight.flatten())
+    return torch.cat([counts, weight.sum().reshape(1)])
 
 
 @torch.no_grad()

@@ -1,0 +1,100 @@
+"""Triton kernels of the softmax row engine: one program per row, online softmax over C in chunks.
+
+They compute exactly what the compiled row engine in :mod:`polyfocal._fused` computes, and are
+loss-independent: the loss enters only through ``phi``'s partial derivatives on the N rows.
+
+* ``row_statistics``: per row, the max ``m`` and shifted exp-sum ``s`` of the non-target logits
+  (one pass, online: the running sum is rescaled when the max grows), and ``x_t - m``.
+* ``row_gradient``: ``exp(x_k - m) * coef`` off the target, ``target_grad`` on it, written once
+  in the logits' dtype.
+
+On a GPU they are the default for class-index softmax losses; on CPU they run under
+``TRITON_INTERPRET=1`` (the tests do that). Triton is optional: without it the compiled
+engine runs instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is missing
+    triton = None
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def _block(num_classes: int) -> int:
+    return min(triton.next_power_of_2(max(num_classes, 2)), 4096)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _row_statistics_kernel(x_ptr, t_ptr, shifted_ptr, m_ptr, s_ptr, num_classes, stride,
+                               BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        target = tl.load(t_ptr + row)
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        for start in range(0, num_classes, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            keep = (cols < num_classes) & (cols != target)
+            x = tl.load(x_ptr + row * stride + cols, mask=keep, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, 0))
+            safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            s = s * tl.exp(m - safe) + tl.sum(tl.where(keep, tl.exp(x - safe), 0.0), 0)
+            m = m_new
+        x_t = tl.load(x_ptr + row * stride + target).to(tl.float32)
+        tl.store(shifted_ptr + row, x_t - m)
+        tl.store(m_ptr + row, m)
+        tl.store(s_ptr + row, s)
+
+    @triton.jit
+    def _row_gradient_kernel(x_ptr, t_ptr, m_ptr, coef_ptr, target_grad_ptr, out_ptr, num_classes, stride,
+                             BLOCK: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        target = tl.load(t_ptr + row)
+        m = tl.load(m_ptr + row)
+        coef = tl.load(coef_ptr + row)
+        target_grad = tl.load(target_grad_ptr + row)
+        for start in range(0, num_classes, BLOCK):
+            cols = start + tl.arange(0, BLOCK)
+            inside = cols < num_classes
+            x = tl.load(x_ptr + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
+            grad = tl.where(cols == target, target_grad, tl.exp(x - m) * coef)
+            tl.store(out_ptr + row * stride + cols, grad.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def _rows(x: Tensor) -> Tensor:
+    """``(N, C, L)`` logits as contiguous ``(N * L, C)`` rows (a view when L = 1)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1]).contiguous()
+
+
+def row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
+    """As :func:`polyfocal._fused._row_statistics`, for ``x (N, C, L)`` and ``t (N, L)``; fp32 math."""
+    if dtype == torch.float64:
+        raise NotImplementedError("the Triton row engine computes in fp32")
+    rows, targets = _rows(x), t.reshape(-1).contiguous()
+    out = [torch.empty(rows.shape[0], dtype=torch.float32, device=x.device) for _ in range(3)]
+    if rows.shape[0]:
+        _row_statistics_kernel[(rows.shape[0],)](rows, targets, *out, rows.shape[1], rows.stride(0),
+                                                 BLOCK=_block(rows.shape[1]))
+    return tuple(o.view(t.shape) for o in out)
+
+
+def row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
+    """As :func:`polyfocal._fused._row_gradient`: the gradient in the logits' dtype and shape."""
+    rows = _rows(x)
+    out = torch.empty_like(rows)
+    if rows.shape[0]:
+        vectors = [v.reshape(-1).to(torch.float32).contiguous() for v in (m_other, other_coef, target_grad)]
+        _row_gradient_kernel[(rows.shape[0],)](rows, t.reshape(-1).contiguous(), *vectors, out, rows.shape[1],
+                                               rows.stride(0), BLOCK=_block(rows.shape[1]))
+    n, c, length = x.shape
+    return out.view(n, length, c).movedim(-1, 1)

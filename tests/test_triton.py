@@ -1,0 +1,75 @@
+"""The Triton row kernels, run on CPU by Triton's interpreter (``TRITON_INTERPRET=1``, set in conftest).
+
+Skipped where Triton is not installed (it is optional); CI installs it.
+"""
+
+import pytest
+import torch
+
+import polyfocal as pf
+import reference as ref
+from polyfocal import _fused, _triton
+from polyfocal._backend import use_backend
+
+pytestmark = pytest.mark.skipif(not _triton.available(), reason="triton is not installed")
+
+
+def inputs(shape, seed=0, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g) * scale
+    target = torch.randint(0, shape[1], (shape[0],) + tuple(shape[2:]), generator=g)
+    target.view(-1)[::3] = -100
+    return logits, target
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 7, 4), (4, 300)])  # C above one block: 3 chunks of 128
+def test_row_statistics_match_the_compiled_engine(shape, monkeypatch):
+    monkeypatch.setattr(_triton, "_block", lambda c: 128)
+    x, t = inputs(shape)
+    t = t.clamp(min=0)
+    x3, t3 = x.reshape(_fused.shape_3d(x.shape)), _fused.rows_3d(t, x.shape)
+    got = _triton.row_statistics(x3, t3, torch.float32)
+    want = _fused._row_statistics(x3, t3, torch.float32)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(ref.SOFTMAX))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_softmax_losses_match_the_reference(name, reduction):
+    phi, params = ref.SOFTMAX[name]
+    x, t = inputs((5, 4, 3))
+    x64 = x.double().requires_grad_()
+    want = ref.softmax_loss(phi, x64, t, reduction=reduction, **params)
+    x32 = x.clone().requires_grad_()
+    with use_backend("triton"):
+        got = pf.get_loss_function(name)(x32, t, reduction=reduction, **params)
+    assert "SavedGradient" in type(got.grad_fn).__name__
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    (g_got,) = torch.autograd.grad(got.sum(), x32)
+    (g_want,) = torch.autograd.grad(want.sum(), x64)
+    torch.testing.assert_close(g_got.double(), g_want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_and_saturated_logits(dtype):
+    x = torch.where(torch.rand(4, 6) < 0.5, 1e4, -1e4).to(dtype) if dtype == torch.bfloat16 else \
+        (torch.randn(4, 6) * 8).to(dtype)
+    t = torch.randint(0, 6, (4,))
+    results = {}
+    for engine in ("reference", "triton"):
+        xr = x.clone().requires_grad_()
+        with use_backend(engine):
+            loss = pf.focal_loss(xr, t, gamma=0.5)
+        loss.backward()
+        assert loss.dtype == dtype and torch.isfinite(loss) and torch.isfinite(xr.grad).all()
+        results[engine] = (loss, xr.grad)
+    torch.testing.assert_close(results["triton"], results["reference"])
+
+
+def test_other_paths_fall_through_to_the_compiled_engine():
+    x, t = inputs((5, 4))
+    probs = torch.softmax(torch.randn(5, 4), 1)
+    with use_backend("triton"):
+        loss = pf.focal_loss(x.requires_grad_(), probs)
+    with use_backend("reference"):
+        torch.testing.assert_close(loss, pf.focal_loss(x, probs))
