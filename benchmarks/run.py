@@ -36,6 +36,9 @@ import polyfocal as pf  # noqa: E402
 from polyfocal._backend import use_backend  # noqa: E402
 
 
+REFERENCE_MAX_ELEMENTS = 50_000_000
+
+
 @dataclass
 class Case:
     loss: str
@@ -148,7 +151,9 @@ def run_case(case: Case, device, repeats: int) -> dict:
                 return forward_backward(polyfocal, x, d)
         return run
 
-    runs = {"polyfocal fused": engine("fused"), "polyfocal reference": engine("reference")}
+    runs = {"polyfocal fused": engine("fused")}
+    if case.n * case.c <= REFERENCE_MAX_ELEMENTS:  # the reference engine's 5-6 logits of memory
+        runs["polyfocal reference"] = engine("reference")
     for label, fn in case.impls.items():
         if label != "polyfocal":
             runs[label] = lambda x, d, fn=fn: forward_backward(fn, x, d)
@@ -163,6 +168,8 @@ def run_case(case: Case, device, repeats: int) -> dict:
     traffic = logit_bytes * 2 + sum(v.numel() * v.element_size() for k, v in data.items() if k == "labels")
     memory = {}
     for label, fn in [("polyfocal fused", "fused"), ("polyfocal reference", "reference")]:
+        if label not in runs:
+            continue
         with use_backend(fn):
             memory[label] = (saved_bytes(polyfocal, logits, data), peak_bytes(polyfocal, logits, data))
     for label, fn in case.impls.items():
@@ -198,6 +205,21 @@ def print_table(result: dict) -> None:
               f"{cell(r['peak_vs_logits'], 7, '.1f', 'x')}")
 
 
+def markdown_table(report: dict) -> str:
+    """The results as one markdown table (for the README)."""
+    def cell(value, spec, unit=""):
+        return "-" if value is None else format(value, spec) + unit
+    lines = ["| loss | shape | implementation | vs composition | vs F.cross_entropy | time / copy | saved | peak |",
+             "|---|---|---|---|---|---|---|---|"]
+    for result in report["results"]:
+        shape = " x ".join(str(s) for s in result["shape"])
+        for r in result["rows"]:
+            lines.append(f"| {result['loss']} | {shape} | {r['impl']} | {cell(r['speedup_vs_composition'], '.1f', 'x')} | "
+                         f"{cell(r['speedup_vs_F_cross_entropy'], '.2f', 'x')} | {cell(r['time_vs_copy'], '.1f')} | "
+                         f"{cell(r['saved_vs_logits'], '.1f', 'x')} | {cell(r['peak_vs_logits'], '.1f', 'x')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes only (a smoke run)")
@@ -224,11 +246,15 @@ def main(argv=None) -> None:
         result = run_case(case, device, args.repeats)
         print_table(result)
         results.append(result)
+        gc.collect()
     out = args.out or os.path.join(os.path.dirname(__file__), "results", f"{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
+    report = {"machine": machine, "repeats": args.repeats, "results": results}
     with open(out, "w") as f:
-        json.dump({"machine": machine, "repeats": args.repeats, "results": results}, f, indent=1)
-    print(f"\nwrote {out}")
+        json.dump(report, f, indent=1)
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
+        f.write(markdown_table(report))
+    print(f"\nwrote {out} and its markdown table")
 
 
 if __name__ == "__main__":

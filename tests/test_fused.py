@@ -295,3 +295,18 @@ def test_ghm_matches_the_reference_engine_over_steps(kind, reduction):
         results[engine] = (outputs, [m.counts.float() for m in modules])
     # fp32 histograms summed in another order: counts agree to fp32 rounding
     torch.testing.assert_close(results["fused"], results["reference"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", pf.available_losses())
+def test_every_loss_takes_a_backend_argument(name):
+    import inspect
+
+    assert "backend" in inspect.signature(pf.get_loss_function(name)).parameters
+    x = torch.randn(SHAPE, requires_grad=True)
+    target = torch.rand(SHAPE) if name == "ghm_r_loss" else torch.rand(SHAPE[0], SHAPE[2]) * 2 \
+        if "distribution" in name or "generalized" in name else torch.randint(0, 4, (SHAPE[0], SHAPE[2]))
+    fn = pf.get_loss_function(name)
+    kwargs = {"n_terms": 3} if name == "truncated_cross_entropy" else {}
+    with pytest.raises(ValueError, match="`backend` must be one of"):
+        fn(x, target, backend="gpu", **kwargs)
+    assert not is_fused(fn(x, target, backend="reference", **kwargs))

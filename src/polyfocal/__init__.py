@@ -5,6 +5,7 @@
     >>> criterion = pf.build_loss("poly1_cross_entropy", epsilon=2.0)
 """
 
+from ._backend import get_backend, set_backend, use_backend
 from .gfl import (decode_distribution, distribution_focal_loss, generalized_focal_loss,
                   quality_focal_loss, varifocal_loss)
 from .ghm import GHMCLoss, GHMRLoss, ghm_c_loss, ghm_r_loss
@@ -39,4 +40,6 @@ __all__ = [
     "SigmoidSoftTruncatedLoss", "SigmoidHardTruncatedLoss", "QualityFocalLoss", "VarifocalLoss",
     "DistributionFocalLoss", "GeneralizedFocalLoss",
     "build_loss", "available_losses", "get_loss_function", "register_loss",
+    # engines
+    "set_backend", "get_backend", "use_backend",
 ]

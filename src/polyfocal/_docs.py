@@ -16,7 +16,9 @@ SOFTMAX_ARGS = """logits: ``(N, C, *)`` unnormalised scores, C >= 2.
         normalizer: with ``reduction="mean"``, divide the sum by this number or scalar tensor
             instead (for example the number of positive anchors).
         validate: check target values (costs a host sync). ``None``: on CPU outside
-            ``torch.compile``; ``True``: always; ``False``: never."""
+            ``torch.compile``; ``True``: always; ``False``: never.
+        backend: ``"auto"`` (the default set by :func:`polyfocal.set_backend`), ``"reference"``,
+            ``"fused"`` or ``"triton"``; see the README's Engines section."""
 
 SIGMOID_ARGS = """logits: any shape; ``(N, C, *)`` when ``target`` holds class indices.
         target: float in [0, 1] with the shape of ``logits`` (binary or soft); or class indices
@@ -30,7 +32,9 @@ SIGMOID_ARGS = """logits: any shape; ``(N, C, *)`` when ``target`` holds class i
         normalizer: with ``reduction="mean"``, divide the sum by this number or scalar tensor
             instead (RetinaNet divides by the number of positive anchors).
         validate: check target values (costs a host sync). ``None``: on CPU outside
-            ``torch.compile``; ``True``: always; ``False``: never."""
+            ``torch.compile``; ``True``: always; ``False``: never.
+        backend: ``"auto"`` (the default set by :func:`polyfocal.set_backend`), ``"reference"``,
+            ``"fused"`` or ``"triton"``; see the README's Engines section."""
 
 RETURNS = """Returns:
         The loss: a scalar, or the per-element loss for ``reduction="none"``, in the dtype of

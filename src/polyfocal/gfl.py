@@ -8,6 +8,7 @@ from torch import Tensor
 
 from . import _checks, _math
 from ._docs import fill
+from ._backend import engine_for
 from ._numerics import compute_dtype, output_dtype, safe_pow
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, sigmoid_loss
@@ -22,7 +23,7 @@ __all__ = [
 @fill
 def quality_focal_loss(logits: Tensor, target, *, beta: float = 2.0, weight=None,
                        ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                       validate: bool | None = None) -> Tensor:
+                       validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Quality Focal Loss ``-|y - sigma|^beta ((1-y) log(1-sigma) + y log sigma)`` (arXiv:2006.04388).
 
     ``y`` in [0, 1] is the IoU quality of the positive class (0 for negatives). The minimum
@@ -38,13 +39,14 @@ def quality_focal_loss(logits: Tensor, target, *, beta: float = 2.0, weight=None
     beta = _checks.number(beta, "beta", low=0.0)
     return sigmoid_loss(_math.QUALITY_FOCAL, dict(beta=beta), logits, target, weight=weight,
                         ignore_index=ignore_index, reduction=reduction, normalizer=normalizer,
-                        validate=validate)
+                        validate=validate, backend=backend)
 
 
 @fill
 def varifocal_loss(logits: Tensor, target, *, alpha: float = 0.75, gamma: float = 2.0,
                    iou_weighted: bool = True, weight=None, ignore_index: int = -100,
-                   reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                   reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                   backend: str | None = None) -> Tensor:
     """Varifocal loss (Zhang et al., arXiv:2008.13367).
 
     ``-q (q log p + (1-q) log(1-p))`` for a positive with IoU-aware target q > 0 (without
@@ -63,7 +65,7 @@ def varifocal_loss(logits: Tensor, target, *, alpha: float = 0.75, gamma: float 
     gamma = _checks.number(gamma, "gamma", low=0.0)
     f, params = _math.VARIFOCAL, dict(alpha=alpha, gamma=gamma, iou_weighted=bool(iou_weighted))
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 def _check_distribution_target(logits: Tensor, target, weight, validate) -> None:
@@ -92,7 +94,8 @@ def _two_hot_distribution(target: Tensor, num_bins: int, dtype: torch.dtype) -> 
 
 
 def distribution_focal_loss(logits: Tensor, target: Tensor, *, weight: Tensor | None = None,
-                            reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                            reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                            backend: str | None = None) -> Tensor:
     """Distribution Focal Loss ``-((y_r - y) log S_l + (y - y_l) log S_r)`` (arXiv:2006.04388).
 
     A box edge is a distribution over ``n`` bins at 0, 1, ..., n-1 (a softmax over dim 1);
@@ -106,6 +109,7 @@ def distribution_focal_loss(logits: Tensor, target: Tensor, *, weight: Tensor | 
         reduction: ``"none"`` (shape ``(N, *)``), ``"sum"`` or ``"mean"`` (over ``N * prod(*)``).
         normalizer: with ``reduction="mean"``, divide the sum by this instead.
         validate: check that targets are finite (``None``: on CPU outside ``torch.compile``).
+        backend: the engine, as for every loss (README, Engines).
 
     Returns:
         The loss, in the dtype of ``logits``. Decode predictions with :func:`decode_distribution`.
@@ -114,12 +118,12 @@ def distribution_focal_loss(logits: Tensor, target: Tensor, *, weight: Tensor | 
     _check_distribution_target(logits, target, weight, validate)
     hot = _two_hot_distribution(target, num_bins, compute_dtype(logits))
     return softmax_loss(_math.poly_series, {}, logits, hot, reduction=reduction, normalizer=normalizer,
-                        validate=False, sample_weight=weight)
+                        validate=False, sample_weight=weight, backend=backend)
 
 
 def generalized_focal_loss(logits: Tensor, target: Tensor, *, beta: float = 2.0,
                            weight: Tensor | None = None, reduction: str = "mean", normalizer=None,
-                           validate: bool | None = None) -> Tensor:
+                           validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Generalized Focal Loss ``-|y - y_hat|^beta ((y_r - y) log p_l + (y - y_l) log p_r)`` (arXiv:2006.04388).
 
     Over ``n`` bins at 0, 1, ..., n-1 with a softmax over dim 1: ``y_l <= y <= y_r`` are the
@@ -135,10 +139,13 @@ def generalized_focal_loss(logits: Tensor, target: Tensor, *, beta: float = 2.0,
         reduction: ``"none"`` (shape ``(N, *)``), ``"sum"`` or ``"mean"`` (over ``N * prod(*)``).
         normalizer: with ``reduction="mean"``, divide the sum by this instead.
         validate: check that targets are finite.
+        backend: accepted for a uniform signature and checked; GFL always runs on autograd (its
+            modulator couples all the bins of a row).
 
     Returns:
         The loss, in the dtype of ``logits``.
     """
+    engine_for(backend, logits)
     num_bins = check_logits(logits)
     _check_distribution_target(logits, target, weight, validate)
     beta = _checks.number(beta, "beta", low=0.0)

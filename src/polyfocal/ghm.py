@@ -207,7 +207,7 @@ def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduct
 
 def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None = None,
                ignore_index: int = -100, reduction: str = "mean", validate: bool | None = None,
-               distributed: bool | None = None) -> Tensor:
+               distributed: bool | None = None, backend: str | None = None) -> Tensor:
     """GHM-C: sigmoid BCE weighted by the inverse density of ``g = |sigmoid(x) - y|`` in this batch.
 
     Stateless: the density comes from this batch alone (use :class:`GHMCLoss` for the
@@ -225,17 +225,18 @@ def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None 
             (``(1/N) sum beta_i L_i``).
         validate: check target values (``None``: on CPU outside ``torch.compile``).
         distributed: all-reduce the histogram (``None``: when a process group of 2+ ranks exists).
+        backend: the engine (README, Engines).
 
     Returns:
         The loss, in the dtype of ``logits``.
     """
     return _ghm_c(logits, target, bins=_check_bins(bins), weight=weight, ignore_index=ignore_index,
-                  reduction=reduction, validate=validate, distributed=distributed, state=None)
+                  reduction=reduction, validate=validate, distributed=distributed, state=None, backend=backend)
 
 
 def ghm_r_loss(pred: Tensor, target: Tensor, *, mu: float = 0.02, bins: int = 10,
                weight: Tensor | None = None, reduction: str = "mean",
-               distributed: bool | None = None) -> Tensor:
+               distributed: bool | None = None, backend: str | None = None) -> Tensor:
     """GHM-R: the authentic smooth L1 ``sqrt(d^2 + mu^2) - mu`` weighted by the inverse density of
     its gradient norm ``g = |d| / sqrt(d^2 + mu^2)``, ``d = pred - target``.
 
@@ -248,13 +249,14 @@ def ghm_r_loss(pred: Tensor, target: Tensor, *, mu: float = 0.02, bins: int = 10
         weight: per-element weights >= 0 broadcastable to ``pred`` (0 leaves an element out).
         reduction: ``"none"``, ``"sum"`` or ``"mean"`` (``(1/N) sum beta_i L_i``).
         distributed: all-reduce the histogram (``None``: when a process group of 2+ ranks exists).
+        backend: the engine (README, Engines).
 
     Returns:
         The loss, in the dtype of ``pred``.
     """
     mu = _checks.number(mu, "mu", low=0.0, low_open=True)
     return _ghm_r(pred, target, mu=mu, bins=_check_bins(bins), weight=weight, reduction=reduction,
-                  distributed=distributed, state=None)
+                  distributed=distributed, state=None, backend=backend)
 
 
 class _GHMBase(nn.Module):
@@ -291,21 +293,21 @@ class GHMCLoss(_GHMBase):
         momentum: moving-average momentum in [0, 1); 0 uses each batch alone. The paper's
             detection runs use 0.75.
         bias_correction: correct the zero-initialised average's start-up bias.
-        weight, ignore_index, reduction, validate, distributed: as :func:`ghm_c_loss`.
+        weight, ignore_index, reduction, validate, distributed, backend: as :func:`ghm_c_loss`.
     """
 
     def __init__(self, *, bins: int = 10, momentum: float = 0.75, bias_correction: bool = True,
                  ignore_index: int = -100, reduction: str = "mean", validate: bool | None = None,
-                 distributed: bool | None = None):
+                 distributed: bool | None = None, backend: str | None = None):
         super().__init__(bins, momentum, bias_correction)
         _checks.check_reduction(reduction, None)
         self.ignore_index, self.reduction = ignore_index, reduction
-        self.validate, self.distributed = validate, distributed
+        self.validate, self.distributed, self.backend = validate, distributed, backend
 
     def forward(self, logits: Tensor, target, weight: Tensor | None = None) -> Tensor:
         return _ghm_c(logits, target, bins=self.bins, weight=weight, ignore_index=self.ignore_index,
                       reduction=self.reduction, validate=self.validate, distributed=self.distributed,
-                      state=self._state())
+                      state=self._state(), backend=self.backend)
 
 
 class GHMRLoss(_GHMBase):
@@ -314,16 +316,17 @@ class GHMRLoss(_GHMBase):
     Args:
         mu: smoothness of the authentic smooth L1 (0.02 in the paper).
         bins, momentum, bias_correction: as :class:`GHMCLoss`.
-        reduction, distributed: as :func:`ghm_r_loss`.
+        reduction, distributed, backend: as :func:`ghm_r_loss`.
     """
 
     def __init__(self, *, mu: float = 0.02, bins: int = 10, momentum: float = 0.75,
-                 bias_correction: bool = True, reduction: str = "mean", distributed: bool | None = None):
+                 bias_correction: bool = True, reduction: str = "mean", distributed: bool | None = None,
+                 backend: str | None = None):
         super().__init__(bins, momentum, bias_correction)
         _checks.check_reduction(reduction, None)
         self.mu = _checks.number(mu, "mu", low=0.0, low_open=True)
-        self.reduction, self.distributed = reduction, distributed
+        self.reduction, self.distributed, self.backend = reduction, distributed, backend
 
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         return _ghm_r(pred, target, mu=self.mu, bins=self.bins, weight=weight, reduction=self.reduction,
-                      distributed=self.distributed, state=self._state())
+                      distributed=self.distributed, state=self._state(), backend=self.backend)

@@ -23,7 +23,7 @@ def _alpha(alpha) -> float | None:
 @fill
 def binary_cross_entropy(logits: Tensor, target, *, pos_weight: Tensor | None = None, weight=None,
                          ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                         validate: bool | None = None) -> Tensor:
+                         validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Binary cross-entropy on logits, matching ``torch.nn.functional.binary_cross_entropy_with_logits``.
 
     ``-(w_pos y log sigmoid(x) + (1 - y) log sigmoid(-x))``.
@@ -37,13 +37,13 @@ def binary_cross_entropy(logits: Tensor, target, *, pos_weight: Tensor | None = 
     pos_weight = check_weight(pos_weight, logits, "pos_weight")
     return sigmoid_loss(_math.BCE, dict(pos_weight=pos_weight), logits,
                         target, weight=weight, ignore_index=ignore_index, reduction=reduction,
-                        normalizer=normalizer, validate=validate)
+                        normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: float | None = 0.25,
                        weight=None, ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                       validate: bool | None = None) -> Tensor:
+                       validate: bool | None = None, backend: str | None = None) -> Tensor:
     """RetinaNet's focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` (Lin et al., arXiv:1708.02002).
 
     ``p_t = y p + (1 - y)(1 - p)``; ``alpha_t = alpha y + (1 - alpha)(1 - y)``: alpha weights
@@ -67,13 +67,14 @@ def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: flo
     gamma = _checks.number(gamma, "gamma", low=0.0)
     f, params = _math.FOCAL, dict(gamma=gamma, alpha=_alpha(alpha))
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def poly1_focal_loss(logits: Tensor, target, *, epsilon: float = 1.0, gamma: float = 2.0,
                      alpha: float | None = 0.25, weight=None, ignore_index: int = -100,
-                     reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                     reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                     backend: str | None = None) -> Tensor:
     """Poly-1 focal loss ``FL + epsilon (1 - p_t)^(gamma + 1)`` (Leng et al., arXiv:2204.12511).
 
     ``FL`` is :func:`sigmoid_focal_loss` with its ``alpha_t``; the Poly-1 term is *not*
@@ -92,13 +93,13 @@ def poly1_focal_loss(logits: Tensor, target, *, epsilon: float = 1.0, gamma: flo
     gamma = _checks.number(gamma, "gamma", low=0.0)
     f, params = _math.FOCAL, dict(gamma=gamma, alpha=_alpha(alpha), epsilon=epsilon)
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def poly1_binary_cross_entropy(logits: Tensor, target, *, epsilon: float = 1.0, weight=None,
                                ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                               validate: bool | None = None) -> Tensor:
+                               validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Poly-1 binary cross-entropy ``BCE + epsilon (1 - p_t)`` (arXiv:2204.12511).
 
     Args:
@@ -110,13 +111,13 @@ def poly1_binary_cross_entropy(logits: Tensor, target, *, epsilon: float = 1.0, 
     epsilon = _checks.number(epsilon, "epsilon")
     f, params = _math.FOCAL, dict(gamma=0.0, epsilon=epsilon)
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def sigmoid_soft_truncated_loss(logits: Tensor, target, *, k: float = 1.0, weight=None,
                                 ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                                validate: bool | None = None) -> Tensor:
+                                validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Su Jianlin's softened truncation, ``-y sigmoid(-k x) log sigmoid(x) - (1-y) sigmoid(k x) log sigmoid(-x)``.
 
     With k = 1 and binary targets this is focal loss with gamma = 1 and no alpha.
@@ -130,13 +131,13 @@ def sigmoid_soft_truncated_loss(logits: Tensor, target, *, k: float = 1.0, weigh
     k = _checks.number(k, "k", low=0.0, low_open=True)
     f, params = _math.SOFT_TRUNCATION, dict(k=k)
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def sigmoid_hard_truncated_loss(logits: Tensor, target, *, margin: float = 0.5, weight=None,
                                 ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                                validate: bool | None = None) -> Tensor:
+                                validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Su Jianlin's hard-truncated BCE: no loss and no gradient once ``p_t > margin``.
 
     A positive stops counting once ``sigmoid(x) > margin``, a negative once
@@ -151,4 +152,4 @@ def sigmoid_hard_truncated_loss(logits: Tensor, target, *, margin: float = 0.5, 
     margin = _checks.number(margin, "margin", low=0.0, high=1.0, low_open=True, high_open=True)
     f, params = _math.HARD_TRUNCATION, dict(margin=margin)
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)

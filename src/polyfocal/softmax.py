@@ -21,7 +21,7 @@ TAILS = ("ce", "drop")
 @fill
 def cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: int = -100,
                   label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
-                  validate: bool | None = None) -> Tensor:
+                  validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Cross-entropy ``-log p_t``, matching ``torch.nn.functional.cross_entropy``.
 
     The baseline of the family: ``CE = sum_j (1 - p_t)^j / j``. One deliberate
@@ -39,13 +39,13 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: 
     """
     return softmax_loss(_math.poly_series, {}, logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None, weight=None,
                ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
-               normalizer=None, validate: bool | None = None) -> Tensor:
+               normalizer=None, validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Softmax focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` (Lin et al., arXiv:1708.02002).
 
     The modulator is computed as ``exp(gamma * log(1 - p_t))`` with an exact ``log(1 - p_t)``,
@@ -69,13 +69,14 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None
     gamma = _checks.number(gamma, "gamma", low=0.0)
     return softmax_loss(_math.poly_series, dict(gamma=gamma), logits, target, weight=weight,
                         alpha=alpha, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0, weight=None,
                         ignore_index: int = -100, label_smoothing: float = 0.0,
-                        reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                        reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                        backend: str | None = None) -> Tensor:
     """Poly-1 cross-entropy ``-log p_t + epsilon (1 - p_t)`` (Leng et al., arXiv:2204.12511).
 
     Moves the first coefficient of cross-entropy's series from 1 to ``1 + epsilon``.
@@ -92,13 +93,14 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
     epsilon = _checks.number(epsilon, "epsilon")
     return softmax_loss(_math.poly_series, dict(coefficients=(1.0 + epsilon,)), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def polyn_cross_entropy(logits: Tensor, target: Tensor, *, epsilons: Sequence[float] = (1.0,),
                         weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
-                        reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                        reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                        backend: str | None = None) -> Tensor:
     """Poly-N cross-entropy ``-log p_t + sum_(j=1..N) epsilon_j (1 - p_t)^j`` (arXiv:2204.12511).
 
     Perturbs the first N coefficients of cross-entropy's series and keeps its exact tail.
@@ -113,14 +115,14 @@ def polyn_cross_entropy(logits: Tensor, target: Tensor, *, epsilons: Sequence[fl
     coefficients = tuple(1.0 / j + e for j, e in enumerate(epsilons, start=1))
     return softmax_loss(_math.poly_series, dict(coefficients=coefficients), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def poly_loss(logits: Tensor, target: Tensor, *, coefficients: Sequence[float] = (1.0,),
               gamma: float = 0.0, tail: str = "ce", alpha=None, weight=None, ignore_index: int = -100,
               label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
-              validate: bool | None = None) -> Tensor:
+              validate: bool | None = None, backend: str | None = None) -> Tensor:
     """The general PolyLoss ``sum_j a_j (1 - p_t)^(j + gamma)`` (arXiv:2204.12511).
 
     ``coefficients = (a_1, ..., a_K)`` set the first K terms. ``tail="ce"`` keeps
@@ -147,13 +149,14 @@ def poly_loss(logits: Tensor, target: Tensor, *, coefficients: Sequence[float] =
     params = dict(coefficients=coefficients, gamma=gamma, keep_tail=tail == "ce")
     return softmax_loss(_math.poly_series, params, logits, target, weight=weight, alpha=alpha,
                         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-                        normalizer=normalizer, validate=validate)
+                        normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def truncated_cross_entropy(logits: Tensor, target: Tensor, *, n_terms: int, weight=None,
                             ignore_index: int = -100, label_smoothing: float = 0.0,
-                            reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                            reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                            backend: str | None = None) -> Tensor:
     """Cross-entropy's series cut after N terms, ``sum_(j=1..N) (1 - p_t)^j / j`` (arXiv:2204.12511).
 
     The PolyLoss paper's "drop high-order polynomials" experiment: on ImageNet about 600
@@ -171,13 +174,14 @@ def truncated_cross_entropy(logits: Tensor, target: Tensor, *, n_terms: int, wei
     params = dict(coefficients=coefficients, keep_tail=False)
     return softmax_loss(_math.poly_series, params, logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-                        normalizer=normalizer, validate=validate)
+                        normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def soft_truncated_loss(logits: Tensor, target: Tensor, *, k: float = 1.0, weight=None,
                         ignore_index: int = -100, label_smoothing: float = 0.0,
-                        reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                        reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                        backend: str | None = None) -> Tensor:
     """Su Jianlin's softened truncated cross-entropy, ``-sigmoid(-k m_t) log p_t``.
 
     ``m_t = x_t - logsumexp_(j != t) x_j`` is the target margin (the logit of p_t), so with
@@ -194,13 +198,14 @@ def soft_truncated_loss(logits: Tensor, target: Tensor, *, k: float = 1.0, weigh
     k = _checks.number(k, "k", low=0.0, low_open=True)
     return softmax_loss(_math.soft_truncation, dict(k=k), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
 @fill
 def hard_truncated_loss(logits: Tensor, target: Tensor, *, margin: float = 0.5, weight=None,
                         ignore_index: int = -100, label_smoothing: float = 0.0,
-                        reduction: str = "mean", normalizer=None, validate: bool | None = None) -> Tensor:
+                        reduction: str = "mean", normalizer=None, validate: bool | None = None,
+                        backend: str | None = None) -> Tensor:
     """Su Jianlin's hard-truncated cross-entropy: ``-log p_t`` while ``p_t <= margin``, else 0.
 
     Examples already past the margin get no loss and no gradient; nothing keeps them
@@ -215,4 +220,4 @@ def hard_truncated_loss(logits: Tensor, target: Tensor, *, margin: float = 0.5, 
     margin = _checks.number(margin, "margin", low=0.0, high=1.0, low_open=True, high_open=True)
     return softmax_loss(_math.hard_truncation, dict(margin=margin), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate)
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
