@@ -104,10 +104,11 @@ def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
 # With a hard target, p_t = sigmoid(z) with z = (2y-1) x: two log-sigmoids, no log of the target.
 
 def binary_focal(logpt: Tensor, log1m: Tensor, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
-    loss = alpha_t(y, alpha) * poly_series(logpt, log1m, gamma=gamma)
+    """``(1-p_t)^gamma (alpha_t (-log p_t) + epsilon (1-p_t))``: one modulator for both terms."""
+    loss = alpha_t(y, alpha) * -logpt
     if not is_constant(epsilon, 0):
-        loss = loss + epsilon * pow_of_log(log1m, gamma + 1)
-    return loss
+        loss = loss + epsilon * torch.exp(log1m)
+    return loss * pow_of_log(log1m, gamma)
 
 
 def binary_bce(logpt: Tensor, log1m: Tensor, y: Tensor, *, pos_weight=None) -> Tensor:
