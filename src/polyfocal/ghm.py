@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _checks, _math
@@ -115,6 +116,15 @@ def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
     return binary_cross_entropy(x, y)
 
 
+def _hard_classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
+    """For targets exactly 0 or 1: ``|sigmoid(x) - y| = sigmoid(-z)`` with ``z = (2y - 1) x``."""
+    return torch.sigmoid(-torch.where(y > 0, x, -x))
+
+
+def _hard_classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
+    return -F.logsigmoid(torch.where(y > 0, x, -x))
+
+
 def _regression_gap(x: Tensor, y: Tensor, mu) -> Tensor:
     d = x - y
     return d.abs() / torch.sqrt(d * d + mu * mu)
@@ -187,8 +197,10 @@ def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, redu
     if scores is not None:  # the detection form: a dense target
         y, valid, _ = dense_target(logits, target, ignore_index, False, compute_dtype(logits))
         labels = None
+    hard = labels is not None  # class labels: exact 0/1 targets, half the transcendentals
     return _ghm(logits, labels, y, valid, weight, ignore_index=ignore_index, bins=bins,
-                gap=_classification_gap, loss=_classification_loss, mu=0.0, reduction=reduction,
+                gap=_hard_classification_gap if hard else _classification_gap,
+                loss=_hard_classification_loss if hard else _classification_loss, mu=0.0, reduction=reduction,
                 distributed=distributed, state=state, backend=backend)
 
 
