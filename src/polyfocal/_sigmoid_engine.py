@@ -1,4 +1,4 @@
-"""The reference engine of the sigmoid family: targets, element weights, ignore mask, reduction.
+"""The sigmoid family's engine: targets, element weights, ignore mask, reduction, dispatch.
 
 Targets come in three forms:
 
@@ -17,18 +17,16 @@ per-element loss, shape ``(N, C, *)``.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks
-from . import _fused
+from . import _checks, _fused
 from ._backend import wants_fused
 from ._math import SigmoidMath
 from ._numerics import compute_dtype, is_class, output_dtype
 from ._reduce import reduce_loss, reduction_scale
+
 
 def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -> None:
     if logits.ndim < 2:

@@ -1,4 +1,4 @@
-"""The reference engine of the softmax family: targets, weights, ignore mask, reduction.
+"""The softmax family's engine: targets, weights, ignore mask, reduction, dispatch.
 
 Every softmax loss is ``phi(log p_c, log(1 - p_c))`` of one class. For class-index
 targets it is taken at the target class; for probability targets (and label
@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks
-from ._numerics import compute_dtype, log_softmax_and_log1m, output_dtype
-from . import _fused
+from . import _checks, _fused
 from ._backend import engine_for
+from ._numerics import compute_dtype, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Tensor, Tensor], Tensor]
