@@ -119,7 +119,15 @@ def saved_bytes(fn, logits, data) -> int:
 
 
 def peak_bytes(fn, logits, data) -> int:
-    """Peak of live allocations during forward+backward (CPU allocator events, per op)."""
+    """Peak of live allocations during forward+backward beyond what was live before (CUDA: the
+    caching allocator's statistics; CPU: allocator events recorded by the profiler, per op)."""
+    if logits.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        forward_backward(fn, logits, data)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         forward_backward(fn, logits, data)
     events = sorted(prof.events(), key=lambda e: e.time_range.start)
@@ -130,12 +138,19 @@ def peak_bytes(fn, logits, data) -> int:
     return peak
 
 
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_round_robin(impls: dict, logits, data, repeats: int) -> dict:
     times = {label: [] for label in impls}
     for _ in range(repeats):
         for label, fn in impls.items():
+            synchronize(logits.device)
             start = time.perf_counter()
             fn(logits, data)
+            synchronize(logits.device)
             times[label].append(time.perf_counter() - start)
     return {label: statistics.median(ts) for label, ts in times.items()}
 
