@@ -166,6 +166,8 @@ def run_case(case: Case, device, repeats: int) -> dict:
         return run
 
     runs = {"polyfocal fused": engine("fused")}
+    if device.type == "cuda" and case.family == "softmax":
+        runs["polyfocal triton"] = engine("triton")  # the hand-written row kernels
     if case.n * case.c <= REFERENCE_MAX_ELEMENTS:  # the reference engine's 5-6 logits of memory
         runs["polyfocal reference"] = engine("reference")
     for label, fn in case.impls.items():
