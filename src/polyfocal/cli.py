@@ -313,8 +313,13 @@ def _add_explain(commands) -> None:
     p.set_defaults(handler=_explain_density)
 
 
+def _add_compare(commands) -> None:
+    from .experiments.command import add_compare  # the experiment layer sits on top of the library
+    add_compare(commands)
+
+
 #: Functions that each add one top-level command to the ``add_subparsers()`` object.
-COMMANDS: list[Callable] = [_add_explain]
+COMMANDS: list[Callable] = [_add_explain, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

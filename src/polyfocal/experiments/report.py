@@ -1,0 +1,162 @@
+"""Summaries of :func:`~polyfocal.experiments.train.compare` results: table, JSON, Markdown, PNG.
+
+    >>> summary = summarize(results)           # {loss: {metric: {mean, low, high, n}}}  # doctest: +SKIP
+    >>> print(format_table(results))           # doctest: +SKIP
+    >>> paths = write_report(results, "runs/digits")  # results.json, report.md, report.png  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+
+from .metrics import t_interval
+from .tasks import LOWER_IS_BETTER
+
+__all__ = ["summarize", "format_table", "write_report"]
+
+
+def _losses(results) -> list[str]:
+    return list(dict.fromkeys(run["loss"] for run in results["runs"]))
+
+
+def summarize(results: dict) -> dict:
+    """Per loss and metric: mean and 95% t-interval over seeds (``low``/``high`` NaN for one seed)."""
+    out = {}
+    for loss in _losses(results):
+        runs = [r for r in results["runs"] if r["loss"] == loss]
+        out[loss] = {}
+        for metric in results["metrics"]:
+            mean, low, high = t_interval([r["metrics"][metric] for r in runs])
+            out[loss][metric] = {"mean": mean, "low": low, "high": high, "n": len(runs)}
+    return out
+
+
+def _cell(stats: dict) -> str:
+    if math.isnan(stats["mean"]):
+        return "n/a"
+    if math.isnan(stats["low"]):
+        return f"{stats['mean']:.4f}"
+    return f"{stats['mean']:.4f} [{stats['low']:.4f}, {stats['high']:.4f}]"
+
+
+def _best(summary: dict, metric: str) -> str | None:
+    means = {loss: s[metric]["mean"] for loss, s in summary.items() if not math.isnan(s[metric]["mean"])}
+    if not means:
+        return None
+    pick = min if metric in LOWER_IS_BETTER else max
+    return pick(means, key=means.get)
+
+
+def format_table(results: dict, markdown: bool = False) -> str:
+    """One row per loss: each metric's mean [95% interval]; the best mean of each metric starred."""
+    summary, metrics = summarize(results), results["metrics"]
+    best = {m: _best(summary, m) for m in metrics}
+    header = ["loss"] + [m + (" (lower better)" if m in LOWER_IS_BETTER else "") for m in metrics]
+    rows = [[loss] + [_cell(s[m]) + (" *" if best[m] == loss else "") for m in metrics]
+            for loss, s in summary.items()]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _json_safe(value):
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def _plot(results: dict, summary: dict, path: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics, losses = results["metrics"], list(summary)
+    ncols = len(metrics) + 2
+    fig = Figure(figsize=(3.6 * ncols, 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    x = np.arange(len(losses))
+    colors = [f"C{i % 10}" for i in range(len(losses))]
+    for ax, metric in zip(axes, metrics):
+        means = np.array([summary[l][metric]["mean"] for l in losses])
+        low = np.array([summary[l][metric]["low"] for l in losses])
+        high = np.array([summary[l][metric]["high"] for l in losses])
+        err = np.vstack([means - low, high - means])
+        err = np.where(np.isnan(err), 0.0, err)
+        ax.bar(x, means, color=colors, alpha=0.35)
+        ax.errorbar(x, means, yerr=err, fmt="o", color="k", capsize=4, lw=1)
+        for i, loss in enumerate(losses):
+            values = [r["metrics"][metric] for r in results["runs"] if r["loss"] == loss]
+            ax.plot(np.full(len(values), i) + 0.15, values, ".", color=colors[i], alpha=0.8)
+        finite = np.concatenate([means, low, high])
+        finite = finite[np.isfinite(finite)]
+        if finite.size:
+            pad = 0.15 * max(finite.max() - finite.min(), 1e-3)
+            ax.set_ylim(finite.min() - pad, finite.max() + pad)
+        ax.set_xticks(x, losses, rotation=30, ha="right", fontsize=8)
+        ax.set_title(metric + (" (lower better)" if metric in LOWER_IS_BETTER else ""), fontsize=10)
+    curve_keys = ("train_loss", f"test_{results['primary']}")
+    for ax, key in zip(axes[len(metrics):], curve_keys):
+        for i, loss in enumerate(losses):
+            curves = [r["curves"] for r in results["runs"] if r["loss"] == loss and r["curves"][key]]
+            if not curves:
+                continue
+            values = np.array([c[key] for c in curves], dtype=np.float64)
+            epochs = curves[0]["epoch"]
+            ax.plot(epochs, np.nanmean(values, 0), color=colors[i], label=loss, lw=1.5)
+            if len(values) > 1:
+                ax.fill_between(epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=colors[i], alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_title(key.replace("_", " ") + " (mean, min-max over seeds)", fontsize=10)
+        if key == "train_loss":
+            ax.set_yscale("log")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle(f"{results['config']['task']}: {len(results['config']['seeds'])} seeds, "
+                 f"95% t-intervals", fontsize=11)
+    fig.savefig(path, dpi=110)
+
+
+def write_report(results: dict, out: str) -> dict[str, str]:
+    """Write ``results.json``, ``report.md`` and (with matplotlib) ``report.png`` under ``out``."""
+    os.makedirs(out, exist_ok=True)
+    summary = summarize(results)
+    paths = {"json": os.path.join(out, "results.json"), "markdown": os.path.join(out, "report.md")}
+    with open(paths["json"], "w") as handle:
+        json.dump(_json_safe({**results, "summary": summary}), handle, indent=1)
+    image = None
+    try:
+        image = os.path.join(out, "report.png")
+        _plot(results, summary, image)
+        paths["png"] = image
+    except ImportError:
+        image = None
+    config, task = results["config"], results["task"]
+    lines = [f"# Loss comparison: {config['task']}", "",
+             f"{task['description']}. Train {task['n_train']}, test {task['n_test']}; "
+             f"train class counts {task['train_class_counts']}.", "",
+             f"{len(config['seeds'])} seeds ({', '.join(map(str, config['seeds']))}), {config['epochs']} epochs, "
+             f"{config['optimizer']} lr {config['lr']:g}, batch {config['batch_size']}, backend "
+             f"{config['backend']}. Test metrics at the final epoch; mean [95% t-interval over seeds]; "
+             f"* marks the best mean (overlapping intervals mean no clear winner).", "",
+             format_table(results, markdown=True), ""]
+    if image:
+        lines += ["![metrics and learning curves](report.png)", ""]
+    else:
+        lines += ["(no figure: matplotlib is not installed)", ""]
+    lines += ["Losses: " + "; ".join(f"`{l['label']}` = {l['name']}{l['params'] or ''}" for l in config["losses"]),
+              "", "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    with open(paths["markdown"], "w") as handle:
+        handle.write("\n".join(lines))
+    return paths

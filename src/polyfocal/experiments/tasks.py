@@ -1,0 +1,276 @@
+"""Small classification problems made locally, each with its model and its metrics.
+
+``digits-lt`` (scikit-learn's bundled digits, long-tailed train split, balanced test),
+``tabular-imbalanced`` (``make_classification`` with 1% positives), ``dense-toy``
+(a per-pixel class map of small squares, ~1% positive locations) and a user's own
+``.csv``/``.npz`` (:func:`load_data`). All run on a CPU in seconds.
+
+    >>> task = make_task("dense-toy", n_train=64)                 # doctest: +SKIP
+    >>> task.kind, task.num_classes, task.primary
+    ('dense', 3, 'map')
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import metrics as M
+
+__all__ = ["Task", "TASKS", "make_task", "load_data"]
+
+#: metrics reported for each kind of task; the first is the headline one
+METRICS = {
+    "multiclass": ("balanced_accuracy", "accuracy", "macro_f1", "ece"),
+    "binary": ("average_precision", "roc_auc"),
+    "dense": ("map",),
+}
+#: metrics where lower is better
+LOWER_IS_BETTER = ("ece",)
+
+
+@dataclass
+class Task:
+    """A train/test split, a model factory, and how to score predictions.
+
+    ``kind`` is ``"multiclass"`` (softmax losses, class-index targets), ``"binary"``
+    (softmax losses on 2 logits or sigmoid losses on 1 logit) or ``"dense"`` (sigmoid
+    losses on ``(N, C, H, W)`` with integer labels where ``C`` is background).
+    """
+
+    name: str
+    kind: str
+    num_classes: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    description: str
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-2
+    hidden: int = 64
+    options: dict = field(default_factory=dict)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return {"multiclass": ("softmax",), "binary": ("softmax", "sigmoid"), "dense": ("sigmoid",)}[self.kind]
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return METRICS[self.kind]
+
+    @property
+    def primary(self) -> str:
+        return self.metrics[0]
+
+    def summary(self) -> dict:
+        counts = torch.bincount(self.y_train.flatten().long(), minlength=self.num_classes + (self.kind == "dense"))
+        return {"name": self.name, "kind": self.kind, "description": self.description,
+                "num_classes": self.num_classes, "n_train": len(self.x_train), "n_test": len(self.x_test),
+                "train_class_counts": counts.tolist(), "options": self.options}
+
+    def make_model(self, family: str) -> nn.Module:
+        """A fresh model (seed torch first); sigmoid heads start at the 1% prior of RetinaNet."""
+        if self.kind == "dense":
+            channels = self.x_train.shape[1]
+            model = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(16, self.num_classes, 1))
+        else:
+            outputs = 1 if (self.kind == "binary" and family == "sigmoid") else self.num_classes
+            model = nn.Sequential(nn.Linear(self.x_train.shape[1], self.hidden), nn.ReLU(),
+                                  nn.Linear(self.hidden, self.hidden), nn.ReLU(),
+                                  nn.Linear(self.hidden, outputs))
+        if family == "sigmoid":
+            nn.init.constant_(model[-1].bias, -math.log(99.0))
+        return model
+
+    def loss_inputs(self, logits: torch.Tensor, y: torch.Tensor, family: str):
+        """``(logits, target)`` in the form the loss family takes."""
+        if self.kind == "binary" and family == "sigmoid":
+            return logits.squeeze(1), y.float()
+        return logits, y
+
+    def evaluate(self, logits: torch.Tensor, family: str) -> dict[str, float]:
+        """The task's metrics for test-set logits."""
+        y = self.y_test.numpy()
+        logits = logits.detach().double()
+        if self.kind == "multiclass":
+            probs = torch.softmax(logits, 1).numpy()
+            pred = probs.argmax(1)
+            return {"balanced_accuracy": M.balanced_accuracy(y, pred), "accuracy": M.accuracy(y, pred),
+                    "macro_f1": M.macro_f1(y, pred, labels=range(self.num_classes)),
+                    "ece": M.expected_calibration_error(probs, y, 15)}
+        if self.kind == "binary":
+            score = torch.sigmoid(logits[:, 0]) if family == "sigmoid" else torch.softmax(logits, 1)[:, 1]
+            score = score.numpy()
+            return {"average_precision": M.average_precision(y, score), "roc_auc": M.roc_auc(y, score)}
+        scores = torch.sigmoid(logits).numpy()
+        per_class = [M.average_precision((y == c).ravel(), scores[:, c].ravel()) for c in range(self.num_classes)]
+        return {"map": float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else math.nan}
+
+
+def _sklearn():
+    try:
+        import sklearn.datasets
+        import sklearn.model_selection
+    except ImportError:
+        raise ImportError("this task needs scikit-learn: pip install 'polyfocal[experiments]'") from None
+    return sklearn
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray):
+    mean, std = x_train.mean(0), x_train.std(0)
+    std[std == 0] = 1.0
+    as_tensor = lambda a: torch.as_tensor((a - mean) / std, dtype=torch.float32)  # noqa: E731
+    return as_tensor(x_train), as_tensor(x_test)
+
+
+def _stratified_split(y: np.ndarray, test_fraction: float, rng: np.random.Generator):
+    train, test = [], []
+    for c in np.unique(y):
+        index = rng.permutation(np.flatnonzero(y == c))
+        k = int(round(test_fraction * len(index))) if len(index) > 1 else 0
+        test.append(index[:k])
+        train.append(index[k:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def digits_lt(imbalance: float = 50.0, test_per_class: int = 50, seed: int = 0) -> Task:
+    """Digits 0-9 (8x8): class c keeps ``n_max * imbalance^(-c/9)`` train images; test is balanced."""
+    if imbalance < 1:
+        raise ValueError(f"`imbalance` must be >= 1; got {imbalance}")
+    data = _sklearn().datasets.load_digits()
+    x, y = data.data.astype(np.float64) / 16.0, data.target
+    rng = np.random.default_rng(seed)
+    pools = {c: rng.permutation(np.flatnonzero(y == c)) for c in range(10)}
+    n_max = min(len(p) for p in pools.values()) - test_per_class
+    test = np.concatenate([p[:test_per_class] for p in pools.values()])
+    train = np.concatenate([pools[c][test_per_class:test_per_class + max(1, int(n_max * imbalance ** (-c / 9)))]
+                            for c in range(10)])
+    x_train, x_test = _standardize(x[train], x[test])
+    return Task("digits-lt", "multiclass", 10, x_train, torch.as_tensor(y[train]), x_test,
+                torch.as_tensor(y[test]),
+                f"sklearn digits, long-tailed train (imbalance {imbalance:g}), balanced test",
+                epochs=30, batch_size=64, lr=1e-2, options={"imbalance": imbalance, "seed": seed})
+
+
+def tabular_imbalanced(n_train: int = 4000, seed: int = 0) -> Task:
+    """``make_classification`` with 20 features, weights [0.99, 0.01]; a third as many test rows."""
+    sklearn = _sklearn()
+    n_test = max(n_train // 3, 2)
+    x, y = sklearn.datasets.make_classification(
+        n_samples=n_train + n_test, n_features=20, n_informative=6, n_redundant=4, weights=[0.99, 0.01],
+        class_sep=1.0, flip_y=0.0, random_state=seed)
+    train, test = sklearn.model_selection.train_test_split(
+        np.arange(len(y)), test_size=n_test, stratify=y, random_state=seed)
+    x_train, x_test = _standardize(x[train], x[test])
+    return Task("tabular-imbalanced", "binary", 2, x_train, torch.as_tensor(y[train]), x_test,
+                torch.as_tensor(y[test]), "make_classification, 20 features, 1% positives",
+                epochs=20, batch_size=128, lr=5e-3, options={"n_train": n_train, "seed": seed})
+
+
+def _dense_images(n: int, size: int, generator: torch.Generator):
+    """1-channel noise images with 0-2 3x3 objects each: filled square, ring or plus (classes 0-2)."""
+    shapes = torch.tensor([[[1, 1, 1], [1, 1, 1], [1, 1, 1]],
+                           [[1, 1, 1], [1, 0, 1], [1, 1, 1]],
+                           [[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=torch.float32)
+    images = 0.3 * torch.randn(n, 1, size, size, generator=generator)
+    labels = torch.full((n, size, size), len(shapes), dtype=torch.long)  # background = C
+    for i in range(n):
+        for _ in range(int(torch.randint(0, 3, (1,), generator=generator))):
+            c = int(torch.randint(0, len(shapes), (1,), generator=generator))
+            r, q = (int(v) for v in torch.randint(0, size - 3, (2,), generator=generator))
+            images[i, 0, r:r + 3, q:q + 3] += shapes[c]
+            labels[i, r:r + 3, q:q + 3] = c
+    return images, labels
+
+
+def dense_toy(n_train: int = 256, size: int = 32, seed: int = 0) -> Task:
+    """Per-pixel classes of small squares (3 shapes, ~1% of locations), sigmoid head with background."""
+    generator = torch.Generator().manual_seed(seed)
+    x_train, y_train = _dense_images(n_train, size, generator)
+    x_test, y_test = _dense_images(max(n_train // 2, 1), size, generator)
+    return Task("dense-toy", "dense", 3, x_train, y_train, x_test, y_test,
+                f"{size}x{size} noise images with 3x3 squares/rings/pluses; labels per pixel, 3 = background",
+                epochs=20, batch_size=32, lr=1e-2, options={"n_train": n_train, "size": size, "seed": seed})
+
+
+def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fraction: float = 0.3) -> Task:
+    """A user's classification data: ``.npz`` with arrays ``X`` and ``y``, or ``.csv`` with a header.
+
+    The CSV's label column is ``label_column`` (default: ``label`` if present, else the last
+    column); other columns must be numbers. Labels may be any strings; they are mapped to
+    0..K-1 in sorted order (for two classes the second is positive). A stratified
+    ``test_fraction`` is held out; features are standardised with the train statistics.
+
+    Raises:
+        ValueError: missing file, unknown extension, missing column, non-numeric feature.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"`--data` file not found: {path!r}")
+    extension = os.path.splitext(path)[1].lower()
+    if extension == ".npz":
+        arrays = np.load(path, allow_pickle=False)
+        keys = {k.lower(): k for k in arrays.files}
+        if "x" not in keys or "y" not in keys:
+            raise ValueError(f"`--data` {path!r} must hold arrays 'X' and 'y'; got {arrays.files}")
+        x, raw = np.asarray(arrays[keys["x"]], dtype=np.float64), np.asarray(arrays[keys["y"]])
+        x = x.reshape(len(x), -1)
+    elif extension == ".csv":
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
+        column = label_column or ("label" if "label" in header else header[-1])
+        if column not in header:
+            raise ValueError(f"`--label-column` {column!r} is not a column of {path!r}; columns: {', '.join(header)}")
+        j = header.index(column)
+        raw = np.array([r[j].strip() for r in rows])
+        try:
+            x = np.array([[float(v) for k, v in enumerate(r) if k != j] for r in rows], dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"`--data` {path!r}: feature columns must be numbers ({error})") from None
+    else:
+        raise ValueError(f"`--data` must be a .csv or .npz file; got {path!r}")
+    if len(x) != len(raw) or len(x) < 4:
+        raise ValueError(f"`--data` {path!r}: need >= 4 rows and as many labels as rows; got X {x.shape}, y {raw.shape}")
+    classes, y = np.unique(raw, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"`--data` {path!r}: labels must have at least 2 classes; got {classes.tolist()}")
+    train, test = _stratified_split(y, test_fraction, np.random.default_rng(seed))
+    x_train, x_test = _standardize(x[train], x[test])
+    kind = "binary" if len(classes) == 2 else "multiclass"
+    return Task(f"data:{os.path.basename(path)}", kind, len(classes), x_train, torch.as_tensor(y[train]),
+                x_test, torch.as_tensor(y[test]),
+                f"user data {os.path.basename(path)}: {x.shape[1]} features, classes {classes.tolist()}",
+                epochs=30, batch_size=64, lr=5e-3,
+                options={"path": os.path.abspath(path), "classes": classes.tolist(), "seed": seed})
+
+
+#: built-in task name -> factory, and the options each factory takes
+TASKS = {"digits-lt": (digits_lt, ("imbalance", "seed")),
+         "tabular-imbalanced": (tabular_imbalanced, ("n_train", "seed")),
+         "dense-toy": (dense_toy, ("n_train", "seed"))}
+
+
+def make_task(name: str, **options) -> Task:
+    """A built-in task by name; options that are ``None`` take the task's defaults.
+
+    Raises:
+        ValueError: unknown task, or an option the task does not take (named as the CLI flag).
+    """
+    if name not in TASKS:
+        raise ValueError(f"`--task` names an unknown task {name!r}; available: {', '.join(TASKS)}")
+    factory, accepted = TASKS[name]
+    given = {k: v for k, v in options.items() if v is not None}
+    for key in given:
+        if key not in accepted:
+            raise ValueError(f"`--{key.replace('_', '-')}` does not apply to task {name!r}")
+    return factory(**given)

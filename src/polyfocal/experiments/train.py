@@ -1,0 +1,248 @@
+"""Train one model per loss and seed on a :class:`~polyfocal.experiments.tasks.Task`.
+
+Loss specs are registry names or aliases with parameters: ``"poly1:epsilon=2"``,
+``"poly1_focal:epsilon=1,gamma=2"`` (:func:`parse_losses`). A run is deterministic given
+its seed (model initialisation and batch order), the data being fixed by the task.
+
+    >>> from polyfocal.experiments import make_task, parse_losses, compare
+    >>> results = compare(make_task("dense-toy", n_train=32), parse_losses("bce,sigmoid_focal"),
+    ...                   seeds=[0, 1], epochs=1)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import platform
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .. import __version__, analysis
+from .._backend import use_backend
+from ..registry import build_loss, get_loss_function
+from .tasks import Task
+
+__all__ = ["LossSpec", "parse_losses", "loss_family", "train_run", "compare", "versions"]
+
+#: aliases beyond :data:`polyfocal.analysis.LOSS_ALIASES`
+EXTRA_ALIASES = {"ghm_c": "ghm_c_loss", "ghm": "ghm_c_loss"}
+_SIGMOID = ("binary_cross_entropy", "sigmoid_focal_loss", "poly1_focal_loss", "poly1_binary_cross_entropy",
+            "sigmoid_soft_truncated_loss", "sigmoid_hard_truncated_loss", "quality_focal_loss",
+            "varifocal_loss", "ghm_c_loss")
+# keywords that the experiment sets itself, not the user
+_RESERVED = ("reduction", "normalizer", "validate", "backend", "weight", "ignore_index", "pos_weight",
+             "distributed")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss to train with: its label (the text given), registered name and parameters."""
+
+    label: str
+    name: str
+    params: dict
+
+
+def loss_family(name: str) -> str | None:
+    """``"softmax"`` or ``"sigmoid"`` for classification losses; None for the others (DFL, GHM-R)."""
+    if name in _SIGMOID:
+        return "sigmoid"
+    return "softmax" if get_loss_function(name).__module__.endswith(".softmax") else None
+
+
+def _value(text: str):
+    low = text.lower()
+    if low == "none":
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    if "/" in text:
+        return tuple(float(v) for v in text.split("/"))
+    if re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
+    """Parse ``"ce,focal:gamma=1,poly1_focal:epsilon=2,gamma=1"`` into :class:`LossSpec` s.
+
+    A comma-separated item ``key=value`` without ``:`` adds a parameter to the loss before
+    it. Values: numbers, ``none``, ``true``/``false``, ``a/b/c`` for a tuple (``epsilons=1/0.5``),
+    or a word (``tail=drop``).
+
+    Raises:
+        ValueError: unknown loss or parameter, malformed item, a loss that is not for
+            classification; the message names ``argument``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"`{argument}` must list at least one loss, e.g. ce,focal,poly1; got {text!r}")
+    items: list[list] = []  # [label, name-text, {params}]
+    for raw in (t.strip() for t in text.split(",")):
+        if not raw:
+            continue
+        if ":" in raw:
+            head, _, rest = raw.partition(":")
+        else:
+            head, rest = (None, raw) if "=" in raw else (raw, "")
+        if head is None:
+            if not items:
+                raise ValueError(f"`{argument}`: parameter {raw!r} comes before any loss name")
+            items[-1][0] += "," + raw
+        else:
+            items.append([raw, head.strip(), {}])
+        for pair in (p for p in rest.split(":") if p.strip()):
+            key, eq, value = pair.partition("=")
+            if not eq or not key.strip() or not value.strip():
+                raise ValueError(f"`{argument}`: malformed parameter {pair!r} in {raw!r}; "
+                                 f"expected NAME:KEY=VALUE, e.g. poly1:epsilon=2")
+            items[-1][2][key.strip()] = _value(value.strip())
+    specs = []
+    for label, head, params in items:
+        name = analysis.resolve_loss_name(EXTRA_ALIASES.get(head, head), argument)
+        if loss_family(name) is None:
+            raise ValueError(f"`{argument}`: {name!r} is not a classification loss")
+        accepted = [k for k in inspect.signature(get_loss_function(name)).parameters
+                    if k not in _RESERVED][2:]
+        for key in params:
+            if key not in accepted:
+                raise ValueError(f"`{argument}`: {name} has no parameter {key!r}; "
+                                 f"it takes: {', '.join(accepted) or 'none'}")
+        try:
+            build_loss(name, **params)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"`{argument}`: cannot build {label!r}: {error}") from None
+        specs.append(LossSpec(label, name, params))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"`{argument}` lists a loss twice: {', '.join(labels)}")
+    return specs
+
+
+def check_compatible(task: Task, specs, argument: str = "--losses") -> None:
+    """Raise ``ValueError`` naming ``argument`` if a loss's family does not fit the task."""
+    for spec in specs:
+        family = loss_family(spec.name)
+        if family not in task.families:
+            hint = ("sigmoid losses (bce, sigmoid_focal, poly1_focal, qfl, vfl, ghm_c, ...)"
+                    if task.families == ("sigmoid",) else "softmax losses (ce, focal, poly1, ...)")
+            raise ValueError(f"`{argument}`: {spec.label!r} is a {family} loss; task {task.name!r} "
+                             f"({task.kind}) takes {hint}")
+
+
+def train_run(task: Task, spec: LossSpec, seed: int, epochs: int | None = None,
+              batch_size: int | None = None, lr: float | None = None, backend: str = "reference") -> dict:
+    """Train one model; returns ``{"metrics", "curves", "seconds"}`` (final-epoch test metrics)."""
+    with use_backend(backend):
+        return _train_run(task, spec, seed, epochs, batch_size, lr)
+
+
+def _train_run(task, spec, seed, epochs, batch_size, lr) -> dict:
+    epochs = task.epochs if epochs is None else epochs
+    batch_size = task.batch_size if batch_size is None else batch_size
+    family = loss_family(spec.name)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    model = task.make_model(family)
+    criterion = build_loss(spec.name, **spec.params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=task.lr if lr is None else lr)
+    order = torch.Generator().manual_seed(seed)
+    curves = {"epoch": [], "train_loss": [], f"test_{task.primary}": []}
+    n = len(task.x_train)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, batches = 0.0, 0
+        for index in torch.randperm(n, generator=order).split(batch_size):
+            logits, target = task.loss_inputs(model(task.x_train[index]), task.y_train[index], family)
+            loss = criterion(logits, target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, batches = total + float(loss.detach()), batches + 1
+        metrics = _evaluate(task, model, family)
+        curves["epoch"].append(epoch)
+        curves["train_loss"].append(total / max(batches, 1))
+        curves[f"test_{task.primary}"].append(metrics[task.primary])
+    if epochs == 0:
+        metrics = _evaluate(task, model, family)
+    return {"metrics": metrics, "curves": curves, "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def _evaluate(task: Task, model, family: str) -> dict[str, float]:
+    model.eval()
+    return task.evaluate(model(task.x_test), family)
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a result."""
+    out = {"python": platform.python_version(), "torch": torch.__version__, "polyfocal": __version__,
+           "numpy": np.__version__}
+    if "sklearn" in sys.modules:
+        out["scikit-learn"] = sys.modules["sklearn"].__version__
+    return out
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar if tqdm is installed, else plain lines on stderr; ``update(text)`` per run."""
+    if not enabled:
+        return lambda text: None, lambda: None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        count = [0]
+
+        def update(text):
+            count[0] += 1
+            print(f"[{count[0]}/{total}] {text}", file=sys.stderr, flush=True)
+        return update, lambda: None
+    bar = tqdm(total=total, file=sys.stderr)
+
+    def update(text):
+        bar.set_postfix_str(text)
+        bar.update()
+    return update, bar.close
+
+
+def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int | None = None,
+            lr: float | None = None, backend: str = "reference", threads: int | None = 1,
+            progress: bool = False) -> dict:
+    """Train every loss with every seed; the results as a JSON-ready dict.
+
+    ``backend="reference"`` by default: these models are small, and compiling a fused
+    kernel would take longer than the run. ``threads`` sets ``torch.set_num_threads`` for
+    the duration (None leaves it).
+    """
+    check_compatible(task, specs)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("`--seeds` must give at least one seed")
+    if epochs is not None and epochs < 0:
+        raise ValueError(f"`--epochs` must be >= 0; got {epochs}")
+    before = torch.get_num_threads()
+    update, close = _progress(len(specs) * len(seeds), progress)
+    runs = []
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        for spec in specs:
+            for seed in seeds:
+                run = train_run(task, spec, seed, epochs, batch_size, lr, backend)
+                runs.append({"loss": spec.label, "seed": seed, **run})
+                update(f"{spec.label} seed {seed}: {task.primary}={run['metrics'][task.primary]:.4f} "
+                       f"({run['seconds']:.1f} s)")
+    finally:
+        close()
+        torch.set_num_threads(before)
+    config = {"task": task.name, "task_options": task.options, "losses": [asdict(s) for s in specs],
+              "seeds": seeds, "epochs": task.epochs if epochs is None else epochs,
+              "batch_size": batch_size or task.batch_size, "lr": lr or task.lr, "backend": backend,
+              "threads": threads, "optimizer": "Adam", "metrics_at": "final epoch"}
+    return {"config": config, "versions": versions(), "task": task.summary(), "metrics": list(task.metrics),
+            "primary": task.primary, "runs": runs}

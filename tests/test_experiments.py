@@ -1,0 +1,254 @@
+"""``polyfocal compare`` and :mod:`polyfocal.experiments`: metrics by hand, tasks, determinism, errors."""
+
+import json
+import math
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from polyfocal import experiments as ex
+from polyfocal.cli import main
+from polyfocal.experiments import metrics as M
+
+
+# --- metrics against values worked out by hand ----------------------------------------------------
+
+def test_balanced_accuracy():
+    # class 0: 2 of 3 right, class 1: 1 of 1 -> (2/3 + 1) / 2
+    assert M.balanced_accuracy([0, 0, 0, 1], [0, 0, 1, 1]) == pytest.approx(5 / 6)
+    assert M.accuracy([0, 0, 0, 1], [0, 0, 1, 1]) == pytest.approx(3 / 4)
+
+
+def test_macro_f1():
+    y_true, y_pred = [0, 0, 1, 1, 2], [0, 1, 1, 1, 0]
+    # F1 = 2TP / (2TP + FP + FN): class 0 2/4, class 1 4/5, class 2 0/1
+    assert M.macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+    # a listed class never seen nor predicted scores 0
+    assert M.macro_f1(y_true, y_pred, labels=range(4)) == pytest.approx((0.5 + 0.8) / 4)
+
+
+def test_expected_calibration_error():
+    probs = np.array([[0.9, 0.1], [0.62, 0.38], [0.18, 0.82], [0.55, 0.45]])
+    y = np.array([0, 1, 1, 1])  # right, wrong, right, wrong
+    # 15 bins: each example alone in its bin -> mean |correct - confidence|
+    assert M.expected_calibration_error(probs, y) == pytest.approx((0.1 + 0.62 + 0.18 + 0.55) / 4)
+    # 2 bins: all in (0.5, 1]: accuracy 1/2, mean confidence 2.89 / 4
+    assert M.expected_calibration_error(probs, y, n_bins=2) == pytest.approx(abs(0.5 - 2.89 / 4))
+    assert M.expected_calibration_error(np.eye(3), [0, 1, 2]) == 0.0
+
+
+def test_average_precision():
+    # precision 1 at recall 1/2, 2/3 at recall 1
+    assert M.average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # tied scores enter together: (P 1/2, R 1/2), then (P 2/3, R 1)
+    assert M.average_precision([1, 0, 1], [0.5, 0.5, 0.2]) == pytest.approx(0.25 + 1 / 3)
+    assert math.isnan(M.average_precision([0, 0], [0.1, 0.2]))
+
+
+def test_roc_auc():
+    assert M.roc_auc([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx(3 / 4)  # 3 of 4 pairs ordered
+    assert M.roc_auc([1, 0], [0.5, 0.5]) == pytest.approx(0.5)  # a tie counts 1/2
+    assert math.isnan(M.roc_auc([1, 1], [0.1, 0.2]))
+
+
+def test_ranking_metrics_match_sklearn():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    y = (rng.random(500) < 0.1).astype(int)
+    scores = np.round(rng.random(500) + 0.5 * y, 2)  # rounding makes ties
+    assert M.average_precision(y, scores) == pytest.approx(metrics.average_precision_score(y, scores))
+    assert M.roc_auc(y, scores) == pytest.approx(metrics.roc_auc_score(y, scores))
+    y3, pred3 = rng.integers(0, 4, 200), rng.integers(0, 4, 200)
+    assert M.macro_f1(y3, pred3) == pytest.approx(metrics.f1_score(y3, pred3, average="macro"))
+    assert M.balanced_accuracy(y3, pred3) == pytest.approx(metrics.balanced_accuracy_score(y3, pred3))
+
+
+def test_t_interval():
+    mean, low, high = M.t_interval([1.0, 2.0, 3.0])  # s = 1, t_(0.975, 2) = 4.303
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 / math.sqrt(3))
+    assert mean - low == pytest.approx(high - mean)
+    mean, low, high = M.t_interval([0.5])
+    assert mean == 0.5 and math.isnan(low) and math.isnan(high)
+
+
+# --- loss specs ------------------------------------------------------------------------------------
+
+def test_parse_losses():
+    specs = ex.parse_losses("ce,focal:gamma=1,poly1_focal:epsilon=2,gamma=1,polyn:epsilons=1/0.5,ghm_c")
+    assert [s.name for s in specs] == ["cross_entropy", "focal_loss", "poly1_focal_loss",
+                                       "polyn_cross_entropy", "ghm_c_loss"]
+    assert specs[1].params == {"gamma": 1} and specs[2].params == {"epsilon": 2, "gamma": 1}
+    assert specs[2].label == "poly1_focal:epsilon=2,gamma=1"
+    assert specs[3].params == {"epsilons": (1.0, 0.5)}
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("ce,nope", "unknown loss 'nope'"),
+    ("poly1:epsilon", "malformed parameter"),
+    ("poly1:=2", "malformed parameter"),
+    ("poly1:gama=2", "has no parameter 'gama'"),
+    ("gamma=2,focal", "comes before any loss"),
+    ("ce,ce", "twice"),
+    ("dfl", "unknown loss"),
+    ("distribution_focal_loss", "not a classification loss"),
+    ("truncated", "cannot build"),
+])
+def test_parse_losses_errors(text, fragment):
+    with pytest.raises(ValueError, match="--losses") as error:
+        ex.parse_losses(text)
+    assert fragment in str(error.value)
+
+
+# --- the CLI end to end on tiny settings -----------------------------------------------------------
+
+def _check_outputs(out, n_runs, metrics):
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == n_runs
+    assert set(results["versions"]) >= {"python", "torch", "polyfocal"}
+    assert results["metrics"] == metrics
+    for run in results["runs"]:
+        assert set(run["metrics"]) == set(metrics) and run["curves"]["epoch"]
+    for loss in results["summary"].values():
+        assert set(loss) == set(metrics)
+    report = (out / "report.md").read_text()
+    assert "| loss |" in report and "report.png" in report
+    assert (out / "report.png").stat().st_size > 5000
+    return results
+
+
+def test_compare_digits_lt(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    argv = ["compare", "--task", "digits-lt", "--losses", "ce,poly1:epsilon=2", "--seeds", "2", "--epochs", "2",
+            "--imbalance", "10", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    results = _check_outputs(tmp_path, 4, ["balanced_accuracy", "accuracy", "macro_f1", "ece"])
+    assert results["config"]["task_options"]["imbalance"] == 10
+    counts = results["task"]["train_class_counts"]
+    assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)
+    out = capsys.readouterr().out
+    assert "poly1:epsilon=2" in out and "balanced_accuracy" in out
+
+
+def test_compare_tabular(tmp_path):
+    pytest.importorskip("sklearn")
+    argv = ["compare", "--task", "tabular-imbalanced", "--losses", "bce,sigmoid_focal,ce,ghm_c", "--seeds", "0,5",
+            "--epochs", "1", "--n-train", "600", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    results = _check_outputs(tmp_path, 8, ["average_precision", "roc_auc"])
+    assert results["config"]["seeds"] == [0, 5]
+
+
+def test_compare_dense_toy(tmp_path):
+    argv = ["compare", "--task", "dense-toy", "--losses", "bce,poly1_focal:epsilon=1,qfl,vfl", "--seeds", "2",
+            "--epochs", "2", "--n-train", "16", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    results = _check_outputs(tmp_path, 8, ["map"])
+    positives = sum(results["task"]["train_class_counts"][:3]) / sum(results["task"]["train_class_counts"])
+    assert 0.002 < positives < 0.03
+
+
+def test_dense_toy_is_learnable():
+    task = ex.make_task("dense-toy", n_train=64)
+    run = ex.train_run(task, ex.parse_losses("bce")[0], seed=0, epochs=6, batch_size=16)
+    assert run["metrics"]["map"] > 0.3  # chance is about the positive rate, ~0.01
+
+
+def test_determinism():
+    task = ex.make_task("dense-toy", n_train=16)
+    specs = ex.parse_losses("sigmoid_focal,ghm_c")
+    first = ex.compare(task, specs, seeds=[0, 1], epochs=2)
+    again = ex.compare(ex.make_task("dense-toy", n_train=16), specs, seeds=[0, 1], epochs=2)
+    metrics = lambda results: [(r["loss"], r["seed"], r["metrics"], r["curves"]) for r in results["runs"]]  # noqa: E731
+    assert metrics(first) == metrics(again)
+    assert first["runs"][0]["metrics"] != first["runs"][1]["metrics"]  # the seed matters
+
+
+def test_user_csv(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 3))
+    label = np.where(x[:, 0] + 0.3 * rng.normal(size=120) > 1.0, "fraud", "ok")
+    path = tmp_path / "mine.csv"
+    lines = ["a,kind,b,c"] + [f"{r[0]:.4f},{k},{r[1]:.4f},{r[2]:.4f}" for r, k in zip(x, label)]
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    argv = ["compare", "--data", str(path), "--label-column", "kind", "--losses", "bce,ce", "--seeds", "2",
+            "--epochs", "3", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    results = _check_outputs(out, 4, ["average_precision", "roc_auc"])
+    assert results["task"]["options"]["classes"] == ["fraud", "ok"]  # sorted; the second is positive
+    assert results["task"]["n_train"] + results["task"]["n_test"] == 120
+
+
+def test_user_npz_multiclass(tmp_path):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    np.savez(tmp_path / "d.npz", X=rng.normal(size=(90, 4)) + y[:, None], y=y)
+    task = ex.load_data(str(tmp_path / "d.npz"))
+    assert task.kind == "multiclass" and task.num_classes == 3
+    results = ex.compare(task, ex.parse_losses("ce,focal"), seeds=[0], epochs=2)
+    assert set(results["runs"][0]["metrics"]) == {"balanced_accuracy", "accuracy", "macro_f1", "ece"}
+
+
+# --- bad input: clear errors naming the argument, exit code 2 ---------------------------------------
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--task", "nope"], "--task"),
+    (["--task", "dense-toy", "--losses", "ce,nope"], "--losses"),
+    (["--task", "dense-toy", "--losses", "bce:gamma"], "--losses"),
+    (["--task", "dense-toy", "--losses", "sigmoid_focal:gama=1"], "--losses"),
+    (["--task", "dense-toy", "--losses", "ce"], "--losses"),  # softmax loss on a sigmoid task
+    (["--task", "dense-toy", "--imbalance", "10"], "--imbalance"),
+    (["--task", "dense-toy", "--seeds", "x"], "--seeds"),
+    (["--losses", "ce"], "--task"),
+    (["--data", "missing.csv"], "--data"),
+    (["--data", "x.txt", "--task", "dense-toy"], "--task"),
+])
+def test_cli_errors(tmp_path, capsys, argv, fragment):
+    assert main(["compare", *argv, "--epochs", "1", "--quiet", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and ("error" in err)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_sigmoid_loss_on_multiclass_data(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.random.default_rng(0).normal(size=(30, 2)), y=np.arange(30) % 3)
+    task = ex.load_data(str(tmp_path / "d.npz"))
+    with pytest.raises(ValueError, match="--losses.*sigmoid loss"):
+        ex.compare(task, ex.parse_losses("bce"), seeds=[0], epochs=1)
+
+
+def test_unknown_task_python_api():
+    with pytest.raises(ValueError, match="--task.*unknown task 'nope'"):
+        ex.make_task("nope")
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+def test_progress_plain_lines(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # as if tqdm were not installed
+    ex.compare(ex.make_task("dense-toy", n_train=4), ex.parse_losses("bce"), seeds=[0, 1], epochs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "[1/2] bce seed 0: map=" in err and "[2/2] bce seed 1" in err
+
+
+def test_progress_uses_tqdm_when_installed(monkeypatch):
+    seen = []
+
+    class FakeBar:
+        def __init__(self, total, file):
+            seen.append(("total", total))
+
+        def set_postfix_str(self, text):
+            seen.append(text)
+
+        def update(self):
+            pass
+
+        def close(self):
+            seen.append("closed")
+
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    ex.compare(ex.make_task("dense-toy", n_train=4), ex.parse_losses("bce"), seeds=[3], epochs=1, progress=True)
+    assert seen[0] == ("total", 1) and seen[1].startswith("bce seed 3: map=") and seen[-1] == "closed"
