@@ -280,3 +280,10 @@ def test_properties(name, seed, n, scale):
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(call(name, x[order], t[order], reduction="none"), per[order])
     torch.testing.assert_close(call(name, x[order], t[order]), call(name, x, t), rtol=1e-5, atol=1e-6)
+
+
+def test_short_aliases_name_registered_losses():
+    assert set(pf.LOSS_ALIASES.values()) <= set(pf.available_losses())
+    assert pf.get_loss_function("ce") is pf.cross_entropy
+    assert isinstance(pf.build_loss("focal", gamma=1.0), pf.FocalLoss)
+    assert isinstance(pf.build_loss({"name": "ghm"}), pf.GHMCLoss)

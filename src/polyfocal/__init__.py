@@ -15,7 +15,7 @@ from .modules import (BinaryCrossEntropyLoss, CrossEntropyLoss, DistributionFoca
                       QualityFocalLoss, SigmoidFocalLoss, SigmoidHardTruncatedLoss,
                       SigmoidSoftTruncatedLoss, SoftTruncatedLoss, TruncatedCrossEntropyLoss,
                       VarifocalLoss)
-from .registry import available_losses, build_loss, get_loss_function, register_loss
+from .registry import LOSS_ALIASES, available_losses, build_loss, get_loss_function, register_loss
 from .sigmoid import (binary_cross_entropy, poly1_binary_cross_entropy, poly1_focal_loss,
                       sigmoid_focal_loss, sigmoid_hard_truncated_loss, sigmoid_soft_truncated_loss)
 from .softmax import (cross_entropy, focal_loss, hard_truncated_loss, poly1_cross_entropy, poly_loss,
@@ -39,7 +39,7 @@ __all__ = [
     "BinaryCrossEntropyLoss", "SigmoidFocalLoss", "Poly1FocalLoss", "Poly1BinaryCrossEntropyLoss",
     "SigmoidSoftTruncatedLoss", "SigmoidHardTruncatedLoss", "QualityFocalLoss", "VarifocalLoss",
     "DistributionFocalLoss", "GeneralizedFocalLoss",
-    "build_loss", "available_losses", "get_loss_function", "register_loss",
+    "build_loss", "available_losses", "get_loss_function", "register_loss", "LOSS_ALIASES",
     # engines
     "set_backend", "get_backend", "use_backend",
 ]

@@ -37,7 +37,7 @@ from ._backend import use_backend
 from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
 from .ghm import harmonizing_weights
-from .registry import available_losses, get_loss_function
+from .registry import LOSS_ALIASES, available_losses, get_loss_function
 
 __all__ = [
     "LOSS_ALIASES", "resolve_loss_name", "SHAPE_PARAMETERS", "loss_parameters",
@@ -48,23 +48,6 @@ __all__ = [
     "GradientNormHistogram", "gradient_norm_histogram", "synthetic_imbalanced_batch",
 ]
 
-#: Short names accepted wherever a loss name is (the CLI's ``--loss ce,focal``).
-LOSS_ALIASES: dict[str, str] = {
-    "ce": "cross_entropy",
-    "focal": "focal_loss",
-    "poly1": "poly1_cross_entropy",
-    "polyn": "polyn_cross_entropy",
-    "poly": "poly_loss",
-    "truncated": "truncated_cross_entropy",
-    "soft_truncated": "soft_truncated_loss",
-    "hard_truncated": "hard_truncated_loss",
-    "bce": "binary_cross_entropy",
-    "sigmoid_focal": "sigmoid_focal_loss",
-    "poly1_focal": "poly1_focal_loss",
-    "poly1_bce": "poly1_binary_cross_entropy",
-    "qfl": "quality_focal_loss",
-    "vfl": "varifocal_loss",
-}
 
 
 def resolve_loss_name(name, argument: str = "loss") -> str:

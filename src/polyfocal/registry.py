@@ -8,9 +8,31 @@ from torch import nn
 
 from . import gfl, ghm, modules, sigmoid, softmax
 
-__all__ = ["build_loss", "available_losses", "get_loss_function", "register_loss"]
+__all__ = ["build_loss", "available_losses", "get_loss_function", "register_loss", "LOSS_ALIASES"]
 
 _REGISTRY: dict[str, tuple[Callable | None, type[nn.Module]]] = {}
+
+#: Short names accepted wherever a loss name is (the CLI's ``--loss ce,focal``).
+LOSS_ALIASES: dict[str, str] = {
+    "ce": "cross_entropy",
+    "focal": "focal_loss",
+    "poly1": "poly1_cross_entropy",
+    "polyn": "polyn_cross_entropy",
+    "poly": "poly_loss",
+    "truncated": "truncated_cross_entropy",
+    "soft_truncated": "soft_truncated_loss",
+    "hard_truncated": "hard_truncated_loss",
+    "bce": "binary_cross_entropy",
+    "sigmoid_focal": "sigmoid_focal_loss",
+    "poly1_focal": "poly1_focal_loss",
+    "poly1_bce": "poly1_binary_cross_entropy",
+    "qfl": "quality_focal_loss",
+    "vfl": "varifocal_loss",
+    "ghm_c": "ghm_c_loss",
+    "ghm": "ghm_c_loss",
+    "ghm_r": "ghm_r_loss",
+}
+
 
 
 def register_loss(name: str, function: Callable | None, module: type[nn.Module]) -> None:
@@ -26,6 +48,7 @@ def available_losses() -> list[str]:
 
 
 def _lookup(name: str):
+    name = LOSS_ALIASES.get(name, name)
     if name not in _REGISTRY:
         raise ValueError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
     return _REGISTRY[name]

@@ -28,8 +28,6 @@ from .tasks import Task
 
 __all__ = ["LossSpec", "parse_losses", "loss_family", "train_run", "compare", "versions"]
 
-#: aliases beyond :data:`polyfocal.analysis.LOSS_ALIASES`
-EXTRA_ALIASES = {"ghm_c": "ghm_c_loss", "ghm": "ghm_c_loss"}
 _SIGMOID = ("binary_cross_entropy", "sigmoid_focal_loss", "poly1_focal_loss", "poly1_binary_cross_entropy",
             "sigmoid_soft_truncated_loss", "sigmoid_hard_truncated_loss", "quality_focal_loss",
             "varifocal_loss", "ghm_c_loss")
@@ -105,7 +103,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             items[-1][2][key.strip()] = _value(value.strip())
     specs = []
     for label, head, params in items:
-        name = analysis.resolve_loss_name(EXTRA_ALIASES.get(head, head), argument)
+        name = analysis.resolve_loss_name(head, argument)
         if loss_family(name) is None:
             raise ValueError(f"`{argument}`: {name!r} is not a classification loss")
         accepted = [k for k in inspect.signature(get_loss_function(name)).parameters
