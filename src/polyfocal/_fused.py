@@ -5,10 +5,11 @@ C++ on CPU, Triton on GPU) with dynamic shapes and hyperparameters passed as ten
 shapes or new gammas do not recompile. Backward is one multiply by ``grad_output`` (none at
 all when it is 1). Two mechanisms:
 
-* softmax losses with class-index targets use one loss-independent *row engine*: a compiled
-  pass for the row statistics (target logit, max and sum of the others), the loss's scalar
-  function ``phi(log p_t, log(1-p_t))`` and its two partial derivatives on the N rows (by
-  autograd, cheap), and a compiled pass that writes the gradient. A new loss needs no new kernel.
+* softmax losses with class-index targets use one *row engine*: a pass for the row statistics
+  (target logit, max and exp-sum of the others) that ends with the loss's scalar function
+  ``phi(log p_t, log(1-p_t))`` and its two partial derivatives on the N rows (by autograd), and
+  a loss-independent pass that writes the gradient. A new loss is a new ``phi``, nothing more;
+  the Triton kernels of :mod:`polyfocal._triton` are the same two passes.
 * every other case compiles ``value_and_grad`` of the reference engine's element function.
 
 If compilation fails (no C++ compiler, an unsupported platform), the engine warns once and
