@@ -310,3 +310,16 @@ def test_every_loss_takes_a_backend_argument(name):
     with pytest.raises(ValueError, match="`backend` must be one of"):
         fn(x, target, backend="gpu", **kwargs)
     assert not is_fused(fn(x, target, backend="reference", **kwargs))
+
+
+def test_other_inputs_needing_gradients_take_the_reference_engine():
+    x = torch.randn(64, 40, 30, requires_grad=True)  # above the auto threshold
+    teacher = torch.softmax(torch.randn(64, 40, 30), 1).requires_grad_()
+    loss = pf.cross_entropy(x, teacher)
+    assert not is_fused(loss)
+    (g_teacher,) = torch.autograd.grad(loss, teacher)
+    assert g_teacher.abs().sum() > 0
+    assert is_fused(pf.cross_entropy(x, teacher.detach()))
+    with pytest.raises(ValueError, match="differentiates `logits` only"):
+        pf.sigmoid_focal_loss(x, torch.rand(64, 40, 30), weight=torch.ones(40, 1, requires_grad=True),
+                              backend="fused")

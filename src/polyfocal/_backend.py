@@ -48,20 +48,39 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def engine_for(backend: str | None, logits: Tensor) -> str:
-    """``"reference"``, ``"fused"`` or ``"triton"`` for this call."""
+def engine_for(backend: str | None, logits: Tensor, others=()) -> str:
+    """``"reference"``, ``"fused"`` or ``"triton"`` for this call.
+
+    The fused engine differentiates the logits only: when another input (a soft target, a
+    weight) needs a gradient, ``"auto"`` takes the reference engine and a forced fused engine
+    is an error rather than a silently missing gradient.
+    """
     name = _check(backend if backend is not None else _default)
     if name == "reference" or torch.compiler.is_compiling():
         return "reference"
+    other_grad = any(isinstance(t, Tensor) and t.requires_grad for t in _flatten(others))
     if name != "auto":
+        if other_grad:
+            raise ValueError(f"backend={name!r} differentiates `logits` only, but another input requires a "
+                             "gradient; use backend='reference' (or 'auto')")
         return name
     from . import _fused, _triton  # noqa: PLC0415 (the fused engine loads torch.compile lazily)
 
     needs_grad = logits.requires_grad and torch.is_grad_enabled()
-    if not (needs_grad and logits.numel() >= FUSED_MIN_ELEMENTS and _fused.available()):
+    if other_grad or not (needs_grad and logits.numel() >= FUSED_MIN_ELEMENTS and _fused.available()):
         return "reference"
     return "triton" if logits.is_cuda and _triton.available() else "fused"
 
 
-def wants_fused(backend: str | None, logits: Tensor) -> bool:
-    return engine_for(backend, logits) != "reference"
+def _flatten(values):
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            yield from _flatten(value)
+        elif isinstance(value, dict):
+            yield from _flatten(list(value.values()))
+        else:
+            yield value
+
+
+def wants_fused(backend: str | None, logits: Tensor, others=()) -> bool:
+    return engine_for(backend, logits, others) != "reference"

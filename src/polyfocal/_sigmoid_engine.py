@@ -135,7 +135,7 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
             f, args = index_elements, (labels, scores, ignore_index, weight, math)
         else:
             f, args = soft_elements, (y, weight, math)
-        if wants_fused(backend, logits):
+        if wants_fused(backend, logits, (target, weight, params)):
             try:
                 shape = logits.shape
                 if labels is not None:

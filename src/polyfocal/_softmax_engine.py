@@ -138,7 +138,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         scale = reduction_scale(reduction, count, normalizer, like)
         summed = reduction != "none"
         by_index = index and not smoothing
-        engine = engine_for(backend, logits)
+        engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params))
         if engine != "reference":
             try:
                 if by_index:

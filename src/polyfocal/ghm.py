@@ -165,7 +165,7 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
         args = (labels, None if y is None else y.to(dtype), valid, weight, ignore_index, bins, gap)
         shape = logits.shape
         args_3d = (_fused.rows_3d(args[0], shape), *(_fused.full_3d(a, shape) for a in args[1:4]), *args[4:])
-        fused, totals = wants_fused(backend, logits), None
+        fused, totals = wants_fused(backend, logits, (y, weight)), None
         if fused:
             try:
                 totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), *args_3d, mu, dtype)
