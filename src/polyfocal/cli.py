@@ -318,8 +318,13 @@ def _add_compare(commands) -> None:
     add_compare(commands)
 
 
+def _add_reproduce(commands) -> None:
+    from .experiments.reproduce import add_reproduce
+    add_reproduce(commands)
+
+
 #: Functions that each add one top-level command to the ``add_subparsers()`` object.
-COMMANDS: list[Callable] = [_add_explain, _add_compare]
+COMMANDS: list[Callable] = [_add_explain, _add_compare, _add_reproduce]
 
 
 def build_parser() -> argparse.ArgumentParser:

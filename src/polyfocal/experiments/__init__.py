@@ -14,6 +14,7 @@ or from the shell: ``polyfocal compare --task digits-lt --losses ce,focal,poly1 
 
 from .metrics import (accuracy, average_precision, balanced_accuracy, expected_calibration_error, macro_f1,
                       roc_auc, t_interval)
+from .reproduce import FINDINGS, ReproduceConfig, reproduce_findings, verdict, write_reproduce_report
 from .report import format_table, summarize, write_report
 from .tasks import TASKS, Task, load_data, make_task
 from .train import LossSpec, compare, loss_family, parse_losses, train_run
@@ -22,6 +23,7 @@ __all__ = [
     "Task", "TASKS", "make_task", "load_data",
     "LossSpec", "parse_losses", "loss_family", "train_run", "compare",
     "summarize", "format_table", "write_report",
+    "ReproduceConfig", "reproduce_findings", "verdict", "write_reproduce_report", "FINDINGS",
     "accuracy", "balanced_accuracy", "macro_f1", "expected_calibration_error", "average_precision",
     "roc_auc", "t_interval",
 ]

@@ -66,15 +66,15 @@ def format_table(results: dict, markdown: bool = False) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def _json_safe(value):
+def json_safe(value):
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -134,7 +134,7 @@ def write_report(results: dict, out: str) -> dict[str, str]:
     summary = summarize(results)
     paths = {"json": os.path.join(out, "results.json"), "markdown": os.path.join(out, "report.md")}
     with open(paths["json"], "w") as handle:
-        json.dump(_json_safe({**results, "summary": summary}), handle, indent=1)
+        json.dump(json_safe({**results, "summary": summary}), handle, indent=1)
     image = None
     try:
         image = os.path.join(out, "report.png")

@@ -135,13 +135,17 @@ def check_compatible(task: Task, specs, argument: str = "--losses") -> None:
 
 
 def train_run(task: Task, spec: LossSpec, seed: int, epochs: int | None = None,
-              batch_size: int | None = None, lr: float | None = None, backend: str = "reference") -> dict:
-    """Train one model; returns ``{"metrics", "curves", "seconds"}`` (final-epoch test metrics)."""
+              batch_size: int | None = None, lr: float | None = None, backend: str = "reference",
+              on_batch=None) -> dict:
+    """Train one model; returns ``{"metrics", "curves", "seconds"}`` (final-epoch test metrics).
+
+    ``on_batch(logits, target)``, if given, sees every training batch before its step.
+    """
     with use_backend(backend):
-        return _train_run(task, spec, seed, epochs, batch_size, lr)
+        return _train_run(task, spec, seed, epochs, batch_size, lr, on_batch)
 
 
-def _train_run(task, spec, seed, epochs, batch_size, lr) -> dict:
+def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
     epochs = task.epochs if epochs is None else epochs
     batch_size = task.batch_size if batch_size is None else batch_size
     family = loss_family(spec.name)
@@ -158,6 +162,8 @@ def _train_run(task, spec, seed, epochs, batch_size, lr) -> dict:
         total, batches = 0.0, 0
         for index in torch.randperm(n, generator=order).split(batch_size):
             logits, target = task.loss_inputs(model(task.x_train[index]), task.y_train[index], family)
+            if on_batch is not None:
+                on_batch(logits.detach(), target)
             loss = criterion(logits, target)
             optimizer.zero_grad()
             loss.backward()

@@ -1,0 +1,151 @@
+"""``polyfocal reproduce``: verdicts on hand-made intervals, the report files, the CLI."""
+
+import base64
+import json
+import math
+import re
+
+import pytest
+
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+
+from polyfocal.cli import main  # noqa: E402
+from polyfocal.experiments import reproduce as R  # noqa: E402
+
+NAN = math.nan
+
+
+# --- verdicts ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("low, high, claim, expected", [
+    (0.01, 0.05, "greater", "reproduced"),
+    (-0.05, -0.01, "greater", "not reproduced"),
+    (-0.01, 0.05, "greater", "inconclusive: the interval includes 0"),
+    (-0.05, -0.01, "less", "reproduced"),
+    (0.01, 0.05, "less", "not reproduced"),
+    (-0.02, 0.02, "less", "inconclusive: the interval includes 0"),
+    (NAN, NAN, "greater", "inconclusive: no interval (need at least 2 seeds)"),
+])
+def test_verdict(low, high, claim, expected):
+    assert R.verdict(low, high, claim) == expected
+
+
+def test_verdict_not_worse_uses_the_margin():
+    assert R.verdict(-0.005, 0.03, "not_worse", 0.01) == "reproduced"  # within the margin
+    assert R.verdict(-0.05, -0.02, "not_worse", 0.01) == "not reproduced"  # clearly worse
+    assert R.verdict(-0.05, 0.02, "not_worse", 0.01).startswith("inconclusive")
+    with pytest.raises(ValueError, match="`claim`"):
+        R.verdict(0.0, 1.0, "bigger")
+
+
+def _d(low, high):
+    return {"low": low, "high": high}
+
+
+def test_truncation_verdict():
+    ns = [1, 2, 5, 20, 100]
+    short = _d(-0.2, -0.05)
+    assert R.truncation_verdict(ns, [short, short, short, _d(-0.01, 0.02), _d(-0.01, 0.01)]) == \
+        "reproduced: every N below 10 falls short of cross-entropy; N=20 matches it"
+    assert R.truncation_verdict(ns, [short] * 5).startswith("reproduced: every N below 10 falls short")
+    assert R.truncation_verdict(ns, [short, _d(-0.01, 0.01)] + [_d(-0.01, 0.01)] * 3) == \
+        "not reproduced: N=2 terms already match cross-entropy (within 0.02)"
+    assert R.truncation_verdict(ns, [short, short, _d(-0.1, 0.01), short, short]).startswith(
+        "inconclusive: N=5")
+    assert R.truncation_verdict(ns, [_d(NAN, NAN)] * 5).startswith("inconclusive: no interval")
+
+
+def test_positive_loss_rises_for_negative_epsilon():
+    # FL + eps (1-p)^3 with alpha = 0.25 on positives: d/dp = -0.25 d/dp[(1-p)^2 log p] - 3 eps (1-p)^2 > 0
+    # for eps = -1 once p passes ~0.136; for eps >= 0 the loss falls everywhere
+    low, high = R.positive_loss_rises(-1.0)
+    assert low == pytest.approx(0.136, abs=0.005) and high > 0.99
+    assert R.positive_loss_rises(0.0) is None and R.positive_loss_rises(1.0) is None
+
+
+def test_verdict_colour_classes():
+    assert R._verdict_class("reproduced: every N below 10 falls short") == "reproduced"
+    assert R._verdict_class("reproduced for a tuned epsilon (epsilon=1: reproduced)") == "reproduced"
+    assert R._verdict_class("not reproduced (epsilon=-1: not reproduced)") == "not"
+    assert R._verdict_class("epsilon=2 vs 0: inconclusive: x; gradient share: reproduced") == "inconclusive"
+    assert R._verdict_class("not run yet") == "pending"
+
+
+def test_paired_difference_pairs_runs_by_seed():
+    runs = [{"loss": "a", "seed": s, "metrics": {"m": v}} for s, v in [(0, 0.5), (1, 0.7), (2, 0.6)]]
+    runs += [{"loss": "b", "seed": s, "metrics": {"m": v}} for s, v in [(2, 0.5), (0, 0.4), (1, 0.6)]]
+    d = R.paired_difference({"runs": runs}, "a", "b", "m")
+    assert d["n"] == 3 and d["mean"] == pytest.approx(0.1)
+    assert d["low"] == pytest.approx(0.1) and d["high"] == pytest.approx(0.1)  # identical differences
+
+
+# --- the report and the command ---------------------------------------------------------------------
+
+TINY = dict(n_terms=(1, 5), epsilons=(0.0, 2.0), poly1_focal_epsilons=(-1.0,), digits_epochs=1, dense_epochs=1,
+            dense_n_train=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    results = R.reproduce_findings(R.ReproduceConfig(seeds=[0, 1], **TINY))
+    return R.write_reproduce_report(results, str(out)), results
+
+
+def test_report_files(tiny_report):
+    paths, results = tiny_report
+    assert set(results["findings"]) == set(R.FINDINGS)
+    assert results["findings"]["qfl_dfl"]["verdict"] == "not run yet"
+    assert results["findings"]["poly1_focal"]["notes"]  # epsilon = -1 with alpha = 0.25 is not monotone
+    text = open(paths["markdown"]).read()
+    for title in R.FINDINGS.values():
+        assert f"## {title}" in text
+    assert text.count("**Verdict: ") == len(R.FINDINGS)
+    assert "**Paper's claim.**" in text and "mean [95% interval]" in text
+    for key in ("truncation", "poly1_epsilon", "focal_vs_bce", "poly1_focal", "ghm_vs_focal"):
+        assert open(paths[f"png_{key}"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert f"![{key}]({key}.png)" in text
+
+
+def test_html_is_self_contained(tiny_report):
+    paths, _ = tiny_report
+    page = open(paths["html"]).read()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>") and "<style>" in page
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 5
+    assert base64.b64decode(images[0])[:4] == b"\x89PNG"
+    assert ".png'" not in page and 'src="' not in page  # no links to files next to it
+
+
+def test_results_json(tiny_report):
+    paths, _ = tiny_report
+    data = json.load(open(paths["json"]))
+    assert data["config"]["seeds"] == [0, 1]
+    truncation = data["findings"]["truncation"]
+    assert {r["loss"] for r in truncation["results"]["runs"]} == {"ce", "truncated:n_terms=1",
+                                                                  "truncated:n_terms=5"}
+    assert truncation["task"]["name"] == "digits-lt"
+    shares = data["findings"]["poly1_epsilon"]["extra"]["shares"]["poly1:epsilon=0"]
+    assert len(shares) == 2 and all(0 <= v <= 1 for v in shares[0])
+
+
+def test_cli_writes_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(R.ReproduceConfig, "quick", classmethod(lambda cls, seeds=5: cls(**TINY)))
+    out = tmp_path / "out"
+    assert main(["reproduce", "--quick", "--seeds", "2", "--quiet", "--out", str(out)]) == 0
+    for name in ("report.md", "report.html", "results.json", "truncation.png"):
+        assert (out / name).is_file()
+    assert json.load(open(out / "results.json"))["config"]["seeds"] == [0, 1]
+    printed = capsys.readouterr().out
+    assert "not run yet" in printed and "wrote" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "1"], "at least 2 seeds"),
+    (["--seeds", "many"], "number of seeds"),
+    (["--fast"], "unrecognized arguments"),
+])
+def test_cli_bad_flags_exit_2(argv, message, capsys):
+    assert main(["reproduce", *argv]) == 2
+    assert message in capsys.readouterr().err
