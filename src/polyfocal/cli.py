@@ -323,8 +323,13 @@ def _add_reproduce(commands) -> None:
     add_reproduce(commands)
 
 
+def _add_sweep(commands) -> None:
+    from .experiments.sweep import add_sweep  # optuna itself is imported only when a sweep runs
+    add_sweep(commands)
+
+
 #: Functions that each add one top-level command to the ``add_subparsers()`` object.
-COMMANDS: list[Callable] = [_add_explain, _add_compare, _add_reproduce]
+COMMANDS: list[Callable] = [_add_explain, _add_compare, _add_reproduce, _add_sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:
