@@ -323,3 +323,17 @@ def test_other_inputs_needing_gradients_take_the_reference_engine():
     with pytest.raises(ValueError, match="differentiates `logits` only"):
         pf.sigmoid_focal_loss(x, torch.rand(64, 40, 30), weight=torch.ones(40, 1, requires_grad=True),
                               backend="fused")
+
+
+def test_out_of_memory_is_raised_not_taken_for_a_broken_engine(monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("too big")
+
+    monkeypatch.delenv("POLYFOCAL_STRICT", raising=False)
+    monkeypatch.setattr(_fused, "_compiled", {})
+    monkeypatch.setattr(_fused, "_broken", None)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: oom)
+    x, t = torch.randn(SHAPE, requires_grad=True), torch.randint(0, 4, (SHAPE[0], SHAPE[2]))
+    with use_backend("fused"), pytest.raises(torch.OutOfMemoryError):
+        pf.focal_loss(x, t)
+    assert _fused.available()

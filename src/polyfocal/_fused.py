@@ -49,6 +49,8 @@ def run(kernel: Callable, *args):
         # One kernel serves every loss and dtype: each is a specialisation, not a recompile storm.
         with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
             return _compiled[kernel](*args)
+    except (MemoryError, torch.OutOfMemoryError):
+        raise  # the input's size, not the engine: the reference engine would need more memory still
     except Exception as error:  # compilation errors come in many types
         if os.environ.get("POLYFOCAL_STRICT"):
             raise
