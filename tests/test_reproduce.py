@@ -83,7 +83,7 @@ def test_paired_difference_pairs_runs_by_seed():
 # --- the report and the command ---------------------------------------------------------------------
 
 TINY = dict(n_terms=(1, 5), epsilons=(0.0, 2.0), poly1_focal_epsilons=(-1.0,), digits_epochs=1, dense_epochs=1,
-            dense_n_train=8)
+            dense_n_train=8, gfl_ablation=True)
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +96,20 @@ def tiny_report(tmp_path_factory):
 def test_report_files(tiny_report):
     paths, results = tiny_report
     assert set(results["findings"]) == set(R.FINDINGS)
-    assert results["findings"]["qfl_dfl"]["verdict"] == "not run yet"
+    gfl = results["findings"]["qfl_dfl"]
+    assert gfl["metric"] == "map_box" and R._word(gfl["verdict"]) in ("reproduced", "not reproduced", "inconclusive")
+    assert {r["loss"] for r in gfl["results"]["runs"]} == {"sigmoid_focal+l1", "qfl+dfl", "qfl+l1", "sigmoid_focal+dfl"}
+    assert [d["metric"] for d in gfl["differences"]] == ["map_box"] * 3 + ["loc_error", "map"]
     assert results["findings"]["poly1_focal"]["notes"]  # epsilon = -1 with alpha = 0.25 is not monotone
     text = open(paths["markdown"]).read()
     for title in R.FINDINGS.values():
         assert f"## {title}" in text
     assert text.count("**Verdict: ") == len(R.FINDINGS)
     assert "**Paper's claim.**" in text and "mean [95% interval]" in text
-    for key in ("truncation", "poly1_epsilon", "focal_vs_bce", "poly1_focal", "ghm_vs_focal"):
+    for key in R.FINDINGS:
         assert open(paths[f"png_{key}"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
         assert f"![{key}]({key}.png)" in text
+    assert "| qfl+dfl - sigmoid_focal+l1 (loc_error) |" in text and "loc_error mean [95% interval]" in text
 
 
 def test_html_is_self_contained(tiny_report):
@@ -113,7 +117,7 @@ def test_html_is_self_contained(tiny_report):
     page = open(paths["html"]).read()
     assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>") and "<style>" in page
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(images) == 5
+    assert len(images) == len(R.FINDINGS)
     assert base64.b64decode(images[0])[:4] == b"\x89PNG"
     assert ".png'" not in page and 'src="' not in page  # no links to files next to it
 
@@ -138,7 +142,7 @@ def test_cli_writes_report(tmp_path, monkeypatch, capsys):
         assert (out / name).is_file()
     assert json.load(open(out / "results.json"))["config"]["seeds"] == [0, 1]
     printed = capsys.readouterr().out
-    assert "not run yet" in printed and "wrote" in printed
+    assert "6. QFL + DFL" in printed and "wrote" in printed
 
 
 @pytest.mark.parametrize("argv, message", [

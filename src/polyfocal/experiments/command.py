@@ -2,12 +2,14 @@
 
     polyfocal compare --task digits-lt --losses ce,focal,poly1:epsilon=2 --seeds 3 --out runs/digits
     polyfocal compare --data mine.csv --label-column target --losses ce,focal --seeds 5 --out runs/mine
+    torchrun --nproc_per_node=2 -m polyfocal compare --task dense-toy --losses sigmoid_focal,qfl --seeds 3
 """
 
 from __future__ import annotations
 
 import argparse
 
+from .distributed import join_from_environment, leave
 from .report import format_table, write_report
 from .tasks import TASKS, load_data, make_task
 from .train import compare, parse_losses
@@ -30,6 +32,14 @@ def _seeds(text: str) -> list[int]:
 
 
 def _run(args) -> int:
+    group = join_from_environment()
+    try:
+        return _compare(args, group.main)
+    finally:
+        leave()
+
+
+def _compare(args, main: bool) -> int:
     specs = parse_losses(args.losses, "--losses")
     if args.data:
         if args.task:
@@ -45,7 +55,9 @@ def _run(args) -> int:
             raise ValueError("`--label-column` applies only to `--data`")
         task = make_task(args.task, imbalance=args.imbalance, n_train=args.n_train, seed=args.data_seed)
     results = compare(task, specs, args.seeds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      backend=args.backend, threads=args.threads, progress=not args.quiet)
+                      backend=args.backend, threads=args.threads, progress=main and not args.quiet)
+    if not main:
+        return 0  # under torchrun, rank 0 reports
     print(f"{task.name}: {task.description}; {len(args.seeds)} seed(s), {results['config']['epochs']} epochs; "
           f"test metrics at the final epoch, mean [95% t-interval]")
     print(format_table(results))

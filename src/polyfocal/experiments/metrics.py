@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 __all__ = ["accuracy", "balanced_accuracy", "macro_f1", "expected_calibration_error",
-           "average_precision", "roc_auc", "t_interval", "t_quantile"]
+           "average_precision", "average_precisions", "roc_auc", "t_interval", "t_quantile"]
 
 
 def _pair(y_true, y_other, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,16 +89,26 @@ def average_precision(y_true, scores) -> float:
     positive.
     """
     y_true, scores = _pair(y_true, scores, "scores")
-    y, scores = (y_true > 0).astype(np.float64), scores.ravel().astype(np.float64)
-    if y.sum() == 0:
-        return math.nan
+    return float(average_precisions(y_true.reshape(-1, 1), scores)[0])
+
+
+def average_precisions(y_true, scores) -> np.ndarray:
+    """:func:`average_precision` of each column of ``y_true (n, k)`` against one ``scores (n,)``, sorted once."""
+    y_true, scores = np.asarray(y_true), np.asarray(scores).ravel().astype(np.float64)
+    if y_true.ndim != 2 or y_true.shape[0] != scores.shape[0]:
+        raise ValueError(f"`y_true` must have shape (n, k) with n = {scores.shape[0]} like `scores`; "
+                         f"got {y_true.shape}")
+    if scores.shape[0] == 0:
+        raise ValueError("`y_true` is empty")
     order = np.argsort(-scores, kind="mergesort")
-    scores, y = scores[order], y[order]
+    scores, y = scores[order], (y_true[order] > 0).astype(np.float64)
     ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # last index of each tie group
-    tp = np.cumsum(y)[ends]
-    fp = (ends + 1) - tp
-    precision, recall = tp / (tp + fp), tp / tp[-1]
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    tp = np.cumsum(y, axis=0)[ends]                                  # (groups, k)
+    precision = tp / (ends + 1)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / tp[-1]
+        out = np.sum(np.diff(np.vstack([np.zeros((1, y.shape[1])), recall]), axis=0) * precision, axis=0)
+    return np.where(tp[-1] > 0, out, np.nan)
 
 
 def roc_auc(y_true, scores) -> float:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .command import _seeds
+from .distributed import require_single_process
 from .report import json_safe
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
 from .train import LossSpec, check_compatible, parse_losses, train_run, versions
@@ -313,6 +314,7 @@ def write_sweep(results: dict, out: str) -> dict[str, str]:
 
 
 def _run(args) -> int:
+    require_single_process("sweep", "Start several `polyfocal sweep` processes on one --storage to share a study.")
     results = run_sweep(args)
     config, best = results["config"], results["best"]
     print(f"study {results['study']!r} in {results['storage']}: {len(results['trials'])} completed trial(s); "

@@ -2,7 +2,8 @@
 
 ``digits-lt`` (scikit-learn's bundled digits, long-tailed train split, balanced test),
 ``tabular-imbalanced`` (``make_classification`` with 1% positives), ``dense-toy``
-(a per-pixel class map of small squares, ~1% positive locations) and a user's own
+(a per-pixel class map of small objects, ~1% positive locations, with each positive
+location's distances to its object's box edges) and a user's own
 ``.csv``/``.npz`` (:func:`load_data`). All run on a CPU in seconds.
 
     >>> task = make_task("dense-toy", n_train=64)                 # doctest: +SKIP
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
+from .boxes import box_metrics
 
 __all__ = ["Task", "TASKS", "make_task", "load_data"]
 
@@ -31,8 +33,10 @@ METRICS = {
     "binary": ("average_precision", "roc_auc"),
     "dense": ("map",),
 }
+#: metrics of dense runs that also regress boxes (:mod:`.boxes`)
+BOX_METRICS = ("map_box", "map", "loc_error")
 #: metrics where lower is better
-LOWER_IS_BETTER = ("ece",)
+LOWER_IS_BETTER = ("ece", "loc_error")
 
 
 @dataclass
@@ -41,7 +45,8 @@ class Task:
 
     ``kind`` is ``"multiclass"`` (softmax losses, class-index targets), ``"binary"``
     (softmax losses on 2 logits or sigmoid losses on 1 logit) or ``"dense"`` (sigmoid
-    losses on ``(N, C, H, W)`` with integer labels where ``C`` is background).
+    losses on ``(N, C, H, W)`` with integer labels where ``C`` is background). Dense tasks
+    may carry box targets ``(N, 4, H, W)``: each location's distances to its object's edges.
     """
 
     name: str
@@ -57,6 +62,8 @@ class Task:
     lr: float = 1e-2
     hidden: int = 64
     options: dict = field(default_factory=dict)
+    boxes_train: torch.Tensor | None = None
+    boxes_test: torch.Tensor | None = None
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -70,26 +77,41 @@ class Task:
     def primary(self) -> str:
         return self.metrics[0]
 
+    def metrics_for(self, box: str | None) -> tuple[str, ...]:
+        """The metrics of a run with box loss ``box`` (None: classification only); the first is the headline."""
+        return self.metrics if box is None else BOX_METRICS
+
+    def count(self, target) -> torch.Tensor:
+        """What a batch's loss is normalised by: positive locations (dense, as RetinaNet), else examples."""
+        if self.kind == "dense":
+            labels = target[0] if isinstance(target, tuple) else target
+            return (labels < self.num_classes).sum()
+        return torch.tensor(len(target))
+
     def summary(self) -> dict:
         counts = torch.bincount(self.y_train.flatten().long(), minlength=self.num_classes + (self.kind == "dense"))
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "num_classes": self.num_classes, "n_train": len(self.x_train), "n_test": len(self.x_test),
                 "train_class_counts": counts.tolist(), "options": self.options}
 
-    def make_model(self, family: str) -> nn.Module:
-        """A fresh model (seed torch first); sigmoid heads start at the 1% prior of RetinaNet."""
+    def make_model(self, family: str, box_channels: int = 0) -> nn.Module:
+        """A fresh model (seed torch first); sigmoid heads start at the 1% prior of RetinaNet.
+
+        With ``box_channels`` (dense tasks with boxes), the model returns ``(logits, box_output)``.
+        """
+        if box_channels and self.boxes_train is None:
+            raise ValueError(f"task {self.name!r} has no box targets; box losses need dense-toy")
         if self.kind == "dense":
-            channels = self.x_train.shape[1]
-            model = nn.Sequential(nn.Conv2d(channels, 16, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-                                  nn.Conv2d(16, self.num_classes, 1))
+            model = DenseNet(self.x_train.shape[1], self.num_classes, box_channels)
+            classifier = model.classify
         else:
             outputs = 1 if (self.kind == "binary" and family == "sigmoid") else self.num_classes
             model = nn.Sequential(nn.Linear(self.x_train.shape[1], self.hidden), nn.ReLU(),
                                   nn.Linear(self.hidden, self.hidden), nn.ReLU(),
                                   nn.Linear(self.hidden, outputs))
+            classifier = model[-1]
         if family == "sigmoid":
-            nn.init.constant_(model[-1].bias, -math.log(99.0))
+            nn.init.constant_(classifier.bias, -math.log(99.0))
         return model
 
     def loss_inputs(self, logits: torch.Tensor, y: torch.Tensor, family: str):
@@ -98,8 +120,8 @@ class Task:
             return logits.squeeze(1), y.float()
         return logits, y
 
-    def evaluate(self, logits: torch.Tensor, family: str) -> dict[str, float]:
-        """The task's metrics for test-set logits."""
+    def evaluate(self, logits: torch.Tensor, family: str, boxes: torch.Tensor | None = None) -> dict[str, float]:
+        """The task's metrics for test-set logits (and predicted box distances, dense tasks)."""
         y = self.y_test.numpy()
         logits = logits.detach().double()
         if self.kind == "multiclass":
@@ -114,7 +136,27 @@ class Task:
             return {"average_precision": M.average_precision(y, score), "roc_auc": M.roc_auc(y, score)}
         scores = torch.sigmoid(logits).numpy()
         per_class = [M.average_precision((y == c).ravel(), scores[:, c].ravel()) for c in range(self.num_classes)]
-        return {"map": float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else math.nan}
+        out = {"map": float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else math.nan}
+        if boxes is not None:
+            out.update(box_metrics(boxes.detach().double(), self.boxes_test.double(), y, scores, self.num_classes))
+        return out
+
+
+class DenseNet(nn.Module):
+    """Two 3x3 conv layers, a 1x1 classifier and, optionally, a box head (3x3 conv, 1x1)."""
+
+    def __init__(self, channels: int, num_classes: int, box_channels: int = 0, width: int = 16):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(width, width, 3, padding=1), nn.ReLU())
+        self.classify = nn.Conv2d(width, num_classes, 1)
+        self.box = (nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, box_channels, 1))
+                    if box_channels else None)
+
+    def forward(self, x):
+        features = self.trunk(x)
+        logits = self.classify(features)
+        return logits if self.box is None else (logits, self.box(features))
 
 
 def _sklearn():
@@ -177,30 +219,48 @@ def tabular_imbalanced(n_train: int = 4000, seed: int = 0) -> Task:
                 epochs=20, batch_size=128, lr=5e-3, options={"n_train": n_train, "seed": seed})
 
 
+def _shape(kind: int, s: int) -> torch.Tensor:
+    """An ``s x s`` mask: a filled square (0), a ring (1) or a plus with arms ``s - 2`` wide (2)."""
+    mask = torch.ones(s, s)
+    if kind == 1:
+        mask[1:-1, 1:-1] = 0
+    elif kind == 2:
+        mask[[0, 0, -1, -1], [0, -1, 0, -1]] = 0
+    return mask
+
+
 def _dense_images(n: int, size: int, generator: torch.Generator):
-    """1-channel noise images with 0-2 3x3 objects each: filled square, ring or plus (classes 0-2)."""
-    shapes = torch.tensor([[[1, 1, 1], [1, 1, 1], [1, 1, 1]],
-                           [[1, 1, 1], [1, 0, 1], [1, 1, 1]],
-                           [[0, 1, 0], [1, 1, 1], [0, 1, 0]]], dtype=torch.float32)
+    """1-channel noise images with 0-2 objects each, 3 or 4 pixels wide: square, ring or plus (classes 0-2).
+
+    Returns images ``(n, 1, size, size)``, labels ``(n, size, size)`` (3 = background; every
+    location in an object's box has its class, a later object overwriting an earlier one)
+    and box targets ``(n, 4, size, size)``: each location's distances to its object's left,
+    top, right and bottom edges in pixels (0 on background).
+    """
     images = 0.3 * torch.randn(n, 1, size, size, generator=generator)
-    labels = torch.full((n, size, size), len(shapes), dtype=torch.long)  # background = C
+    labels = torch.full((n, size, size), 3, dtype=torch.long)
+    boxes = torch.zeros(n, 4, size, size)
+    centre = torch.arange(size, dtype=torch.float32) + 0.5
     for i in range(n):
         for _ in range(int(torch.randint(0, 3, (1,), generator=generator))):
-            c = int(torch.randint(0, len(shapes), (1,), generator=generator))
-            r, q = (int(v) for v in torch.randint(0, size - 3, (2,), generator=generator))
-            images[i, 0, r:r + 3, q:q + 3] += shapes[c]
-            labels[i, r:r + 3, q:q + 3] = c
-    return images, labels
+            c, s = int(torch.randint(0, 3, (1,), generator=generator)), int(torch.randint(3, 5, (1,), generator=generator))
+            r, q = (int(v) for v in torch.randint(0, size - s + 1, (2,), generator=generator))
+            images[i, 0, r:r + s, q:q + s] += _shape(c, s)
+            labels[i, r:r + s, q:q + s] = c
+            rows, cols = centre[r:r + s, None].expand(s, s), centre[None, q:q + s].expand(s, s)
+            boxes[i, :, r:r + s, q:q + s] = torch.stack([cols - q, rows - r, q + s - cols, r + s - rows])
+    return images, labels, boxes
 
 
 def dense_toy(n_train: int = 256, size: int = 32, seed: int = 0) -> Task:
-    """Per-pixel classes of small squares (3 shapes, ~1% of locations), sigmoid head with background."""
+    """Per-pixel classes of small objects (3 shapes, ~1% of locations) and their box edges; sigmoid head."""
     generator = torch.Generator().manual_seed(seed)
-    x_train, y_train = _dense_images(n_train, size, generator)
-    x_test, y_test = _dense_images(max(n_train // 2, 1), size, generator)
+    x_train, y_train, b_train = _dense_images(n_train, size, generator)
+    x_test, y_test, b_test = _dense_images(max(n_train // 2, 1), size, generator)
     return Task("dense-toy", "dense", 3, x_train, y_train, x_test, y_test,
-                f"{size}x{size} noise images with 3x3 squares/rings/pluses; labels per pixel, 3 = background",
-                epochs=20, batch_size=32, lr=1e-2, options={"n_train": n_train, "size": size, "seed": seed})
+                f"{size}x{size} noise images with 3-4 px squares/rings/pluses; labels per pixel, 3 = background",
+                epochs=20, batch_size=32, lr=1e-2, options={"n_train": n_train, "size": size, "seed": seed},
+                boxes_train=b_train, boxes_test=b_test)
 
 
 def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fraction: float = 0.3) -> Task:

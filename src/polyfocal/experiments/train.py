@@ -1,8 +1,15 @@
 """Train one model per loss and seed on a :class:`~polyfocal.experiments.tasks.Task`.
 
 Loss specs are registry names or aliases with parameters: ``"poly1:epsilon=2"``,
-``"poly1_focal:epsilon=1,gamma=2"`` (:func:`parse_losses`). A run is deterministic given
-its seed (model initialisation and batch order), the data being fixed by the task.
+``"poly1_focal:epsilon=1,gamma=2"``, and on dense-toy a box loss after ``+``:
+``"qfl+dfl"``, ``"sigmoid_focal+l1"`` (:func:`parse_losses`, :mod:`.boxes`). A run is
+deterministic given its seed (model initialisation and batch order), the data being fixed
+by the task.
+
+Every batch's loss is normalised by the number of positive locations (dense tasks, as
+RetinaNet) or of examples; GHM-C keeps its own mean and moving average. Under ``torchrun``
+each rank trains on its slice of every global batch with the normaliser all-reduced
+(:mod:`.distributed`), which takes the same steps as one process on the whole batch.
 
     >>> from polyfocal.experiments import make_task, parse_losses, compare
     >>> results = compare(make_task("dense-toy", n_train=32), parse_losses("bce,sigmoid_focal"),
@@ -24,6 +31,8 @@ import torch
 from .. import __version__, analysis
 from .._backend import use_backend
 from ..registry import build_loss, get_loss_function
+from . import boxes
+from .distributed import current
 from .tasks import Task
 
 __all__ = ["LossSpec", "parse_losses", "loss_family", "train_run", "compare", "versions"]
@@ -34,15 +43,18 @@ _SIGMOID = ("binary_cross_entropy", "sigmoid_focal_loss", "poly1_focal_loss", "p
 # keywords that the experiment sets itself, not the user
 _RESERVED = ("reduction", "normalizer", "validate", "backend", "weight", "ignore_index", "pos_weight",
              "distributed")
+# losses whose dense target is (labels, IoU of the predicted box) when boxes are regressed
+_QUALITY_TARGET = ("quality_focal_loss", "varifocal_loss")
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """One loss to train with: its label (the text given), registered name and parameters."""
+    """One loss to train with: its label (the text given), registered name, parameters and box loss."""
 
     label: str
     name: str
     params: dict
+    box: str | None = None
 
 
 def loss_family(name: str) -> str | None:
@@ -72,7 +84,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
     """Parse ``"ce,focal:gamma=1,poly1_focal:epsilon=2,gamma=1"`` into :class:`LossSpec` s.
 
     A comma-separated item ``key=value`` without ``:`` adds a parameter to the loss before
-    it. Values: numbers, ``none``, ``true``/``false``, ``a/b/c`` for a tuple (``epsilons=1/0.5``),
+    it. ``name+l1`` or ``name+dfl`` adds a box loss (dense-toy, :mod:`.boxes`). Values: numbers, ``none``, ``true``/``false``, ``a/b/c`` for a tuple (``epsilons=1/0.5``),
     or a word (``tail=drop``).
 
     Raises:
@@ -103,9 +115,15 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             items[-1][2][key.strip()] = _value(value.strip())
     specs = []
     for label, head, params in items:
-        name = analysis.resolve_loss_name(head, argument)
+        head, plus, box = head.partition("+")
+        if plus and box.strip() not in boxes.BOX_LOSSES:
+            raise ValueError(f"`{argument}`: unknown box loss {box.strip()!r} in {label!r}; "
+                             f"expected one of {', '.join(boxes.BOX_LOSSES)}, e.g. qfl+dfl")
+        name = analysis.resolve_loss_name(head.strip(), argument)
         if loss_family(name) is None:
             raise ValueError(f"`{argument}`: {name!r} is not a classification loss")
+        if plus and loss_family(name) != "sigmoid":
+            raise ValueError(f"`{argument}`: a box loss goes with a sigmoid loss on dense-toy; got {label!r}")
         accepted = [k for k in inspect.signature(get_loss_function(name)).parameters
                     if k not in _RESERVED][2:]
         for key in params:
@@ -116,7 +134,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             build_loss(name, **params)
         except (TypeError, ValueError) as error:
             raise ValueError(f"`{argument}`: cannot build {label!r}: {error}") from None
-        specs.append(LossSpec(label, name, params))
+        specs.append(LossSpec(label, name, params, box.strip() if plus else None))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
         raise ValueError(f"`{argument}` lists a loss twice: {', '.join(labels)}")
@@ -132,6 +150,12 @@ def check_compatible(task: Task, specs, argument: str = "--losses") -> None:
                     if task.families == ("sigmoid",) else "softmax losses (ce, focal, poly1, ...)")
             raise ValueError(f"`{argument}`: {spec.label!r} is a {family} loss; task {task.name!r} "
                              f"({task.kind}) takes {hint}")
+        if spec.box and task.boxes_train is None:
+            raise ValueError(f"`{argument}`: {spec.label!r} regresses boxes; task {task.name!r} has no box "
+                             f"targets (use dense-toy)")
+    if len({spec.box is None for spec in specs}) > 1:
+        raise ValueError(f"`{argument}`: give every loss a box loss (qfl+dfl, sigmoid_focal+l1) or none, "
+                         f"so that all runs report the same metrics")
 
 
 def train_run(task: Task, spec: LossSpec, seed: int, epochs: int | None = None,
@@ -145,43 +169,75 @@ def train_run(task: Task, spec: LossSpec, seed: int, epochs: int | None = None,
         return _train_run(task, spec, seed, epochs, batch_size, lr, on_batch)
 
 
+def _criterion(spec: LossSpec, world: int):
+    """``loss(logits, target, normalizer)`` for one spec."""
+    if spec.name == "ghm_c_loss":  # the Module's moving average; its own mean, all-reduced by the loss
+        module = build_loss(spec.name, **spec.params)
+        return lambda logits, target, normalizer: module(logits, target) * world
+    function = get_loss_function(spec.name)
+    return lambda logits, target, normalizer: function(logits, target, **spec.params, normalizer=normalizer)
+
+
 def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
     epochs = task.epochs if epochs is None else epochs
     batch_size = task.batch_size if batch_size is None else batch_size
-    family = loss_family(spec.name)
+    family, group = loss_family(spec.name), current()
     start = time.perf_counter()
     torch.manual_seed(seed)
-    model = task.make_model(family)
-    criterion = build_loss(spec.name, **spec.params)
+    model = group.wrap(task.make_model(family, boxes.box_channels(spec.box) if spec.box else 0))
+    criterion = _criterion(spec, group.world)
     optimizer = torch.optim.Adam(model.parameters(), lr=task.lr if lr is None else lr)
     order = torch.Generator().manual_seed(seed)
-    curves = {"epoch": [], "train_loss": [], f"test_{task.primary}": []}
+    primary = task.metrics_for(spec.box)[0]
+    curves = {"epoch": [], "train_loss": [], f"test_{primary}": []}
     n = len(task.x_train)
     for epoch in range(1, epochs + 1):
         model.train()
         total, batches = 0.0, 0
         for index in torch.randperm(n, generator=order).split(batch_size):
-            logits, target = task.loss_inputs(model(task.x_train[index]), task.y_train[index], family)
-            if on_batch is not None:
-                on_batch(logits.detach(), target)
-            loss = criterion(logits, target)
+            loss = _batch_loss(task, spec, criterion, model, group.shard(index), group, on_batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total, batches = total + float(loss.detach()), batches + 1
-        metrics = _evaluate(task, model, family)
+            total, batches = total + float(group.total(loss.detach())), batches + 1
+        metrics = _evaluate(task, model, family, spec.box, group)
         curves["epoch"].append(epoch)
-        curves["train_loss"].append(total / max(batches, 1))
-        curves[f"test_{task.primary}"].append(metrics[task.primary])
+        curves["train_loss"].append(total / max(batches, 1) / group.world)
+        curves[f"test_{primary}"].append(metrics[primary])
     if epochs == 0:
-        metrics = _evaluate(task, model, family)
+        metrics = _evaluate(task, model, family, spec.box, group)
     return {"metrics": metrics, "curves": curves, "seconds": time.perf_counter() - start}
 
 
+def _batch_loss(task: Task, spec: LossSpec, criterion, model, index, group, on_batch):
+    """This rank's share of the loss of a global batch (the shares add up to it times the world size)."""
+    family = loss_family(spec.name)
+    output = model(task.x_train[index].to(group.device))
+    logits, box_output = output if spec.box else (output, None)
+    labels = task.y_train[index].to(group.device)
+    logits, target = task.loss_inputs(logits, labels, family)
+    normalizer = (group.total(task.count(target)).clamp(min=1) / group.world).float()
+    if spec.box:
+        truth = task.boxes_train[index].to(group.device)
+        if spec.name in _QUALITY_TARGET:  # GFL's joint score: the IoU of the box this location predicts
+            target = (labels, boxes.overlap(boxes.decode(spec.box, box_output.detach()), truth))
+    if on_batch is not None:
+        on_batch(logits.detach(), target)
+    loss = criterion(logits, target, normalizer)
+    if spec.box:
+        loss = loss + boxes.box_loss(spec.box, box_output, truth, labels < task.num_classes, normalizer)
+    return loss
+
+
 @torch.no_grad()
-def _evaluate(task: Task, model, family: str) -> dict[str, float]:
+def _evaluate(task: Task, model, family: str, box: str | None, group) -> dict[str, float]:
+    model = getattr(model, "module", model)  # the same weights on every rank: no collective needed
     model.eval()
-    return task.evaluate(model(task.x_test), family)
+    output = model(task.x_test.to(group.device))
+    if box is None:
+        return task.evaluate(output.cpu(), family)
+    logits, box_output = output
+    return task.evaluate(logits.cpu(), family, boxes.decode(box, box_output).cpu())
 
 
 def versions() -> dict[str, str]:
@@ -239,7 +295,8 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
             for seed in seeds:
                 run = train_run(task, spec, seed, epochs, batch_size, lr, backend)
                 runs.append({"loss": spec.label, "seed": seed, **run})
-                update(f"{spec.label} seed {seed}: {task.primary}={run['metrics'][task.primary]:.4f} "
+                primary = task.metrics_for(spec.box)[0]
+                update(f"{spec.label} seed {seed}: {primary}={run['metrics'][primary]:.4f} "
                        f"({run['seconds']:.1f} s)")
     finally:
         close()
@@ -247,6 +304,9 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
     config = {"task": task.name, "task_options": task.options, "losses": [asdict(s) for s in specs],
               "seeds": seeds, "epochs": task.epochs if epochs is None else epochs,
               "batch_size": batch_size or task.batch_size, "lr": lr or task.lr, "backend": backend,
-              "threads": threads, "optimizer": "Adam", "metrics_at": "final epoch"}
-    return {"config": config, "versions": versions(), "task": task.summary(), "metrics": list(task.metrics),
-            "primary": task.primary, "runs": runs}
+              "threads": threads, "optimizer": "Adam", "metrics_at": "final epoch",
+              "normalizer": "positive locations" if task.kind == "dense" else "examples",
+              "processes": current().world}
+    metrics = task.metrics_for(specs[0].box)
+    return {"config": config, "versions": versions(), "task": task.summary(), "metrics": list(metrics),
+            "primary": metrics[0], "runs": runs}
