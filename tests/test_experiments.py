@@ -191,6 +191,47 @@ def test_user_npz_multiclass(tmp_path):
     assert set(results["runs"][0]["metrics"]) == {"balanced_accuracy", "accuracy", "macro_f1", "ece"}
 
 
+def _image_folder(root, per_class=12):
+    """Three classes of 20x16 images: a bright left half, a bright top half, a bright square."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    masks = {"left": np.s_[:, :8], "top": np.s_[:10, :], "square": np.s_[5:15, 4:12]}
+    for label, region in masks.items():
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (20, 16, 3)).astype(np.uint8)
+            pixels[region] += 120
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    (root / "left" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_user_image_folder(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    folder = _image_folder(tmp_path / "shapes")
+    task = ex.load_data(str(folder), image_size=8)
+    assert task.kind == "multiclass" and task.options["classes"] == ["left", "square", "top"]
+    assert task.x_train.shape[1] == 8 * 8 * 3 and len(task.x_train) + len(task.x_test) == 36
+    out = tmp_path / "out"
+    argv = ["compare", "--data", str(folder), "--image-size", "8", "--losses", "ce,focal", "--seeds", "1",
+            "--epochs", "20", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    results = _check_outputs(out, 2, ["balanced_accuracy", "accuracy", "macro_f1", "ece"])
+    assert all(run["metrics"]["accuracy"] > 0.8 for run in results["runs"])  # chance is 1/3
+
+
+def test_image_folder_errors(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    assert main(["compare", "--data", str(tmp_path / "empty"), "--quiet", "--out", str(tmp_path / "o")]) == 2
+    assert "no images in class subfolders" in capsys.readouterr().err
+    npz = tmp_path / "d.npz"
+    np.savez(npz, X=np.zeros((8, 2)), y=np.arange(8) % 2)
+    assert main(["compare", "--data", str(npz), "--image-size", "8", "--quiet", "--out", str(tmp_path / "o")]) == 2
+    assert "--image-size" in capsys.readouterr().err
+
+
 # --- bad input: clear errors naming the argument, exit code 2 ---------------------------------------
 
 @pytest.mark.parametrize("argv, fragment", [

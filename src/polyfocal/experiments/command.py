@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .distributed import join_from_environment, leave
 from .report import format_table, write_report
@@ -31,6 +32,16 @@ def _seeds(text: str) -> list[int]:
     return values
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}")
+    return value
+
+
 def _run(args) -> int:
     group = join_from_environment()
     try:
@@ -47,7 +58,10 @@ def _compare(args, main: bool) -> int:
         for flag, value in (("--imbalance", args.imbalance), ("--n-train", args.n_train)):
             if value is not None:
                 raise ValueError(f"`{flag}` does not apply to `--data`")
-        task = load_data(args.data, label_column=args.label_column, seed=args.data_seed)
+        if args.image_size is not None and not os.path.isdir(args.data):
+            raise ValueError("`--image-size` applies only to an image folder given as `--data`")
+        task = load_data(args.data, label_column=args.label_column, seed=args.data_seed,
+                         image_size=args.image_size or 32)
     else:
         if not args.task:
             raise ValueError("`--task` is required (or `--data FILE`); tasks: " + ", ".join(TASKS))
@@ -72,7 +86,10 @@ def add_compare(commands) -> None:
                             description="Which loss wins on this data: train each loss with each seed, "
                                         "report mean and 95%% t-intervals of the test metrics.")
     p.add_argument("--task", choices=list(TASKS), default=None, help="a built-in task")
-    p.add_argument("--data", default=None, help="your own data instead: FILE.csv (header row) or FILE.npz (X, y)")
+    p.add_argument("--data", default=None, help="your own data instead: FILE.csv (header row), FILE.npz (X, y) "
+                                                "or an image folder DIR/CLASS/*.png")
+    p.add_argument("--image-size", type=_positive, default=None,
+                   help="image folders: resize to SIZE x SIZE RGB (default 32)")
     p.add_argument("--label-column", default=None, help="CSV label column (default: 'label', else the last)")
     p.add_argument("--losses", default="ce,focal,poly1",
                    help="comma-separated loss names or aliases with parameters, e.g. "

@@ -3,8 +3,8 @@
 ``digits-lt`` (scikit-learn's bundled digits, long-tailed train split, balanced test),
 ``tabular-imbalanced`` (``make_classification`` with 1% positives), ``dense-toy``
 (a per-pixel class map of small objects, ~1% positive locations, with each positive
-location's distances to its object's box edges) and a user's own
-``.csv``/``.npz`` (:func:`load_data`). All run on a CPU in seconds.
+location's distances to its object's box edges) and a user's own ``.csv``/``.npz`` or
+image folder (:func:`load_data`). All run on a CPU in seconds.
 
     >>> task = make_task("dense-toy", n_train=64)                 # doctest: +SKIP
     >>> task.kind, task.num_classes, task.primary
@@ -263,19 +263,31 @@ def dense_toy(n_train: int = 256, size: int = 32, seed: int = 0) -> Task:
                 boxes_train=b_train, boxes_test=b_test)
 
 
-def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fraction: float = 0.3) -> Task:
-    """A user's classification data: ``.npz`` with arrays ``X`` and ``y``, or ``.csv`` with a header.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
-    The CSV's label column is ``label_column`` (default: ``label`` if present, else the last
-    column); other columns must be numbers. Labels may be any strings; they are mapped to
-    0..K-1 in sorted order (for two classes the second is positive). A stratified
-    ``test_fraction`` is held out; features are standardised with the train statistics.
 
-    Raises:
-        ValueError: missing file, unknown extension, missing column, non-numeric feature.
-    """
-    if not os.path.isfile(path):
-        raise ValueError(f"`--data` file not found: {path!r}")
+def _read_images(path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image folder ``path/CLASS/*.png``: pixels resized to ``size x size`` RGB in [0, 1], flattened."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("image folders need Pillow: pip install 'polyfocal[experiments]'") from None
+    x, labels = [], []
+    for label in sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))):
+        folder = os.path.join(path, label)
+        for name in sorted(os.listdir(folder)):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                with Image.open(os.path.join(folder, name)) as image:
+                    pixels = image.convert("RGB").resize((size, size), Image.BILINEAR)
+                x.append(np.asarray(pixels, dtype=np.float64).ravel() / 255.0)
+                labels.append(label)
+    if not x:
+        raise ValueError(f"`--data` folder {path!r} has no images in class subfolders (path/CLASS/image.png)")
+    return np.stack(x), np.array(labels)
+
+
+def _read_table(path: str, label_column: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Features and raw labels from a ``.npz`` (arrays ``X``, ``y``) or a ``.csv`` with a header."""
     extension = os.path.splitext(path)[1].lower()
     if extension == ".npz":
         arrays = np.load(path, allow_pickle=False)
@@ -283,8 +295,8 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
         if "x" not in keys or "y" not in keys:
             raise ValueError(f"`--data` {path!r} must hold arrays 'X' and 'y'; got {arrays.files}")
         x, raw = np.asarray(arrays[keys["x"]], dtype=np.float64), np.asarray(arrays[keys["y"]])
-        x = x.reshape(len(x), -1)
-    elif extension == ".csv":
+        return x.reshape(len(x), -1), raw
+    if extension == ".csv":
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
         header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
@@ -297,8 +309,34 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
             x = np.array([[float(v) for k, v in enumerate(r) if k != j] for r in rows], dtype=np.float64)
         except ValueError as error:
             raise ValueError(f"`--data` {path!r}: feature columns must be numbers ({error})") from None
+        return x, raw
+    raise ValueError(f"`--data` must be a .csv or .npz file or an image folder; got {path!r}")
+
+
+def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fraction: float = 0.3,
+              image_size: int = 32) -> Task:
+    """A user's classification data: ``.npz`` (arrays ``X``, ``y``), ``.csv`` with a header, or an image folder.
+
+    The CSV's label column is ``label_column`` (default: ``label`` if present, else the last
+    column); other columns must be numbers. An image folder holds one subfolder per class
+    (``path/cat/1.png``); images are resized to ``image_size x image_size`` RGB and
+    flattened, so the model is the same MLP (a baseline, not a vision model). Labels may be
+    any strings; they are mapped to 0..K-1 in sorted order (for two classes the second is
+    positive). A stratified ``test_fraction`` is held out; features are standardised with
+    the train statistics.
+
+    Raises:
+        ValueError: missing file, unknown extension, missing column, non-numeric feature,
+            an image folder without images.
+    """
+    if os.path.isdir(path):
+        if label_column:
+            raise ValueError("`--label-column` applies to a CSV file, not an image folder")
+        x, raw = _read_images(path, image_size)
+    elif os.path.isfile(path):
+        x, raw = _read_table(path, label_column)
     else:
-        raise ValueError(f"`--data` must be a .csv or .npz file; got {path!r}")
+        raise ValueError(f"`--data` file or folder not found: {path!r}")
     if len(x) != len(raw) or len(x) < 4:
         raise ValueError(f"`--data` {path!r}: need >= 4 rows and as many labels as rows; got X {x.shape}, y {raw.shape}")
     classes, y = np.unique(raw, return_inverse=True)
@@ -307,9 +345,10 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
     train, test = _stratified_split(y, test_fraction, np.random.default_rng(seed))
     x_train, x_test = _standardize(x[train], x[test])
     kind = "binary" if len(classes) == 2 else "multiclass"
-    return Task(f"data:{os.path.basename(path)}", kind, len(classes), x_train, torch.as_tensor(y[train]),
+    name = os.path.basename(os.path.normpath(path))
+    return Task(f"data:{name}", kind, len(classes), x_train, torch.as_tensor(y[train]),
                 x_test, torch.as_tensor(y[test]),
-                f"user data {os.path.basename(path)}: {x.shape[1]} features, classes {classes.tolist()}",
+                f"user data {name}: {x.shape[1]} features, classes {classes.tolist()}",
                 epochs=30, batch_size=64, lr=5e-3,
                 options={"path": os.path.abspath(path), "classes": classes.tolist(), "seed": seed})
 
