@@ -337,3 +337,96 @@ def test_out_of_memory_is_raised_not_taken_for_a_broken_engine(monkeypatch):
     with use_backend("fused"), pytest.raises(torch.OutOfMemoryError):
         pf.focal_loss(x, t)
     assert _fused.available()
+
+
+# --- the hand-carried gradients: autograd of the loss's phi alone, taken to the logits ------------
+
+EXTREME = torch.tensor([-1e4, -100.0, -20.0, -3.0, -0.5, 0.0, 0.5, 3.0, 20.0, 100.0, 1e4])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_sigmoid_slope_equals_autograd_through_logsigmoid(gamma, dtype):
+    from polyfocal._math import binary_focal
+    from polyfocal._numerics import log_sigmoids
+
+    z = EXTREME.to(dtype)
+    y = (torch.arange(z.numel()) % 2).to(dtype)
+    gamma_t = torch.tensor(gamma, dtype=dtype)  # as the fused engine passes it
+
+    def phi(a, b):
+        return binary_focal(a, b, y, gamma=gamma_t, alpha=0.25, epsilon=1.0)
+
+    value, slope = _fused.log_sigmoid_slope(phi, z, torch.full_like(z, 0.5))
+    zr = z.clone().requires_grad_()
+    want = phi(*log_sigmoids(zr))
+    (want_slope,) = torch.autograd.grad(want, zr, torch.full_like(z, 0.5))
+    assert torch.isfinite(value).all() and torch.isfinite(slope).all()
+    torch.testing.assert_close(value, want.detach())
+    torch.testing.assert_close(slope, want_slope)
+
+
+def test_is_class_with_given_classes_equals_the_built_one():
+    from polyfocal._numerics import is_class
+
+    x, labels = torch.randn(6, 5, 4), torch.tensor([[0, 4, 5, -100]] * 6)
+    torch.testing.assert_close(is_class(x, labels, _fused.class_indices(5, x.device)), is_class(x, labels))
+
+
+SIGMOID_CASES = [
+    ("sigmoid_focal_loss", {"gamma": 0.0}), ("sigmoid_focal_loss", {"gamma": 0.5}),
+    ("sigmoid_focal_loss", {"gamma": 1.0, "alpha": None}), ("poly1_focal_loss", {"gamma": 2.0, "epsilon": 2.0}),
+    ("quality_focal_loss", {"beta": 0.5}), ("varifocal_loss", {}), ("binary_cross_entropy", {}),
+    ("sigmoid_soft_truncated_loss", {}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", SIGMOID_CASES)
+@pytest.mark.parametrize("kind", ["index", "labels_scores", "soft"])
+def test_sigmoid_engine_at_extreme_logits_with_weights_ignore_and_normalizer(name, kwargs, kind):
+    g = torch.Generator().manual_seed(11)
+    x = EXTREME[torch.randint(0, EXTREME.numel(), SHAPE, generator=g)].double()
+    labels = torch.randint(0, SHAPE[1] + 1, (SHAPE[0], SHAPE[2]), generator=g)
+    labels[0, 0] = -1
+    target = {"index": labels, "labels_scores": (labels, torch.rand(labels.shape, generator=g, dtype=torch.float64)),
+              "soft": torch.rand(SHAPE, generator=g, dtype=torch.float64).round()}[kind]
+    if kind == "soft":
+        target[0, 0, 0] = 0.3
+    weight = torch.rand(SHAPE[1], 1, generator=g, dtype=torch.float64)
+    fn = pf.get_loss_function(name)
+    options = dict(weight=weight, normalizer=torch.tensor(3.0, dtype=torch.float64), **kwargs)
+    if kind != "soft":
+        options["ignore_index"] = -1
+    results = {}
+    for engine in ("reference", "fused"):
+        xr = x.clone().requires_grad_()
+        with use_backend(engine):
+            loss = fn(xr, target, **options)
+        if engine == "fused":
+            assert is_fused(loss)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(xr.grad).all()
+        results[engine] = (loss, xr.grad)
+    torch.testing.assert_close(results["fused"], results["reference"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name, target_fn", [
+    ("poly1_focal_loss", lambda: torch.randint(0, 5, (5, 3))),
+    ("quality_focal_loss", lambda: (torch.randint(0, 5, (5, 3)), torch.rand(5, 3))),
+    ("focal_loss", lambda: torch.randint(0, 4, (5, 3))),
+])
+def test_low_precision_with_hand_carried_gradients(name, target_fn, dtype):
+    torch.manual_seed(12)
+    x, target = (torch.randn(SHAPE) * 4).to(dtype), target_fn()
+    fn = pf.get_loss_function(name)
+    results = {}
+    for engine in ("reference", "fused"):
+        xr = x.clone().requires_grad_()
+        with use_backend(engine):
+            loss = fn(xr, target, weight=torch.rand(SHAPE[1], 1, generator=torch.Generator().manual_seed(0))
+                      if name != "focal_loss" else None)
+        loss.backward()
+        assert loss.dtype == dtype and xr.grad.dtype == dtype
+        results[engine] = (loss, xr.grad)
+    torch.testing.assert_close(results["fused"], results["reference"])

@@ -3,14 +3,21 @@
 The same math as the reference engine, compiled with ``torch.compile`` (inductor: vectorised
 C++ on CPU, Triton on GPU) with dynamic shapes and hyperparameters passed as tensors, so new
 shapes or new gammas do not recompile. Backward is one multiply by ``grad_output`` (none at
-all when it is 1). Two mechanisms:
+all when it is 1). Three mechanisms:
 
 * softmax losses with class-index targets use one *row engine*: a pass for the row statistics
   (target logit, max and exp-sum of the others) that ends with the loss's scalar function
   ``phi(log p_t, log(1-p_t))`` and its two partial derivatives on the N rows (by autograd), and
   a loss-independent pass that writes the gradient. A new loss is a new ``phi``, nothing more;
   the Triton kernels of :mod:`polyfocal._triton` are the same two passes.
-* every other case compiles ``value_and_grad`` of the reference engine's element function.
+* sigmoid losses are functions of ``log p`` and ``log(1-p)``: the kernel takes both, and ``p`` and
+  ``1-p``, from one exponential and one ``log1p`` per element, and carries autograd of the loss's
+  function alone to the logit (:func:`log_sigmoid_slope`, the same step as the row engine's target);
+* every other case (softmax probability targets, GHM) compiles ``value_and_grad`` of the
+  reference engine's element function.
+
+Class indices enter the kernels as a cached ``arange(C)`` tensor (:func:`class_indices`): the
+compiled loop then loads it, where an index generated inside the loop costs as much as the loss.
 
 If compilation fails (no C++ compiler, an unsupported platform), the engine warns once and
 the reference engine takes over. Set ``POLYFOCAL_STRICT=1`` to raise instead.
@@ -18,6 +25,7 @@ the reference engine takes over. Set ``POLYFOCAL_STRICT=1`` to raise instead.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -96,6 +104,12 @@ def as_tensors(params: dict, like: Tensor) -> dict:
     return {name: convert(value) for name, value in params.items()}
 
 
+@functools.lru_cache(maxsize=32)
+def class_indices(num_classes: int, device: torch.device) -> Tensor:
+    """``arange(C)``, made once per size and device, for :func:`polyfocal._numerics.is_class`."""
+    return torch.arange(num_classes, device=device)
+
+
 # --- canonical shapes: every call compiles for 3-d inputs, whatever the caller's rank -------------
 
 def shape_3d(shape) -> tuple[int, int, int]:
@@ -119,6 +133,31 @@ def rows_3d(tensor, shape):
     return tensor.expand((shape[0],) + tuple(shape[2:])).reshape(n, length)
 
 
+# --- the derivative through log p and log(1 - p) ---------------------------------------------------
+
+def log_slope(phi: Callable, logp: Tensor, log1m: Tensor, p: Tensor, q: Tensor, cotangent: Tensor):
+    """``phi(log p, log(1-p))`` and its derivative in the logit margin ``z`` (``p = sigmoid(z)``, or the
+    softmax probability with ``z`` the target logit): ``d1 (1-p) - d2 p`` with ``d1``, ``d2`` the
+    partials of ``phi`` (autograd of ``phi`` alone, times ``cotangent``) and ``q = 1 - p`` exact."""
+    value, pullback = torch.func.vjp(phi, logp, log1m)
+    d1, d2 = pullback(cotangent)
+    return value, d1 * q - d2 * p
+
+
+def log_sigmoid_slope(phi: Callable, z: Tensor, cotangent: Tensor):
+    """``phi(log sigmoid(z), log sigmoid(-z))`` and its derivative in ``z``: the four inputs of
+    :func:`log_slope` from one exponential, one ``log1p`` and one division per element (autograd
+    through ``logsigmoid`` would take two of each, and more for ``sigmoid``)."""
+    e = torch.exp(-z.abs())
+    log_e = torch.log1p(e)
+    big = 1 / (1 + e)
+    small = e * big  # sigmoid(|z|), sigmoid(-|z|): one division
+    positive = z >= 0
+    logp, log1m = torch.clamp_max(z, 0) - log_e, torch.clamp_max(-z, 0) - log_e
+    p, q = torch.where(positive, big, small), torch.where(positive, small, big)
+    return log_slope(phi, logp, log1m, p, q, cotangent)
+
+
 # --- generic: value and gradient of an element function -------------------------------------------
 
 def _value_and_grad_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, dtype: torch.dtype,
@@ -128,18 +167,26 @@ def _value_and_grad_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, 
     return (loss.sum() * scale if summed else loss), grad.to(x.dtype)
 
 
+def _with_gradient_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, dtype: torch.dtype,
+                          args: tuple, params: dict):
+    loss, grad = f(x.to(dtype), scale, *args, **params)
+    return (loss.sum() * scale if summed else loss), grad.to(x.dtype)
+
+
 def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dtype: torch.dtype,
-                   scale: Tensor, summed: bool, loss_shape=None) -> Tensor:
+                   scale: Tensor, summed: bool, loss_shape=None, with_gradient: bool = False) -> Tensor:
     """``f(logits, *args, **params)`` (summed and scaled, or per element) with a saved gradient.
 
     ``logits`` is viewed as 3-d; ``args`` and ``params`` must already fit that view, and a
-    per-element loss is returned with ``loss_shape``.
+    per-element loss is returned with ``loss_shape``. The gradient is autograd's, or with
+    ``with_gradient`` ``f``'s own: ``f(logits, scale, *args, **params)`` returns the elements'
+    losses and the gradient of their sum times ``scale``.
     """
     params = as_tensors(params, scale)
+    kernel = _with_gradient_kernel if with_gradient else _value_and_grad_kernel
 
     def compute():
-        loss, grad = run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale,
-                          dtype, args, params)
+        loss, grad = run(kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale, dtype, args, params)
         return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
 
     return with_saved_gradient(logits, compute)
@@ -147,19 +194,20 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
 
 # --- the softmax row engine for class-index targets -----------------------------------------------
 
-def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
+def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype, classes: Tensor | None = None):
     """Per row: the max ``m`` and shifted exp-sum ``s`` of the non-target logits, and ``x_t - m``."""
     x = x.to(dtype)
-    target = is_class(x, t)
+    target = is_class(x, t, classes)
     m_other = x.masked_fill(target, float("-inf")).amax(1)
     s_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0).sum(1)
     return x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, s_other
 
 
-def _row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor):
+def _row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor,
+                  classes: Tensor | None = None):
     """``exp(x_k - m_other) * other_coef`` off the target, ``target_grad`` on it."""
     exp_other = torch.exp(x.to(other_coef.dtype) - m_other.unsqueeze(1))
-    grad = torch.where(is_class(x, t), target_grad.unsqueeze(1), exp_other * other_coef.unsqueeze(1))
+    grad = torch.where(is_class(x, t, classes), target_grad.unsqueeze(1), exp_other * other_coef.unsqueeze(1))
     return grad.to(x.dtype)
 
 
@@ -168,15 +216,15 @@ def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, sca
     log_s = torch.log(s_other)
     lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
     logp, log1m = shifted_t - lse, log_s - lse
-    rows, pullback = torch.func.vjp(lambda a, b: phi(a, b, **params) * factor, logp, log1m)
-    d1, d2 = pullback(torch.ones_like(rows) * scale)
     p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
-    return rows, (d2 * p_t - d1 * q_t) / s_other, d1 * q_t - d2 * p_t
+    rows, target_grad = log_slope(lambda a, b: phi(a, b, **params) * factor, logp, log1m, p_t, q_t,
+                                  scale.expand_as(logp))
+    return rows, -target_grad / s_other, target_grad
 
 
-def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, dtype: torch.dtype, factor, scale: Tensor,
-                             params: dict):
-    shifted_t, m_other, s_other = _row_statistics(x, t, dtype)
+def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor,
+                             scale: Tensor, params: dict):
+    shifted_t, m_other, s_other = _row_statistics(x, t, dtype, classes)
     rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
     return rows, m_other, other_coef, target_grad
 
@@ -205,9 +253,10 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
             grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
         else:
             # two kernels: fused into one, the compiler would redo the per-row math per element
-            rows, m_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, dtype, factor,
-                                                         scale, params)
-            grad = run(_row_gradient, x, t, m_other, other_coef, target_grad)
+            classes = class_indices(x.shape[1], x.device)
+            rows, m_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype,
+                                                         factor, scale, params)
+            grad = run(_row_gradient, x, t, m_other, other_coef, target_grad, classes)
         rows = rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
         return rows, grad.reshape(shape)
 

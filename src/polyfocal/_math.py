@@ -2,7 +2,8 @@
 
 Softmax-family losses are functions ``phi(log p, log(1 - p))`` of one class's
 probability, applied to the target class (or averaged over a soft target).
-Sigmoid-family losses are functions ``f(x, y)`` of a logit and a target in [0, 1].
+Sigmoid-family losses are functions ``f(log p, log(1 - p), y)`` of ``p = sigmoid(x)`` and a
+target in [0, 1] (and, for hard targets, of ``log p_t``, ``log(1 - p_t)`` and ``y``).
 The engines (reference autograd, fused paths) only evaluate these.
 """
 
@@ -52,11 +53,10 @@ def hard_truncation(logp: Tensor, log1m: Tensor, *, margin: float) -> Tensor:
     return torch.where(logp > log_margin, torch.zeros_like(logp), -logp)
 
 
-# --- functions of (logit, target) (sigmoid family) -----------------------------------------------
+# --- functions of (log p, log(1 - p), target) with p = sigmoid(logit) (sigmoid family) ----------
 
-def expected_over_binary(phi, x: Tensor, y: Tensor, **params) -> Tensor:
+def expected_over_binary(phi, logp: Tensor, log1mp: Tensor, y: Tensor, **params) -> Tensor:
     """A function of p_t averaged over a binary target: ``y phi(p) + (1-y) phi(1-p)``."""
-    logp, log1mp = F.logsigmoid(x), F.logsigmoid(-x)
     return y * phi(logp, log1mp, **params) + (1 - y) * phi(log1mp, logp, **params)
 
 
@@ -65,34 +65,35 @@ def alpha_t(y: Tensor, alpha: float | None):
     return 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
 
 
-def sigmoid_focal(x: Tensor, y: Tensor, *, gamma: float, alpha: float | None = None,
+def sigmoid_focal(logp: Tensor, log1mp: Tensor, y: Tensor, *, gamma: float, alpha: float | None = None,
                   epsilon: float = 0.0) -> Tensor:
     """``alpha_t (1-p_t)^gamma BCE + epsilon (1-p_t)^(gamma+1)``: BCE, focal, Poly-1 BCE and Poly-1 focal."""
-    log1m = sigmoid_log1m_pt(x, y)
-    loss = alpha_t(y, alpha) * pow_of_log(log1m, gamma) * binary_cross_entropy(x, y)
+    log1m = sigmoid_log1m_pt(logp, log1mp, y)
+    loss = alpha_t(y, alpha) * pow_of_log(log1m, gamma) * binary_cross_entropy(logp, log1mp, y)
     if not is_constant(epsilon, 0):
         loss = loss + epsilon * pow_of_log(log1m, gamma + 1)
     return loss
 
 
-def weighted_binary_cross_entropy(x: Tensor, y: Tensor, *, pos_weight: Tensor | None) -> Tensor:
-    """``-(w_pos y log sigmoid(x) + (1-y) log sigmoid(-x))``, as ``binary_cross_entropy_with_logits``."""
+def weighted_binary_cross_entropy(logp: Tensor, log1mp: Tensor, y: Tensor, *, pos_weight: Tensor | None) -> Tensor:
+    """``-(w_pos y log p + (1-y) log(1-p))``, as ``binary_cross_entropy_with_logits``."""
     if pos_weight is None:
-        return binary_cross_entropy(x, y)
-    return -(pos_weight * y * F.logsigmoid(x) + (1 - y) * F.logsigmoid(-x))
+        return binary_cross_entropy(logp, log1mp, y)
+    return -(pos_weight * y * logp + (1 - y) * log1mp)
 
 
-def quality_focal(x: Tensor, y: Tensor, *, beta: float) -> Tensor:
+def quality_focal(logp: Tensor, log1mp: Tensor, y: Tensor, *, beta: float) -> Tensor:
     """QFL: ``|y - sigma|^beta * BCE(sigma, y)``."""
-    return safe_pow(sigmoid_target_gap(x, y), beta) * binary_cross_entropy(x, y)
+    return safe_pow(sigmoid_target_gap(logp, log1mp, y), beta) * binary_cross_entropy(logp, log1mp, y)
 
 
-def varifocal(x: Tensor, q: Tensor, *, alpha: float, gamma: float, iou_weighted: bool) -> Tensor:
+def varifocal(logp: Tensor, log1mp: Tensor, q: Tensor, *, alpha: float, gamma: float,
+              iou_weighted: bool) -> Tensor:
     """VFL: ``q * BCE(p, q)`` (or ``BCE``) for q > 0, ``alpha p^gamma BCE(p, 0)`` for q = 0."""
     positive = q > 0
     pos_factor = q if iou_weighted else torch.ones_like(q)
-    neg_factor = alpha * pow_of_log(F.logsigmoid(x), gamma)
-    return torch.where(positive, pos_factor, neg_factor) * binary_cross_entropy(x, q)
+    neg_factor = alpha * pow_of_log(logp, gamma)
+    return torch.where(positive, pos_factor, neg_factor) * binary_cross_entropy(logp, log1mp, q)
 
 
 def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
@@ -138,7 +139,8 @@ def binary_hard_truncation(logpt: Tensor, log1m: Tensor, y: Tensor, *, margin) -
 
 @dataclass(frozen=True)
 class SigmoidMath:
-    """A sigmoid-family loss: its form for soft targets ``f(x, y)`` and for hard ones ``f(log p_t, log(1-p_t), y)``."""
+    """A sigmoid-family loss: its form for soft targets ``f(log p, log(1-p), y)`` and for hard ones
+    ``f(log p_t, log(1-p_t), y)``; the engines supply the logarithms of the sigmoid."""
 
     soft: Callable
     binary: Callable

@@ -55,33 +55,42 @@ def safe_pow(base: Tensor, exponent) -> Tensor:
         return torch.ones_like(base)
     tiny = torch.finfo(base.dtype).tiny
     at_zero = torch.zeros_like(base) if not isinstance(exponent, Tensor) else (exponent == 0).to(base.dtype)
-    return torch.where(base > 0, base.clamp_min(tiny).pow(exponent), at_zero)
+    # exp and log, not pow: the fused kernels then differentiate it with one division, not a second pow
+    return torch.where(base > 0, pow_of_log(torch.log(base.clamp_min(tiny)), exponent), at_zero)
 
 
-def sigmoid_log1m_pt(x: Tensor, y: Tensor) -> Tensor:
-    """``log(1 - p_t)`` with ``p_t = y p + (1 - y)(1 - p)`` and ``p = sigmoid(x)``, for y in [0, 1].
+def log_sigmoids(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``log sigmoid(x)`` and ``log sigmoid(-x)``: ``log p`` and ``log(1 - p)`` of ``p = sigmoid(x)``."""
+    return torch.nn.functional.logsigmoid(x), torch.nn.functional.logsigmoid(-x)
 
-    ``1 - p_t = y sigmoid(-x) + (1 - y) sigmoid(x)``; each part is taken in log space,
-    so a hard target (y exactly 0 or 1) gives ``logsigmoid(-+x)`` with no rounding.
+
+def sigmoid_log1m_pt(logp: Tensor, log1mp: Tensor, y: Tensor) -> Tensor:
+    """``log(1 - p_t)`` with ``p_t = y p + (1 - y)(1 - p)``, for y in [0, 1], from ``log p`` and ``log(1 - p)``.
+
+    ``1 - p_t = y (1 - p) + (1 - y) p``; each part is taken in log space,
+    so a hard target (y exactly 0 or 1) gives ``log(1 - p)`` or ``log p`` with no rounding.
     """
-    a = torch.log(y) + torch.nn.functional.logsigmoid(-x)
-    b = torch.log1p(-y) + torch.nn.functional.logsigmoid(x)
-    return torch.logaddexp(a, b)
+    return torch.logaddexp(torch.log(y) + log1mp, torch.log1p(-y) + logp)
 
 
-def binary_cross_entropy(x: Tensor, y: Tensor) -> Tensor:
-    """``-(y log sigmoid(x) + (1 - y) log sigmoid(-x))``, finite for any finite logit."""
-    logsig = torch.nn.functional.logsigmoid
-    return -(y * logsig(x) + (1 - y) * logsig(-x))
+def binary_cross_entropy(logp: Tensor, log1mp: Tensor, y: Tensor) -> Tensor:
+    """``-(y log p + (1 - y) log(1 - p))``, finite for any finite logit."""
+    return -(y * logp + (1 - y) * log1mp)
 
 
-def sigmoid_target_gap(x: Tensor, y: Tensor) -> Tensor:
-    """``|y - sigmoid(x)|`` without the cancellation of ``1 - sigmoid(x)`` near 1."""
-    return (y * torch.sigmoid(-x) - (1 - y) * torch.sigmoid(x)).abs()
+def sigmoid_target_gap(logp: Tensor, log1mp: Tensor, y: Tensor) -> Tensor:
+    """``|y - p|`` as ``|y (1 - p) - (1 - y) p|``, without the cancellation of ``1 - p`` near 1."""
+    return (y * torch.exp(log1mp) - (1 - y) * torch.exp(logp)).abs()
 
 
-def is_class(x: Tensor, labels: Tensor) -> Tensor:
+def is_class(x: Tensor, labels: Tensor, classes: Tensor | None = None) -> Tensor:
     """``(N, C, *)`` mask of ``k == labels`` for ``x`` of shape ``(N, C, *)`` and labels ``(N, *)``,
-    built by broadcasting (nothing one-hot is materialised inside a fused kernel)."""
-    classes = torch.arange(x.shape[1], device=x.device).view((1, -1) + (1,) * (x.dim() - 2))
-    return classes == labels.unsqueeze(1)
+    built by broadcasting (nothing one-hot is materialised inside a fused kernel).
+
+    ``classes``, the class indices ``0..C-1`` as a tensor ``(C,)``, is made here when not given.
+    The fused engine passes it in: loaded from memory, the compiled loop compares it with one
+    vector load, where an index generated in the loop costs as much as the loss itself.
+    """
+    if classes is None:
+        classes = torch.arange(x.shape[1], device=x.device)
+    return classes.view((1, -1) + (1,) * (x.dim() - 2)) == labels.unsqueeze(1)

@@ -18,13 +18,12 @@ per-element loss, shape ``(N, C, *)``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, _fused
 from ._backend import wants_fused
 from ._math import SigmoidMath
-from ._numerics import compute_dtype, is_class, output_dtype
+from ._numerics import compute_dtype, is_class, log_sigmoids, output_dtype
 from ._reduce import reduce_loss, reduction_scale
 
 
@@ -81,24 +80,41 @@ def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: tor
     return (y if scores is None else y * scores.unsqueeze(1)), (labels != ignore_index).unsqueeze(1), count
 
 
-def index_elements(x: Tensor, labels: Tensor, scores, ignore_index: int, weight, math: SigmoidMath,
-                   **params) -> Tensor:
-    """A loss at every element from class labels (C = background): its hard-target form, or with
-    per-location ``scores`` its soft form, the target built in place (never materialised)."""
-    hot = is_class(x, labels)
+def element_inputs(x: Tensor, labels, scores, y, ignore_index: int, math: SigmoidMath, classes=None):
+    """``(z, flipped, y, form, valid)``: the loss at every element is ``form(log sigmoid(z), log sigmoid(-z), y)``
+    where ``valid`` (None: everywhere), with ``z = x``, or ``z = -x`` where ``flipped`` for a hard target
+    built from class labels (C = background; the target is built in place, never materialised)."""
+    if labels is None:
+        return x, None, y, math.soft, None
+    hot = is_class(x, labels, classes)
+    valid = (labels != ignore_index).unsqueeze(1)
     if scores is None:
-        z = torch.where(hot, x, -x)
-        loss = math.binary(F.logsigmoid(z), F.logsigmoid(-z), hot.to(x.dtype), **params)
-    else:
-        loss = math.soft(x, hot.to(x.dtype) * scores.unsqueeze(1), **params)
-    loss = torch.where((labels != ignore_index).unsqueeze(1), loss, torch.zeros_like(loss))
+        return torch.where(hot, x, -x), ~hot, hot.to(x.dtype), math.binary, valid
+    # ignored elements are evaluated at 0 (and then masked): the same loss, and in a compiled kernel
+    # every element's math then follows the labels' indexing, so the compiler makes one loop of it
+    return torch.where(valid, x, torch.zeros_like(x)), None, hot.to(x.dtype) * scores.unsqueeze(1), math.soft, valid
+
+
+def _masked(loss: Tensor, valid, weight) -> Tensor:
+    if valid is not None:
+        loss = torch.where(valid, loss, torch.zeros_like(loss))
     return loss if weight is None else loss * weight
 
 
-def soft_elements(x: Tensor, y: Tensor, weight, math: SigmoidMath, **params) -> Tensor:
-    """A loss's soft-target form at every element."""
-    loss = math.soft(x, y, **params)
-    return loss if weight is None else loss * weight
+def elements(x: Tensor, labels, scores, y, ignore_index: int, weight, math: SigmoidMath, **params) -> Tensor:
+    """The loss at every element (the reference engine: autograd through all of it)."""
+    z, _, y, form, valid = element_inputs(x, labels, scores, y, ignore_index, math)
+    return _masked(form(*log_sigmoids(z), y, **params), valid, weight)
+
+
+def elements_and_gradient(x: Tensor, scale: Tensor, labels, scores, y, ignore_index: int, weight,
+                          math: SigmoidMath, classes: Tensor, **params) -> tuple[Tensor, Tensor]:
+    """The loss at every element and the gradient of their sum times ``scale`` (the fused engine):
+    autograd of ``form`` alone, carried to the logits by :func:`polyfocal._fused.log_sigmoid_slope`."""
+    z, flipped, y, form, valid = element_inputs(x, labels, scores, y, ignore_index, math, classes)
+    loss, slope = _fused.log_sigmoid_slope(lambda a, b: _masked(form(a, b, y, **params), valid, weight), z,
+                                           scale.expand_as(z))
+    return loss, slope if flipped is None else torch.where(flipped, -slope, slope)
 
 
 def check_weight(weight, logits: Tensor, name: str = "weight"):
@@ -131,21 +147,17 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
         labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
         weight = None if weight is None else weight.to(dtype)
         scale = reduction_scale(reduction, count, normalizer, torch.empty((), dtype=dtype, device=logits.device))
-        if labels is not None:
-            f, args = index_elements, (labels, scores, ignore_index, weight, math)
-        else:
-            f, args = soft_elements, (y, weight, math)
         if wants_fused(backend, logits, (target, weight, params)):
             try:
                 shape = logits.shape
-                if labels is not None:
-                    args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), ignore_index,
-                            _fused.full_3d(weight, shape), math)
-                else:
-                    args = (_fused.full_3d(y, shape), _fused.full_3d(weight, shape), math)
+                args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), _fused.full_3d(y, shape),
+                        ignore_index, _fused.full_3d(weight, shape), math,
+                        None if labels is None else _fused.class_indices(shape[1], logits.device))
                 params = {k: _fused.full_3d(v, shape) for k, v in params.items()}
-                return _fused.value_and_grad(f, logits, args, params, dtype=dtype, scale=scale, loss_shape=shape,
-                                             summed=reduction != "none").to(out_dtype)
+                return _fused.value_and_grad(elements_and_gradient, logits, args, params, dtype=dtype, scale=scale,
+                                             loss_shape=shape, summed=reduction != "none",
+                                             with_gradient=True).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
-        return reduce_loss(f(logits.to(dtype), *args, **params), reduction, scale).to(out_dtype)
+        loss = elements(logits.to(dtype), labels, scores, y, ignore_index, weight, math, **params)
+        return reduce_loss(loss, reduction, scale).to(out_dtype)

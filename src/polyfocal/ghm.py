@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from . import _checks, _math
 from . import _fused
 from ._backend import wants_fused
-from ._numerics import binary_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_target_gap
+from ._numerics import (binary_cross_entropy, compute_dtype, is_class, log_sigmoids, output_dtype,
+                        sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target, prepare_target
 
@@ -109,11 +110,11 @@ def _check_bins(bins) -> int:
 # GHM-C: g = |sigmoid(x) - y| and BCE; GHM-R: g = |d| / sqrt(d^2 + mu^2) and sqrt(d^2 + mu^2) - mu.
 
 def _classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
-    return sigmoid_target_gap(x, y)
+    return sigmoid_target_gap(*log_sigmoids(x), y)
 
 
 def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
-    return binary_cross_entropy(x, y)
+    return binary_cross_entropy(*log_sigmoids(x), y)
 
 
 def _hard_classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -134,24 +135,24 @@ def _regression_loss(x: Tensor, y: Tensor, mu) -> Tensor:
     return _math.smooth_l1_authentic(x - y, mu=mu)
 
 
-def _target_and_weight(x: Tensor, labels, y, valid, weight, ignore_index: int):
+def _target_and_weight(x: Tensor, labels, y, valid, weight, ignore_index: int, classes=None):
     """The dense target and the element weights (0 where ignored)."""
     if labels is not None:
-        y, valid = is_class(x, labels).to(x.dtype), (labels != ignore_index).unsqueeze(1)
+        y, valid = is_class(x, labels, classes).to(x.dtype), (labels != ignore_index).unsqueeze(1)
     w = torch.ones_like(x) if weight is None else weight.expand_as(x)
     return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
 
 
-def _histogram(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, mu, dtype):
+def _histogram(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, mu, dtype, classes=None):
     x = x.to(dtype)
-    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index)
+    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
     return gradient_histogram(gap(x, y, mu), w, bins)
 
 
 def _harmonized(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, loss, density, n,
-                mu) -> Tensor:
+                mu, classes=None) -> Tensor:
     """``beta_i L_i = w_i N / GD(g_i) L_i`` per element (``beta`` is a constant for the gradient)."""
-    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index)
+    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
     beta = w * n / density[bin_index(gap(x.detach(), y, mu), bins)]
     return beta * loss(x, y, mu)
 
@@ -166,9 +167,10 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
         shape = logits.shape
         args_3d = (_fused.rows_3d(args[0], shape), *(_fused.full_3d(a, shape) for a in args[1:4]), *args[4:])
         fused, totals = wants_fused(backend, logits, (y, weight)), None
+        classes = None if labels is None or not fused else _fused.class_indices(shape[1], logits.device)
         if fused:
             try:
-                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), *args_3d, mu, dtype)
+                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), *args_3d, mu, dtype, classes)
             except _fused.FusedUnavailable:
                 fused = False
         if totals is None:
@@ -177,7 +179,8 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
         scale = reduction_scale(reduction, n, None, n)
         if fused:
             try:
-                return _fused.value_and_grad(_harmonized, logits, (*args_3d, loss, density, n), {"mu": mu},
+                return _fused.value_and_grad(_harmonized, logits, (*args_3d, loss, density, n),
+                                             {"mu": mu, "classes": classes},
                                              dtype=dtype, scale=scale, summed=reduction != "none",
                                              loss_shape=shape).to(out_dtype)
             except _fused.FusedUnavailable:
