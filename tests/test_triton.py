@@ -29,7 +29,7 @@ def test_row_statistics_match_the_compiled_engine(shape, monkeypatch):
     t = t.clamp(min=0)
     x3, t3 = x.reshape(_fused.shape_3d(x.shape)), _fused.rows_3d(t, x.shape)
     got = _triton.row_statistics(x3, t3, torch.float32)
-    want = _fused._row_statistics(x3, t3, torch.float32)
+    want = _fused._row_statistics(x3, t3, torch.float32)[:3]
     torch.testing.assert_close(got, want)
 
 

@@ -195,20 +195,20 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
 # --- the softmax row engine for class-index targets -----------------------------------------------
 
 def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype, classes: Tensor | None = None):
-    """Per row: the max ``m`` and shifted exp-sum ``s`` of the non-target logits, and ``x_t - m``."""
-    x = x.to(dtype)
+    """Per row: ``x_t - m``, the max ``m`` and shifted exp-sum ``s`` of the non-target logits; and
+    ``exp(x_k - m)`` off the target (0 on it) in the logits' dtype, the gradient's buffer to be."""
+    x_in, x = x, x.to(dtype)
     target = is_class(x, t, classes)
     m_other = x.masked_fill(target, float("-inf")).amax(1)
-    s_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0).sum(1)
-    return x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, s_other
+    exp_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0)
+    return (x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, exp_other.sum(1),
+            exp_other.to(x_in.dtype))
 
 
-def _row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor,
-                  classes: Tensor | None = None):
-    """``exp(x_k - m_other) * other_coef`` off the target, ``target_grad`` on it."""
-    exp_other = torch.exp(x.to(other_coef.dtype) - m_other.unsqueeze(1))
-    grad = torch.where(is_class(x, t, classes), target_grad.unsqueeze(1), exp_other * other_coef.unsqueeze(1))
-    return grad.to(x.dtype)
+def _row_gradient_in_place(exp_other: Tensor, t: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
+    """``exp(x_k - m) * other_coef`` off the target and ``target_grad`` on it, written over ``exp_other``."""
+    exp_other.mul_(other_coef.unsqueeze(1))
+    return exp_other.scatter_(1, t.unsqueeze(1), target_grad.unsqueeze(1).to(exp_other.dtype))
 
 
 def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
@@ -224,9 +224,9 @@ def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, sca
 
 def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor,
                              scale: Tensor, params: dict):
-    shifted_t, m_other, s_other = _row_statistics(x, t, dtype, classes)
+    shifted_t, _, s_other, exp_other = _row_statistics(x, t, dtype, classes)
     rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
-    return rows, m_other, other_coef, target_grad
+    return rows, exp_other, other_coef, target_grad
 
 
 def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
@@ -238,7 +238,10 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
     and ``d2 = dL/dlog(1-p_t)`` (autograd of ``phi`` on the N rows): ``d1 (1-p_t) - d2 p_t`` at
     the target and ``p_k (d2 p_t / (1-p_t) - d1) = exp(x_k - m) (d2 p_t - d1 (1-p_t)) / s``
     elsewhere: one exponential per element, no overflow, and no cancellation for losses that
-    fall as p_t rises. Two passes over the logits: statistics, then gradient.
+    fall as p_t rises. On CPU one compiled pass computes the statistics and writes
+    ``exp(x_k - m)`` into the buffer that becomes the gradient, then one in-place multiply
+    by the row coefficient (a vectorised eager op) finishes it: one exponential per element
+    in all. The Triton kernels make two passes (statistics, then gradient).
     """
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
@@ -252,11 +255,10 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
             rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
             grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
         else:
-            # two kernels: fused into one, the compiler would redo the per-row math per element
             classes = class_indices(x.shape[1], x.device)
-            rows, m_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype,
-                                                         factor, scale, params)
-            grad = run(_row_gradient, x, t, m_other, other_coef, target_grad, classes)
+            rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype,
+                                                           factor, scale, params)
+            grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
         rows = rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
         return rows, grad.reshape(shape)
 

@@ -89,7 +89,8 @@ def row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
 
 
 def row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
-    """As :func:`polyfocal._fused._row_gradient`: the gradient in the logits' dtype and shape."""
+    """``exp(x_k - m) * other_coef`` off the target, ``target_grad`` on it: the gradient in the logits'
+    dtype and shape (what :func:`polyfocal._fused._row_gradient_in_place` makes of the statistics pass)."""
     rows = _rows(x)
     out = torch.empty_like(rows)
     if rows.shape[0]:
