@@ -144,18 +144,23 @@ def log_slope(phi: Callable, logp: Tensor, log1m: Tensor, p: Tensor, q: Tensor, 
     return value, d1 * q - d2 * p
 
 
-def log_sigmoid_slope(phi: Callable, z: Tensor, cotangent: Tensor):
-    """``phi(log sigmoid(z), log sigmoid(-z))`` and its derivative in ``z``: the four inputs of
-    :func:`log_slope` from one exponential, one ``log1p`` and one division per element (autograd
-    through ``logsigmoid`` would take two of each, and more for ``sigmoid``)."""
+def sigmoid_parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``log p``, ``log(1-p)``, ``p`` and ``1-p`` of ``p = sigmoid(z)``, from one exponential, one
+    ``log1p`` and one division per element (each exact where the other rounds to 1)."""
     e = torch.exp(-z.abs())
     log_e = torch.log1p(e)
     big = 1 / (1 + e)
     small = e * big  # sigmoid(|z|), sigmoid(-|z|): one division
     positive = z >= 0
     logp, log1m = torch.clamp_max(z, 0) - log_e, torch.clamp_max(-z, 0) - log_e
-    p, q = torch.where(positive, big, small), torch.where(positive, small, big)
-    return log_slope(phi, logp, log1m, p, q, cotangent)
+    return logp, log1m, torch.where(positive, big, small), torch.where(positive, small, big)
+
+
+def log_sigmoid_slope(phi: Callable, z: Tensor, cotangent: Tensor):
+    """``phi(log sigmoid(z), log sigmoid(-z))`` and its derivative in ``z`` (:func:`log_slope` on
+    :func:`sigmoid_parts`; autograd through ``logsigmoid`` would take two of each, and more for
+    ``sigmoid``)."""
+    return log_slope(phi, *sigmoid_parts(z), cotangent)
 
 
 # --- generic: value and gradient of an element function -------------------------------------------

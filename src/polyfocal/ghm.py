@@ -61,9 +61,25 @@ def _is_distributed(distributed: bool | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def bin_position(g: Tensor, bins: int) -> Tensor:
+    """The unit region of each gradient norm in [0, 1] (g = 1 falls in the last one), as a float."""
+    return (g * bins).floor().clamp(0, bins - 1)
+
+
 def bin_index(g: Tensor, bins: int) -> Tensor:
-    """The unit region of each gradient norm in [0, 1] (g = 1 falls in the last one)."""
-    return (g * bins).floor().clamp(0, bins - 1).long()
+    """:func:`bin_position` as an index."""
+    return bin_position(g, bins).long()
+
+
+def per_bin(g: Tensor, table: Tensor, bins: int) -> Tensor:
+    """``table[bin of g]``: eagerly a gather; compiled, a chain of selects on the float position,
+    which the compiler keeps in vector lanes (its gather with an integer index does not)."""
+    if not (torch.compiler.is_compiling() and bins <= 64):
+        return table[bin_index(g, bins)]
+    position, out = bin_position(g, bins), table[bins - 1].expand_as(g)
+    for b in range(bins - 1):
+        out = torch.where(position == b, table[b], out)
+    return out
 
 
 def gradient_histogram(g: Tensor, weight: Tensor, bins: int) -> Tensor:
@@ -72,12 +88,12 @@ def gradient_histogram(g: Tensor, weight: Tensor, bins: int) -> Tensor:
     Eagerly one scatter-add; inside a compiled kernel, one masked sum per bin, which the
     compiler fuses into a single pass with ``bins`` accumulators (its scatter-add is serial).
     """
-    index = bin_index(g, bins)
-    if torch.compiler.is_compiling() and bins <= 64:
-        counts = torch.stack([torch.where(index == b, weight, torch.zeros_like(weight)).sum() for b in range(bins)])
+    if torch.compiler.is_compiling() and bins <= 64:  # float positions: the compare stays in vector lanes
+        position = bin_position(g, bins)
+        counts = torch.stack([torch.where(position == b, weight, torch.zeros_like(weight)).sum() for b in range(bins)])
     else:
         counts = torch.zeros(bins, dtype=weight.dtype, device=weight.device)
-        counts = counts.index_add(0, index.flatten(), weight.flatten())
+        counts = counts.index_add(0, bin_index(g, bins).flatten(), weight.flatten())
     return torch.cat([counts, weight.sum().reshape(1)])
 
 
@@ -118,8 +134,11 @@ def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
 
 
 def _hard_classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
-    """For targets exactly 0 or 1: ``|sigmoid(x) - y| = sigmoid(-z)`` with ``z = (2y - 1) x``."""
-    return torch.sigmoid(-torch.where(y > 0, x, -x))
+    """For targets exactly 0 or 1: ``|sigmoid(x) - y| = sigmoid(-z)`` with ``z = (2y - 1) x``. Compiled,
+    as :func:`_hard_harmonized_and_gradient` computes it, so that the fused engine's two passes put
+    every element in the same bin; eagerly, one ``sigmoid`` (no temporaries)."""
+    z = torch.where(y > 0, x, -x)
+    return _fused.sigmoid_parts(z)[3] if torch.compiler.is_compiling() else torch.sigmoid(-z)
 
 
 def _hard_classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -153,13 +172,26 @@ def _harmonized(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: in
                 mu, classes=None) -> Tensor:
     """``beta_i L_i = w_i N / GD(g_i) L_i`` per element (``beta`` is a constant for the gradient)."""
     y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    beta = w * n / density[bin_index(gap(x.detach(), y, mu), bins)]
+    beta = w * n / per_bin(gap(x.detach(), y, mu), density, bins)
     return beta * loss(x, y, mu)
 
 
+def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, weight, ignore_index: int, bins: int,
+                                  gap, loss, density, n, mu, classes=None) -> tuple[Tensor, Tensor]:
+    """:func:`_harmonized` of GHM-C with 0/1 targets, and the gradient of its sum times ``scale``,
+    written out: ``-beta sigmoid(-z)`` in ``z``, where ``sigmoid(-z)`` is also the gradient norm."""
+    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
+    positive = y > 0
+    logp, log1m, p, q = _fused.sigmoid_parts(torch.where(positive, x, -x))
+    beta = w * n / per_bin(q, density, bins)
+    value, slope = _fused.log_slope(lambda a, b: -beta * a, logp, log1m, p, q, scale.expand_as(x))
+    return value, torch.where(positive, slope, -slope)
+
+
 def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: int, gap, loss, mu,
-         reduction: str, distributed, state: _MovingCounts | None, backend) -> Tensor:
-    """Histogram pass, density (all-reduce, moving average: exactly once), then the harmonised loss."""
+         reduction: str, distributed, state: _MovingCounts | None, backend, with_gradient=None) -> Tensor:
+    """Histogram pass, density (all-reduce, moving average: exactly once), then the harmonised loss
+    (in the fused engine by ``with_gradient``, the harmonised loss with its gradient, when given)."""
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
         weight = None if weight is None else weight.to(dtype)
@@ -179,10 +211,10 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
         scale = reduction_scale(reduction, n, None, n)
         if fused:
             try:
-                return _fused.value_and_grad(_harmonized, logits, (*args_3d, loss, density, n),
+                return _fused.value_and_grad(with_gradient or _harmonized, logits, (*args_3d, loss, density, n),
                                              {"mu": mu, "classes": classes},
                                              dtype=dtype, scale=scale, summed=reduction != "none",
-                                             loss_shape=shape).to(out_dtype)
+                                             loss_shape=shape, with_gradient=with_gradient is not None).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
         elements = _harmonized(logits.to(dtype), *args, loss, density, n, mu)
@@ -204,6 +236,7 @@ def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, redu
     return _ghm(logits, labels, y, valid, weight, ignore_index=ignore_index, bins=bins,
                 gap=_hard_classification_gap if hard else _classification_gap,
                 loss=_hard_classification_loss if hard else _classification_loss, mu=0.0, reduction=reduction,
+                with_gradient=_hard_harmonized_and_gradient if hard else None,
                 distributed=distributed, state=state, backend=backend)
 
 
