@@ -84,7 +84,7 @@ def add_compare(commands) -> None:
     """Add ``compare`` to the CLI's subparsers object."""
     p = commands.add_parser("compare", help="train one model per loss and seed on a task; table and report",
                             description="Which loss wins on this data: train each loss with each seed, "
-                                        "report mean and 95%% t-intervals of the test metrics.")
+                                        "report mean and 95% t-intervals of the test metrics. Runs under torchrun too.")
     p.add_argument("--task", choices=list(TASKS), default=None, help="a built-in task")
     p.add_argument("--data", default=None, help="your own data instead: FILE.csv (header row), FILE.npz (X, y) "
                                                 "or an image folder DIR/CLASS/*.png")
@@ -93,7 +93,8 @@ def add_compare(commands) -> None:
     p.add_argument("--label-column", default=None, help="CSV label column (default: 'label', else the last)")
     p.add_argument("--losses", default="ce,focal,poly1",
                    help="comma-separated loss names or aliases with parameters, e.g. "
-                        "ce,focal:gamma=1,poly1:epsilon=2 (default: ce,focal,poly1)")
+                        "ce,focal:gamma=1,poly1:epsilon=2 (default: ce,focal,poly1); on dense-toy a box loss "
+                        "after +: sigmoid_focal+l1,qfl+dfl")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list 0,4,7")
     p.add_argument("--epochs", type=int, default=None, help="default: the task's")
     p.add_argument("--batch-size", type=int, default=None, help="default: the task's")
