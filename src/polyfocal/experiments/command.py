@@ -11,7 +11,7 @@ import argparse
 import os
 
 from .distributed import join_from_environment, leave
-from .report import format_table, write_report
+from .report import format_table, print_written, write_report
 from .tasks import TASKS, load_data, make_task
 from .train import compare, parse_losses
 
@@ -75,9 +75,21 @@ def _compare(args, main: bool) -> int:
     print(f"{task.name}: {task.description}; {len(args.seeds)} seed(s), {results['config']['epochs']} epochs; "
           f"test metrics at the final epoch, mean [95% t-interval]")
     print(format_table(results))
-    for path in write_report(results, args.out).values():
-        print(f"wrote {path}")
+    print_written(write_report(results, args.out))
     return 0
+
+
+def add_training_arguments(p) -> None:
+    """The options of a training run that ``compare`` and ``sweep`` share."""
+    p.add_argument("--epochs", type=int, default=None, help="default: the task's")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the task's")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the task's)")
+    p.add_argument("--imbalance", type=float, default=None, help="digits-lt: largest/smallest class (default 50)")
+    p.add_argument("--n-train", type=int, default=None, help="tabular-imbalanced / dense-toy: training size")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the data and split (default 0)")
+    p.add_argument("--backend", choices=("reference", "auto", "fused"), default="reference",
+                   help="polyfocal engine (default reference: small models, no compile time)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
 
 
 def add_compare(commands) -> None:
@@ -96,15 +108,7 @@ def add_compare(commands) -> None:
                         "ce,focal:gamma=1,poly1:epsilon=2 (default: ce,focal,poly1); on dense-toy a box loss "
                         "after +: sigmoid_focal+l1,qfl+dfl")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list 0,4,7")
-    p.add_argument("--epochs", type=int, default=None, help="default: the task's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the task's")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the task's)")
-    p.add_argument("--imbalance", type=float, default=None, help="digits-lt: largest/smallest class (default 50)")
-    p.add_argument("--n-train", type=int, default=None, help="tabular-imbalanced / dense-toy: training size")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the data and split (default 0)")
-    p.add_argument("--backend", choices=("reference", "auto", "fused"), default="reference",
-                   help="polyfocal engine (default reference: small models, no compile time)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    add_training_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--out", default="compare-out", help="directory for results.json, report.md, report.png")
     p.set_defaults(handler=_run)

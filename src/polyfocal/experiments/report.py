@@ -66,6 +66,12 @@ def format_table(results: dict, markdown: bool = False) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def print_written(paths: dict[str, str]) -> None:
+    """Tell the user where each written file is."""
+    for path in paths.values():
+        print(f"wrote {path}")
+
+
 def json_safe(value):
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value

@@ -39,7 +39,7 @@ from ..sigmoid import poly1_focal_loss
 from . import boxes
 from .distributed import require_single_process
 from .metrics import t_interval
-from .report import json_safe, summarize
+from .report import json_safe, print_written, summarize
 from .tasks import make_task
 from .train import compare, parse_losses, train_run, versions
 
@@ -628,8 +628,7 @@ def _run_command(args) -> int:
           f"{results['seconds']:.0f} s")
     for key, finding in results["findings"].items():
         print(f"  {FINDINGS[key]}\n      {finding['verdict']}")
-    for path in write_reproduce_report(results, args.out).values():
-        print(f"wrote {path}")
+    print_written(write_reproduce_report(results, args.out))
     return 0
 
 

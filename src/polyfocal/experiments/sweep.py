@@ -26,11 +26,11 @@ import warnings
 import numpy as np
 import torch
 
-from .command import _seeds
+from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
-from .report import json_safe
+from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
-from .train import LossSpec, check_compatible, parse_losses, train_run, versions
+from .train import LossSpec, check_compatible, parse_losses, parse_value, train_run, versions
 
 __all__ = ["add_sweep", "parse_param", "SearchParam"]
 
@@ -57,19 +57,6 @@ class SearchParam:
         return {"name": self.name, "low": self.low, "high": self.high}
 
 
-def _choice(text: str):
-    if text.lower() == "none":
-        return None
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def parse_param(text: str) -> SearchParam:
     """``"epsilon=-1:4"`` (float range) or ``"gamma=0,1,2"`` (choices); argparse type for ``--param``."""
     usage = "expected NAME=LOW:HIGH (e.g. epsilon=-1:4) or NAME=A,B,C (e.g. gamma=0,1,2)"
@@ -86,7 +73,7 @@ def parse_param(text: str) -> SearchParam:
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise argparse.ArgumentTypeError(f"range of {name!r} must have finite LOW < HIGH; got {text!r}")
         return SearchParam(name, low=low, high=high)
-    choices = [_choice(v.strip()) for v in value.split(",")]
+    choices = [parse_value(v.strip()) for v in value.split(",")]
     if any(isinstance(c, str) and not c for c in choices) or len(set(map(repr, choices))) != len(choices):
         raise argparse.ArgumentTypeError(f"choices of {name!r} must be distinct and non-empty; got {text!r}")
     return SearchParam(name, choices=choices)
@@ -324,8 +311,7 @@ def _run(args) -> int:
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         print(f"best: {shown} -> {results['primary']}={best['value']:.4f} (trial {best['number']})")
     print(format_trials(results))
-    for path in write_sweep(results, args.out).values():
-        print(f"wrote {path}")
+    print_written(write_sweep(results, args.out))
     return 0
 
 
@@ -346,15 +332,7 @@ def add_sweep(commands) -> None:
     p.add_argument("--storage", default="sqlite:///polyfocal.db",
                    help="Optuna RDB storage URL (default sqlite:///polyfocal.db)")
     p.add_argument("--study", default=None, help="study name (default: TASK:LOSS:PARAMS)")
-    p.add_argument("--epochs", type=int, default=None, help="default: the task's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the task's")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the task's)")
-    p.add_argument("--imbalance", type=float, default=None, help="digits-lt: largest/smallest class (default 50)")
-    p.add_argument("--n-train", type=int, default=None, help="tabular-imbalanced / dense-toy: training size")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the data and split (default 0)")
-    p.add_argument("--backend", choices=("reference", "auto", "fused"), default="reference",
-                   help="polyfocal engine (default reference)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    add_training_arguments(p)
     p.add_argument("--heartbeat", type=int, default=10,
                    help="seconds between a trial's heartbeats; a trial silent for 3x this is failed "
                         "(its worker died) and rerun (default 10)")

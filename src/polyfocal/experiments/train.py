@@ -64,7 +64,8 @@ def loss_family(name: str) -> str | None:
     return "softmax" if get_loss_function(name).__module__.endswith(".softmax") else None
 
 
-def _value(text: str):
+def parse_value(text: str):
+    """A parameter value from the command line: a number, ``none``, ``true``/``false``, ``a/b`` (a tuple) or a word."""
     low = text.lower()
     if low == "none":
         return None
@@ -112,7 +113,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             if not eq or not key.strip() or not value.strip():
                 raise ValueError(f"`{argument}`: malformed parameter {pair!r} in {raw!r}; "
                                  f"expected NAME:KEY=VALUE, e.g. poly1:epsilon=2")
-            items[-1][2][key.strip()] = _value(value.strip())
+            items[-1][2][key.strip()] = parse_value(value.strip())
     specs = []
     for label, head, params in items:
         head, plus, box = head.partition("+")
