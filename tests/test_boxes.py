@@ -28,10 +28,9 @@ def test_dense_toy_box_targets_describe_the_objects():
     assert set(widths.unique().tolist()) <= {3.0, 4.0} and torch.equal(widths, heights)
     assert d.min() == 0.5 and d.max() <= 3.5
     assert (boxes.permute(0, 2, 3, 1)[~positive] == 0).all()
-    # the object's box starts `left` pixels left of the pixel: its left neighbour at distance 0.5 is outside
+    # the first positive in raster order is a box's top-left pixel: half a pixel from its left and top edges
     i, r, c = (int(v) for v in positive.nonzero()[0])
-    left, top = boxes[i, 0, r, c], boxes[i, 1, r, c]
-    assert left == 0.5 and top == 0.5  # the first positive in raster order is a box's top-left corner
+    assert boxes[i, 0, r, c] == 0.5 and boxes[i, 1, r, c] == 0.5
 
 
 def test_overlap_by_hand():

@@ -8,6 +8,7 @@ import types
 import numpy as np
 import pytest
 
+import polyfocal as pf
 from polyfocal import experiments as ex
 from polyfocal.cli import main
 from polyfocal.experiments import metrics as M
@@ -155,6 +156,18 @@ def test_dense_toy_is_learnable():
     assert run["metrics"]["map"] > 0.3  # chance is about the positive rate, ~0.01
 
 
+def test_dense_batches_are_normalised_by_their_positive_locations():
+    task = ex.make_task("dense-toy", n_train=8)
+    seen = []
+    run = ex.train_run(task, ex.parse_losses("sigmoid_focal")[0], seed=0, epochs=1, batch_size=8,
+                       on_batch=lambda logits, target: seen.append((logits, target)))
+    (logits, labels), = seen
+    positives = int((labels < 3).sum())
+    assert 0 < positives < labels.numel() / 50  # far from the location count: the test can tell them apart
+    want = pf.sigmoid_focal_loss(logits, labels, reduction="sum") / positives
+    assert run["curves"]["train_loss"] == [pytest.approx(float(want), rel=1e-5)]
+
+
 def test_determinism():
     task = ex.make_task("dense-toy", n_train=16)
     specs = ex.parse_losses("sigmoid_focal,ghm_c")
@@ -230,6 +243,9 @@ def test_image_folder_errors(tmp_path, capsys):
     np.savez(npz, X=np.zeros((8, 2)), y=np.arange(8) % 2)
     assert main(["compare", "--data", str(npz), "--image-size", "8", "--quiet", "--out", str(tmp_path / "o")]) == 2
     assert "--image-size" in capsys.readouterr().err
+    assert main(["compare", "--data", str(tmp_path / "empty"), "--image-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--image-size" in err and "expected a whole number >= 1; got '0'" in err
 
 
 # --- bad input: clear errors naming the argument, exit code 2 ---------------------------------------
