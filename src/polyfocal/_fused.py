@@ -165,15 +165,15 @@ def log_sigmoid_slope(phi: Callable, z: Tensor, cotangent: Tensor):
 
 # --- generic: value and gradient of an element function -------------------------------------------
 
+def _autograd_gradient(x: Tensor, scale: Tensor, f: Callable, *args, **params):
+    """``f``'s elements and the gradient of their sum times ``scale``, by autograd."""
+    loss, pullback = torch.func.vjp(lambda z: f(z, *args, **params), x)
+    (grad,) = pullback(torch.ones_like(loss) * scale)
+    return loss, grad
+
+
 def _value_and_grad_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, dtype: torch.dtype,
                            args: tuple, params: dict):
-    loss, pullback = torch.func.vjp(lambda z: f(z, *args, **params), x.to(dtype))
-    (grad,) = pullback(torch.ones_like(loss) * scale)
-    return (loss.sum() * scale if summed else loss), grad.to(x.dtype)
-
-
-def _with_gradient_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, dtype: torch.dtype,
-                          args: tuple, params: dict):
     loss, grad = f(x.to(dtype), scale, *args, **params)
     return (loss.sum() * scale if summed else loss), grad.to(x.dtype)
 
@@ -188,10 +188,12 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
     losses and the gradient of their sum times ``scale``.
     """
     params = as_tensors(params, scale)
-    kernel = _with_gradient_kernel if with_gradient else _value_and_grad_kernel
+    if not with_gradient:
+        f, args = _autograd_gradient, (f, *args)
 
     def compute():
-        loss, grad = run(kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale, dtype, args, params)
+        loss, grad = run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale, dtype,
+                         args, params)
         return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
 
     return with_saved_gradient(logits, compute)
