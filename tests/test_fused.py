@@ -325,6 +325,31 @@ def test_other_inputs_needing_gradients_take_the_reference_engine():
                               backend="fused")
 
 
+@pytest.mark.parametrize("name", ["focal_loss", "sigmoid_focal_loss", "ghm_c_loss"])
+def test_first_call_under_saved_tensor_hooks_compiles(monkeypatch, name):
+    """save_on_cpu (activation offloading) around the first call: torch.func cannot trace under
+    saved-tensor hooks, so the engine lifts them for its kernels; the saved gradient still goes
+    through them, and the engine stays available."""
+    monkeypatch.setenv("POLYFOCAL_STRICT", "1")
+    monkeypatch.setattr(_fused, "_compiled", {})  # force a fresh compile inside the hooks
+    monkeypatch.setattr(_fused, "_broken", None)
+    fn = pf.get_loss_function(name)
+    x, t = torch.randn(SHAPE, requires_grad=True), torch.randint(0, 4, (SHAPE[0], SHAPE[2]))
+    packed = []
+
+    def pack(tensor):
+        packed.append(tensor.shape)
+        return tensor
+
+    with use_backend("fused"), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = fn(x, t)
+    (grad,) = torch.autograd.grad(loss, x)
+    assert is_fused(loss) and _fused.available()
+    assert packed == [x.shape]  # the gradient, saved through the caller's hook
+    with use_backend("reference"):
+        torch.testing.assert_close(grad, torch.autograd.grad(fn(x, t), x)[0])
+
+
 def test_out_of_memory_is_raised_not_taken_for_a_broken_engine(monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("too big")
@@ -344,22 +369,31 @@ def test_out_of_memory_is_raised_not_taken_for_a_broken_engine(monkeypatch):
 EXTREME = torch.tensor([-1e4, -100.0, -20.0, -3.0, -0.5, 0.0, 0.5, 3.0, 20.0, 100.0, 1e4])
 
 
-@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+def _forms(y, exponent):
+    from polyfocal import _math
+
+    return {
+        "binary focal": lambda prob: _math.binary_focal(prob, y.round(), gamma=exponent, alpha=0.25, epsilon=1.0),
+        "soft focal": lambda prob: _math.sigmoid_focal(prob, y, gamma=exponent, alpha=0.25, epsilon=1.0),
+        "quality focal": lambda prob: _math.quality_focal(prob, y, beta=exponent),  # through p and 1-p
+        "varifocal": lambda prob: _math.varifocal(prob, y, alpha=0.75, gamma=exponent, iou_weighted=True),
+    }
+
+
+@pytest.mark.parametrize("form", ["binary focal", "soft focal", "quality focal", "varifocal"])
+@pytest.mark.parametrize("exponent", [0.0, 0.5, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("as_tensor", [True, False], ids=["tensor", "number"])  # numbers 0-2 are specialised
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_log_sigmoid_slope_equals_autograd_through_logsigmoid(gamma, dtype):
-    from polyfocal._math import binary_focal
-    from polyfocal._numerics import log_sigmoids
+def test_log_sigmoid_slope_equals_autograd_through_logsigmoid(form, exponent, as_tensor, dtype):
+    from polyfocal._numerics import sigmoid_probability
 
     z = EXTREME.to(dtype)
-    y = (torch.arange(z.numel()) % 2).to(dtype)
-    gamma_t = torch.tensor(gamma, dtype=dtype)  # as the fused engine passes it
-
-    def phi(a, b):
-        return binary_focal(a, b, y, gamma=gamma_t, alpha=0.25, epsilon=1.0)
+    y = torch.tensor([0.0, 1.0, 0.3, 1.0, 0.0, 0.5, 1.0, 0.0, 0.9, 0.0, 1.0], dtype=dtype)
+    phi = _forms(y, torch.tensor(exponent, dtype=dtype) if as_tensor else exponent)[form]
 
     value, slope = _fused.log_sigmoid_slope(phi, z, torch.full_like(z, 0.5))
     zr = z.clone().requires_grad_()
-    want = phi(*log_sigmoids(zr))
+    want = phi(sigmoid_probability(zr))
     (want_slope,) = torch.autograd.grad(want, zr, torch.full_like(z, 0.5))
     assert torch.isfinite(value).all() and torch.isfinite(slope).all()
     torch.testing.assert_close(value, want.detach())

@@ -2,16 +2,18 @@
 
 The same math as the reference engine, compiled with ``torch.compile`` (inductor: vectorised
 C++ on CPU, Triton on GPU) with dynamic shapes and hyperparameters passed as tensors, so new
-shapes or new gammas do not recompile. Backward is one multiply by ``grad_output`` (none at
+shapes or new gammas do not recompile (0, 1 and 2 stay numbers: ``(1-p)^2`` compiles to one
+multiplication). Backward is one multiply by ``grad_output`` (none at
 all when it is 1). Three mechanisms:
 
 * softmax losses with class-index targets use one *row engine*: a pass for the row statistics
   (target logit, max and exp-sum of the others) that ends with the loss's scalar function
-  ``phi(log p_t, log(1-p_t))`` and its two partial derivatives on the N rows (by autograd), and
+  ``phi(p_t)`` and its partial derivatives on the N rows (by autograd), and
   a loss-independent pass that writes the gradient. A new loss is a new ``phi``, nothing more;
   the Triton kernels of :mod:`polyfocal._triton` are the same two passes.
-* sigmoid losses are functions of ``log p`` and ``log(1-p)``: the kernel takes both, and ``p`` and
-  ``1-p``, from one exponential and one ``log1p`` per element, and carries autograd of the loss's
+* sigmoid losses are functions of a :class:`~polyfocal._numerics.Probability` (``log p``,
+  ``log(1-p)``, ``p``, ``1-p``): the kernel takes all four from one exponential, one ``log1p``
+  and one division per element, and carries autograd of the loss's
   function alone to the logit (:func:`log_sigmoid_slope`, the same step as the row engine's target);
 * every other case (softmax probability targets, GHM) compiles ``value_and_grad`` of the
   reference engine's element function.
@@ -25,6 +27,7 @@ the reference engine takes over. Set ``POLYFOCAL_STRICT=1`` to raise instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -34,7 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._numerics import is_class
+from ._numerics import Probability, is_class, is_special_exponent
 
 _compiled: dict[Callable, Callable] = {}
 _broken: str | None = None
@@ -48,6 +51,27 @@ def available() -> bool:
     return _broken is None
 
 
+@contextlib.contextmanager
+def _saved_tensor_hooks_suspended():
+    """Lift the caller's saved-tensor hooks (``save_on_cpu``, activation offloading) for a kernel call.
+
+    ``torch.func`` refuses to trace under them, and a first call inside such a context would
+    otherwise disable the engine. The kernels save nothing for autograd (they run in no-grad mode
+    in :class:`_SavedGradient`'s forward), so the hooks have nothing to act on there; the gradient
+    that forward saves does go through them.
+    """
+    autograd = torch._C._autograd
+    lifted = []
+    while (hooks := autograd._top_saved_tensors_default_hooks(False)) is not None:
+        autograd._pop_saved_tensors_default_hooks()
+        lifted.append(hooks)
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(lifted):
+            autograd._push_saved_tensors_default_hooks(pack, unpack)
+
+
 def run(kernel: Callable, *args):
     """Call the compiled ``kernel``; a failure disables the fused engine (or raises when strict)."""
     global _broken
@@ -55,7 +79,8 @@ def run(kernel: Callable, *args):
         _compiled[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
     try:
         # One kernel serves every loss and dtype: each is a specialisation, not a recompile storm.
-        with torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096):
+        with (torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096),
+              _saved_tensor_hooks_suspended()):
             return _compiled[kernel](*args)
     except (MemoryError, torch.OutOfMemoryError):
         raise  # the input's size, not the engine: the reference engine would need more memory still
@@ -94,9 +119,10 @@ def with_saved_gradient(logits: Tensor, compute: Callable[[], tuple[Tensor, Tens
 
 
 def as_tensors(params: dict, like: Tensor) -> dict:
-    """Numbers (and tuples of numbers) as 0-d tensors, so the compiled code treats them as inputs."""
+    """Numbers (and tuples of numbers) as 0-d tensors, so the compiled code treats them as inputs;
+    but 0, 1 and 2 stay numbers, compiled as constants (:func:`polyfocal._numerics.power`)."""
     def convert(value):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not is_special_exponent(value):
             return torch.tensor(float(value), dtype=like.dtype, device=like.device)
         if isinstance(value, tuple):
             return tuple(convert(v) for v in value)
@@ -133,34 +159,35 @@ def rows_3d(tensor, shape):
     return tensor.expand((shape[0],) + tuple(shape[2:])).reshape(n, length)
 
 
-# --- the derivative through log p and log(1 - p) ---------------------------------------------------
+# --- the derivative through a probability ---------------------------------------------------------
 
-def log_slope(phi: Callable, logp: Tensor, log1m: Tensor, p: Tensor, q: Tensor, cotangent: Tensor):
-    """``phi(log p, log(1-p))`` and its derivative in the logit margin ``z`` (``p = sigmoid(z)``, or the
-    softmax probability with ``z`` the target logit): ``d1 (1-p) - d2 p`` with ``d1``, ``d2`` the
-    partials of ``phi`` (autograd of ``phi`` alone, times ``cotangent``) and ``q = 1 - p`` exact."""
-    value, pullback = torch.func.vjp(phi, logp, log1m)
-    d1, d2 = pullback(cotangent)
-    return value, d1 * q - d2 * p
+def log_slope(phi: Callable, prob: Probability, cotangent: Tensor):
+    """``phi(P)`` and its derivative in the logit margin ``z`` (``p = sigmoid(z)``, or the softmax
+    probability with ``z`` the target logit). With ``d`` the partials of ``phi`` in ``P``'s four
+    parts (autograd of ``phi`` alone, times ``cotangent``) and ``dp/dz = p (1-p)``, the chain rule is
+    ``d_logp (1-p) - d_log1m p + (d_p - d_q) p (1-p)``, with ``1-p`` exact."""
+    value, pullback = torch.func.vjp(lambda *parts: phi(Probability(*parts)), *prob)
+    d_logp, d_log1m, d_p, d_q = pullback(cotangent)
+    p, q = prob.p, prob.q
+    return value, d_logp * q - d_log1m * p + (d_p - d_q) * (p * q)
 
 
-def sigmoid_parts(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``log p``, ``log(1-p)``, ``p`` and ``1-p`` of ``p = sigmoid(z)``, from one exponential, one
-    ``log1p`` and one division per element (each exact where the other rounds to 1)."""
+def sigmoid_parts(z: Tensor) -> Probability:
+    """``p = sigmoid(z)`` in its four parts from one exponential, one ``log1p`` and one division per
+    element (each exact where the other rounds to 1)."""
     e = torch.exp(-z.abs())
     log_e = torch.log1p(e)
     big = 1 / (1 + e)
     small = e * big  # sigmoid(|z|), sigmoid(-|z|): one division
     positive = z >= 0
     logp, log1m = torch.clamp_max(z, 0) - log_e, torch.clamp_max(-z, 0) - log_e
-    return logp, log1m, torch.where(positive, big, small), torch.where(positive, small, big)
+    return Probability(logp, log1m, torch.where(positive, big, small), torch.where(positive, small, big))
 
 
 def log_sigmoid_slope(phi: Callable, z: Tensor, cotangent: Tensor):
-    """``phi(log sigmoid(z), log sigmoid(-z))`` and its derivative in ``z`` (:func:`log_slope` on
-    :func:`sigmoid_parts`; autograd through ``logsigmoid`` would take two of each, and more for
-    ``sigmoid``)."""
-    return log_slope(phi, *sigmoid_parts(z), cotangent)
+    """``phi(sigmoid(z))`` and its derivative in ``z`` (:func:`log_slope` on :func:`sigmoid_parts`;
+    autograd through ``logsigmoid`` and ``sigmoid`` would take two of each)."""
+    return log_slope(phi, sigmoid_parts(z), cotangent)
 
 
 # --- generic: value and gradient of an element function -------------------------------------------
@@ -224,7 +251,7 @@ def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, sca
     lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
     logp, log1m = shifted_t - lse, log_s - lse
     p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
-    rows, target_grad = log_slope(lambda a, b: phi(a, b, **params) * factor, logp, log1m, p_t, q_t,
+    rows, target_grad = log_slope(lambda prob: phi(prob, **params) * factor, Probability(logp, log1m, p_t, q_t),
                                   scale.expand_as(logp))
     return rows, -target_grad / s_other, target_grad
 
@@ -238,14 +265,13 @@ def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tenso
 
 def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
                  scale: Tensor, summed: bool, use_triton: bool = False) -> Tensor:
-    """A softmax loss ``factor * phi(log p_t, log(1-p_t))`` per row, with its saved gradient.
+    """A softmax loss ``factor * phi(p_t)`` per row, with its saved gradient.
 
     With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
-    ``log p_t`` follow exactly, and the gradient of row loss ``L`` is, with ``d1 = dL/dlog p_t``
-    and ``d2 = dL/dlog(1-p_t)`` (autograd of ``phi`` on the N rows): ``d1 (1-p_t) - d2 p_t`` at
-    the target and ``p_k (d2 p_t / (1-p_t) - d1) = exp(x_k - m) (d2 p_t - d1 (1-p_t)) / s``
-    elsewhere: one exponential per element, no overflow, and no cancellation for losses that
-    fall as p_t rises. On CPU one compiled pass computes the statistics and writes
+    ``log p_t`` follow exactly. The row loss ``L`` depends on the logits through ``p_t`` alone; with
+    ``g = dL/dx_t`` (:func:`log_slope`, autograd of ``phi`` on the N rows) the other classes get
+    ``-g p_k / (1-p_t) = -g exp(x_k - m) / s``: one exponential per element, no overflow, and no
+    cancellation for losses that fall as p_t rises. On CPU one compiled pass computes the statistics and writes
     ``exp(x_k - m)`` into the buffer that becomes the gradient, then one in-place multiply
     by the row coefficient (a vectorised eager op) finishes it: one exponential per element
     in all. The Triton kernels make two passes (statistics, then gradient).

@@ -1,10 +1,10 @@
-"""The math of each loss, written once, as elementwise functions.
+"""The math of each loss, written once, as elementwise functions of a probability.
 
-Softmax-family losses are functions ``phi(log p, log(1 - p))`` of one class's
-probability, applied to the target class (or averaged over a soft target).
-Sigmoid-family losses are functions ``f(log p, log(1 - p), y)`` of ``p = sigmoid(x)`` and a
-target in [0, 1] (and, for hard targets, of ``log p_t``, ``log(1 - p_t)`` and ``y``).
-The engines (reference autograd, fused paths) only evaluate these.
+Every loss is a function of a :class:`~polyfocal._numerics.Probability` ``P`` (``log p``, ``log(1-p)``,
+``p`` and ``1-p`` together). Softmax-family losses are functions ``phi(P)`` of one class's
+probability, applied to the target class (or averaged over a soft target). Sigmoid-family
+losses are functions ``f(P, y)`` of ``p = sigmoid(x)`` and a target in [0, 1] (and, for hard
+targets, of ``p_t`` and ``y``). The engines (reference autograd, fused paths) only evaluate these.
 """
 
 from __future__ import annotations
@@ -18,46 +18,45 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._numerics import (binary_cross_entropy, is_constant, pow_of_log, safe_pow, sigmoid_log1m_pt,
-                        sigmoid_target_gap)
+from ._numerics import (Probability, binary_cross_entropy, is_constant, power, safe_pow,
+                        sigmoid_complement_of_target, sigmoid_target_gap)
 
 
 # --- functions of p_t (softmax family; also the sigmoid family's Su losses) ----------------------
 
-def poly_series(logp: Tensor, log1m: Tensor, *, coefficients: Sequence[float] = (),
-                gamma: float = 0.0, keep_tail: bool = True) -> Tensor:
+def poly_series(prob: Probability, *, coefficients: Sequence[float] = (), gamma: float = 0.0,
+                keep_tail: bool = True) -> Tensor:
     """``sum_j a_j (1-p)^(j+gamma)``, with ``a_j = 1/j`` beyond the given coefficients when
     ``keep_tail`` (the exact cross-entropy tail), or nothing beyond them when it is False.
 
     With the tail kept this is ``(1-p)^gamma * (-log p + sum_j (a_j - 1/j) (1-p)^j)``:
     cross-entropy (no coefficients), focal loss (gamma), Poly-1 and Poly-N.
     """
-    loss = -logp if keep_tail else torch.zeros_like(logp)
+    loss = -prob.logp if keep_tail else torch.zeros_like(prob.logp)
     for j, a in enumerate(coefficients, start=1):
         c = a - 1.0 / j if keep_tail else a
         if not is_constant(c, 0):
-            loss = loss + c * pow_of_log(log1m, j)
-    return loss if is_constant(gamma, 0) else loss * pow_of_log(log1m, gamma)
+            loss = loss + c * power(prob.q, prob.log1m, j)
+    return loss if is_constant(gamma, 0) else loss * power(prob.q, prob.log1m, gamma)
 
 
-def soft_truncation(logp: Tensor, log1m: Tensor, *, k: float) -> Tensor:
+def soft_truncation(prob: Probability, *, k: float) -> Tensor:
     """Su's softened truncation ``sigmoid(-k m) * (-log p)`` with the margin ``m = logit(p)``."""
-    margin = logp - log1m
-    return torch.exp(F.logsigmoid(-k * margin)) * -logp
+    margin = prob.logp - prob.log1m
+    return torch.exp(F.logsigmoid(-k * margin)) * -prob.logp
 
 
-def hard_truncation(logp: Tensor, log1m: Tensor, *, margin: float) -> Tensor:
+def hard_truncation(prob: Probability, *, margin: float) -> Tensor:
     """Su's hard truncation: ``-log p`` while ``p <= margin``, then no loss and no gradient."""
-    del log1m  # the step depends on p alone
     log_margin = torch.log(margin) if isinstance(margin, Tensor) else math.log(margin)
-    return torch.where(logp > log_margin, torch.zeros_like(logp), -logp)
+    return torch.where(prob.logp > log_margin, torch.zeros_like(prob.logp), -prob.logp)
 
 
-# --- functions of (log p, log(1 - p), target) with p = sigmoid(logit) (sigmoid family) ----------
+# --- functions of (p, target) with p = sigmoid(logit) (sigmoid family) ----------------------------
 
-def expected_over_binary(phi, logp: Tensor, log1mp: Tensor, y: Tensor, **params) -> Tensor:
+def expected_over_binary(phi, prob: Probability, y: Tensor, **params) -> Tensor:
     """A function of p_t averaged over a binary target: ``y phi(p) + (1-y) phi(1-p)``."""
-    return y * phi(logp, log1mp, **params) + (1 - y) * phi(log1mp, logp, **params)
+    return y * phi(prob, **params) + (1 - y) * phi(prob.complement(), **params)
 
 
 def alpha_t(y: Tensor, alpha: float | None):
@@ -65,35 +64,39 @@ def alpha_t(y: Tensor, alpha: float | None):
     return 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
 
 
-def sigmoid_focal(logp: Tensor, log1mp: Tensor, y: Tensor, *, gamma: float, alpha: float | None = None,
+def _focal_terms(ce: Tensor, one_minus_pt: Tensor, log1m: Tensor, y: Tensor, gamma, alpha, epsilon) -> Tensor:
+    """``(1-p_t)^gamma (alpha_t ce + epsilon (1-p_t))``: one modulator for both terms."""
+    loss = alpha_t(y, alpha) * ce
+    if not is_constant(epsilon, 0):
+        loss = loss + epsilon * one_minus_pt
+    return loss * power(one_minus_pt, log1m, gamma)
+
+
+def sigmoid_focal(prob: Probability, y: Tensor, *, gamma: float, alpha: float | None = None,
                   epsilon: float = 0.0) -> Tensor:
     """``alpha_t (1-p_t)^gamma BCE + epsilon (1-p_t)^(gamma+1)``: BCE, focal, Poly-1 BCE and Poly-1 focal."""
-    log1m = sigmoid_log1m_pt(logp, log1mp, y)
-    loss = alpha_t(y, alpha) * pow_of_log(log1m, gamma) * binary_cross_entropy(logp, log1mp, y)
-    if not is_constant(epsilon, 0):
-        loss = loss + epsilon * pow_of_log(log1m, gamma + 1)
-    return loss
+    one_minus_pt, log1m = sigmoid_complement_of_target(prob, y)
+    return _focal_terms(binary_cross_entropy(prob, y), one_minus_pt, log1m, y, gamma, alpha, epsilon)
 
 
-def weighted_binary_cross_entropy(logp: Tensor, log1mp: Tensor, y: Tensor, *, pos_weight: Tensor | None) -> Tensor:
+def weighted_binary_cross_entropy(prob: Probability, y: Tensor, *, pos_weight: Tensor | None) -> Tensor:
     """``-(w_pos y log p + (1-y) log(1-p))``, as ``binary_cross_entropy_with_logits``."""
     if pos_weight is None:
-        return binary_cross_entropy(logp, log1mp, y)
-    return -(pos_weight * y * logp + (1 - y) * log1mp)
+        return binary_cross_entropy(prob, y)
+    return -(pos_weight * y * prob.logp + (1 - y) * prob.log1m)
 
 
-def quality_focal(logp: Tensor, log1mp: Tensor, y: Tensor, *, beta: float) -> Tensor:
+def quality_focal(prob: Probability, y: Tensor, *, beta: float) -> Tensor:
     """QFL: ``|y - sigma|^beta * BCE(sigma, y)``."""
-    return safe_pow(sigmoid_target_gap(logp, log1mp, y), beta) * binary_cross_entropy(logp, log1mp, y)
+    return safe_pow(sigmoid_target_gap(prob, y), beta) * binary_cross_entropy(prob, y)
 
 
-def varifocal(logp: Tensor, log1mp: Tensor, q: Tensor, *, alpha: float, gamma: float,
-              iou_weighted: bool) -> Tensor:
+def varifocal(prob: Probability, q: Tensor, *, alpha: float, gamma: float, iou_weighted: bool) -> Tensor:
     """VFL: ``q * BCE(p, q)`` (or ``BCE``) for q > 0, ``alpha p^gamma BCE(p, 0)`` for q = 0."""
     positive = q > 0
     pos_factor = q if iou_weighted else torch.ones_like(q)
-    neg_factor = alpha * pow_of_log(logp, gamma)
-    return torch.where(positive, pos_factor, neg_factor) * binary_cross_entropy(logp, log1mp, q)
+    neg_factor = alpha * power(prob.p, prob.logp, gamma)
+    return torch.where(positive, pos_factor, neg_factor) * binary_cross_entropy(prob, q)
 
 
 def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
@@ -101,46 +104,41 @@ def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
     return torch.sqrt(diff * diff + mu * mu) - mu
 
 
-# --- binary forms: functions of (log p_t, log(1-p_t), y) for targets exactly 0 or 1 -------------
-# With a hard target, p_t = sigmoid(z) with z = (2y-1) x: two log-sigmoids, no log of the target.
+# --- binary forms: functions of (p_t, y) for targets exactly 0 or 1 -------------------------------
+# With a hard target, p_t = sigmoid(z) with z = (2y-1) x: no log of the target, no mixing.
 
-def binary_focal(logpt: Tensor, log1m: Tensor, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
-    """``(1-p_t)^gamma (alpha_t (-log p_t) + epsilon (1-p_t))``: one modulator for both terms."""
-    loss = alpha_t(y, alpha) * -logpt
-    if not is_constant(epsilon, 0):
-        loss = loss + epsilon * torch.exp(log1m)
-    return loss * pow_of_log(log1m, gamma)
+def binary_focal(prob: Probability, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
+    return _focal_terms(-prob.logp, prob.q, prob.log1m, y, gamma, alpha, epsilon)
 
 
-def binary_bce(logpt: Tensor, log1m: Tensor, y: Tensor, *, pos_weight=None) -> Tensor:
-    del log1m
-    return -logpt if pos_weight is None else -logpt * (1 + (pos_weight - 1) * y)
+def binary_bce(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
+    return -prob.logp if pos_weight is None else -prob.logp * (1 + (pos_weight - 1) * y)
 
 
-def binary_quality_focal(logpt: Tensor, log1m: Tensor, y: Tensor, *, beta) -> Tensor:
+def binary_quality_focal(prob: Probability, y: Tensor, *, beta) -> Tensor:
     del y  # |y - sigma| = 1 - p_t for a hard target
-    return poly_series(logpt, log1m, gamma=beta)
+    return poly_series(prob, gamma=beta)
 
 
-def binary_varifocal(logpt: Tensor, log1m: Tensor, y: Tensor, *, alpha, gamma, iou_weighted) -> Tensor:
+def binary_varifocal(prob: Probability, y: Tensor, *, alpha, gamma, iou_weighted) -> Tensor:
     del iou_weighted  # q = 1 for a hard positive
-    return -logpt * (y + (1 - y) * alpha * pow_of_log(log1m, gamma))
+    return -prob.logp * (y + (1 - y) * alpha * power(prob.q, prob.log1m, gamma))
 
 
-def binary_soft_truncation(logpt: Tensor, log1m: Tensor, y: Tensor, *, k) -> Tensor:
+def binary_soft_truncation(prob: Probability, y: Tensor, *, k) -> Tensor:
     del y
-    return soft_truncation(logpt, log1m, k=k)
+    return soft_truncation(prob, k=k)
 
 
-def binary_hard_truncation(logpt: Tensor, log1m: Tensor, y: Tensor, *, margin) -> Tensor:
+def binary_hard_truncation(prob: Probability, y: Tensor, *, margin) -> Tensor:
     del y
-    return hard_truncation(logpt, log1m, margin=margin)
+    return hard_truncation(prob, margin=margin)
 
 
 @dataclass(frozen=True)
 class SigmoidMath:
-    """A sigmoid-family loss: its form for soft targets ``f(log p, log(1-p), y)`` and for hard ones
-    ``f(log p_t, log(1-p_t), y)``; the engines supply the logarithms of the sigmoid."""
+    """A sigmoid-family loss: its form for soft targets ``f(P, y)`` with ``P`` the probability
+    ``sigmoid(x)``, and for hard ones ``f(P_t, y)`` with ``P_t`` that of the target's side."""
 
     soft: Callable
     binary: Callable

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -42,45 +44,77 @@ def is_constant(value, constant: float) -> bool:
     return not isinstance(value, Tensor) and value == constant
 
 
-def pow_of_log(log_base: Tensor, exponent) -> Tensor:
-    """``base ** exponent`` from ``log(base)``: the focal modulator as ``exp(gamma * log(1 - p))``."""
-    if is_constant(exponent, 0):
-        return torch.ones_like(log_base)
+def is_special_exponent(value) -> bool:
+    """True for the exponents 0, 1 and 2 given as Python numbers: the engines specialise on these
+    (the fused engine compiles them as constants), so that ``(1-p)^2`` is one multiplication."""
+    return not isinstance(value, Tensor) and value in (0, 1, 2)
+
+
+def power(base: Tensor, log_base: Tensor, exponent) -> Tensor:
+    """``base ** exponent`` given ``base`` and its logarithm: a product for the exponents 0, 1 and 2
+    (:func:`is_special_exponent`), else ``exp(exponent * log_base)`` (finite where ``base`` is 0)."""
+    if is_special_exponent(exponent):
+        return torch.ones_like(base) if exponent == 0 else base if exponent == 1 else base * base
     return torch.exp(exponent * log_base)
 
 
 def safe_pow(base: Tensor, exponent) -> Tensor:
     """``base ** exponent`` for ``base >= 0``, with ``0 ** 0 = 1`` and a zero (not NaN) gradient at 0."""
-    if is_constant(exponent, 0):
-        return torch.ones_like(base)
+    if is_special_exponent(exponent):
+        return power(base, base, exponent)
     tiny = torch.finfo(base.dtype).tiny
     at_zero = torch.zeros_like(base) if not isinstance(exponent, Tensor) else (exponent == 0).to(base.dtype)
     # exp and log, not pow: the fused kernels then differentiate it with one division, not a second pow
-    return torch.where(base > 0, pow_of_log(torch.log(base.clamp_min(tiny)), exponent), at_zero)
+    return torch.where(base > 0, torch.exp(exponent * torch.log(base.clamp_min(tiny))), at_zero)
 
 
-def log_sigmoids(x: Tensor) -> tuple[Tensor, Tensor]:
-    """``log sigmoid(x)`` and ``log sigmoid(-x)``: ``log p`` and ``log(1 - p)`` of ``p = sigmoid(x)``."""
-    return torch.nn.functional.logsigmoid(x), torch.nn.functional.logsigmoid(-x)
+class Probability(NamedTuple):
+    """A probability in log and linear space: ``log p``, ``log(1-p)``, ``p`` and ``1-p``, each exact
+    where another rounds (``1-p`` is never computed as a difference).
 
-
-def sigmoid_log1m_pt(logp: Tensor, log1mp: Tensor, y: Tensor) -> Tensor:
-    """``log(1 - p_t)`` with ``p_t = y p + (1 - y)(1 - p)``, for y in [0, 1], from ``log p`` and ``log(1 - p)``.
-
-    ``1 - p_t = y (1 - p) + (1 - y) p``; each part is taken in log space,
-    so a hard target (y exactly 0 or 1) gives ``log(1 - p)`` or ``log p`` with no rounding.
+    Every loss is written with these. The reference engine derives them by autograd-able ops
+    (:func:`sigmoid_probability`, :func:`from_logs`); the fused engine computes all four in one
+    step and applies the chain rule to the loss's partial derivatives itself.
     """
-    return torch.logaddexp(torch.log(y) + log1mp, torch.log1p(-y) + logp)
+
+    logp: Tensor
+    log1m: Tensor
+    p: Tensor
+    q: Tensor
+
+    def complement(self) -> "Probability":
+        """``1 - p`` as a probability."""
+        return Probability(self.log1m, self.logp, self.q, self.p)
 
 
-def binary_cross_entropy(logp: Tensor, log1mp: Tensor, y: Tensor) -> Tensor:
+def from_logs(logp: Tensor, log1m: Tensor) -> Probability:
+    """A probability from ``log p`` and ``log(1-p)``."""
+    return Probability(logp, log1m, torch.exp(logp), torch.exp(log1m))
+
+
+def sigmoid_probability(x: Tensor) -> Probability:
+    """``p = sigmoid(x)``."""
+    return from_logs(torch.nn.functional.logsigmoid(x), torch.nn.functional.logsigmoid(-x))
+
+
+def sigmoid_complement_of_target(prob: Probability, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``1 - p_t`` and its logarithm, with ``p_t = y p + (1 - y)(1 - p)`` for y in [0, 1].
+
+    ``1 - p_t = y (1 - p) + (1 - y) p``, a sum of non-negative parts; its logarithm is taken
+    part by part, so a hard target (y exactly 0 or 1) gives ``log(1 - p)`` or ``log p`` with no rounding.
+    """
+    base = y * prob.q + (1 - y) * prob.p
+    return base, torch.logaddexp(torch.log(y) + prob.log1m, torch.log1p(-y) + prob.logp)
+
+
+def binary_cross_entropy(prob: Probability, y: Tensor) -> Tensor:
     """``-(y log p + (1 - y) log(1 - p))``, finite for any finite logit."""
-    return -(y * logp + (1 - y) * log1mp)
+    return -(y * prob.logp + (1 - y) * prob.log1m)
 
 
-def sigmoid_target_gap(logp: Tensor, log1mp: Tensor, y: Tensor) -> Tensor:
+def sigmoid_target_gap(prob: Probability, y: Tensor) -> Tensor:
     """``|y - p|`` as ``|y (1 - p) - (1 - y) p|``, without the cancellation of ``1 - p`` near 1."""
-    return (y * torch.exp(log1mp) - (1 - y) * torch.exp(logp)).abs()
+    return (y * prob.q - (1 - y) * prob.p).abs()
 
 
 def is_class(x: Tensor, labels: Tensor, classes: Tensor | None = None) -> Tensor:

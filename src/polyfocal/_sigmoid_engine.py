@@ -23,7 +23,7 @@ from torch import Tensor
 from . import _checks, _fused
 from ._backend import wants_fused
 from ._math import SigmoidMath
-from ._numerics import compute_dtype, is_class, log_sigmoids, output_dtype
+from ._numerics import compute_dtype, is_class, output_dtype, sigmoid_probability
 from ._reduce import reduce_loss, reduction_scale
 
 
@@ -81,7 +81,7 @@ def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: tor
 
 
 def element_inputs(x: Tensor, labels, scores, y, ignore_index: int, math: SigmoidMath, classes=None):
-    """``(z, flipped, y, form, valid)``: the loss at every element is ``form(log sigmoid(z), log sigmoid(-z), y)``
+    """``(z, flipped, y, form, valid)``: the loss at every element is ``form(sigmoid(z), y)``
     where ``valid`` (None: everywhere), with ``z = x``, or ``z = -x`` where ``flipped`` for a hard target
     built from class labels (C = background; the target is built in place, never materialised)."""
     if labels is None:
@@ -104,7 +104,7 @@ def _masked(loss: Tensor, valid, weight) -> Tensor:
 def elements(x: Tensor, labels, scores, y, ignore_index: int, weight, math: SigmoidMath, **params) -> Tensor:
     """The loss at every element (the reference engine: autograd through all of it)."""
     z, _, y, form, valid = element_inputs(x, labels, scores, y, ignore_index, math)
-    return _masked(form(*log_sigmoids(z), y, **params), valid, weight)
+    return _masked(form(sigmoid_probability(z), y, **params), valid, weight)
 
 
 def elements_and_gradient(x: Tensor, scale: Tensor, labels, scores, y, ignore_index: int, weight,
@@ -112,7 +112,7 @@ def elements_and_gradient(x: Tensor, scale: Tensor, labels, scores, y, ignore_in
     """The loss at every element and the gradient of their sum times ``scale`` (the fused engine):
     autograd of ``form`` alone, carried to the logits by :func:`polyfocal._fused.log_sigmoid_slope`."""
     z, flipped, y, form, valid = element_inputs(x, labels, scores, y, ignore_index, math, classes)
-    loss, slope = _fused.log_sigmoid_slope(lambda a, b: _masked(form(a, b, y, **params), valid, weight), z,
+    loss, slope = _fused.log_sigmoid_slope(lambda prob: _masked(form(prob, y, **params), valid, weight), z,
                                            scale.expand_as(z))
     return loss, slope if flipped is None else torch.where(flipped, -slope, slope)
 

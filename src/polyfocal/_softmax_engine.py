@@ -1,6 +1,6 @@
 """The softmax family's engine: targets, weights, ignore mask, reduction, dispatch.
 
-Every softmax loss is ``phi(log p_c, log(1 - p_c))`` of one class. For class-index
+Every softmax loss is ``phi(p_c)`` of one class's probability (in log and linear space). For class-index
 targets it is taken at the target class; for probability targets (and label
 smoothing) it is the expectation over the target distribution,
 ``sum_c y_c phi(p_c)``, which for Poly-1 equals the paper's ``p_t = sum_c y_c p_c``.
@@ -21,10 +21,10 @@ from torch import Tensor
 
 from . import _checks, _fused
 from ._backend import engine_for
-from ._numerics import compute_dtype, log_softmax_and_log1m, output_dtype
+from ._numerics import Probability, compute_dtype, from_logs, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
 
-PerClass = Callable[[Tensor, Tensor], Tensor]
+PerClass = Callable[[Probability], Tensor]
 
 
 def check_logits(logits, name: str = "logits") -> int:
@@ -87,16 +87,15 @@ def _at(vector, index: Tensor):
 
 
 def soft_rows(x: Tensor, y: Tensor, phi: PerClass, **params) -> Tensor:
-    """``sum_c y_c phi(log p_c, log(1 - p_c))`` per row (``y`` already carries the class factors)."""
-    logp, log1m = log_softmax_and_log1m(x)
-    return (y * phi(logp, log1m, **params)).sum(1)
+    """``sum_c y_c phi(p_c)`` per row (``y`` already carries the class factors)."""
+    return (y * phi(from_logs(*log_softmax_and_log1m(x)), **params)).sum(1)
 
 
 def index_rows(x: Tensor, t: Tensor, factor, phi: PerClass, **params) -> Tensor:
-    """``factor * phi(log p_t, log(1 - p_t))`` per row, at the target class ``t``."""
-    logp, log1m = log_softmax_and_log1m(x)
+    """``factor * phi(p_t)`` per row, at the target class ``t``."""
     at = t.unsqueeze(1)
-    return phi(logp.gather(1, at).squeeze(1), log1m.gather(1, at).squeeze(1), **params) * factor
+    logp, log1m = (v.gather(1, at).squeeze(1) for v in log_softmax_and_log1m(x))
+    return phi(from_logs(logp, log1m), **params) * factor
 
 
 def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *, weight=None, alpha=None,

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from . import _checks, _math
 from . import _fused
 from ._backend import wants_fused
-from ._numerics import (binary_cross_entropy, compute_dtype, is_class, log_sigmoids, output_dtype,
+from ._numerics import (binary_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_probability,
                         sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target, prepare_target
@@ -126,11 +126,11 @@ def _check_bins(bins) -> int:
 # GHM-C: g = |sigmoid(x) - y| and BCE; GHM-R: g = |d| / sqrt(d^2 + mu^2) and sqrt(d^2 + mu^2) - mu.
 
 def _classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
-    return sigmoid_target_gap(*log_sigmoids(x), y)
+    return sigmoid_target_gap(sigmoid_probability(x), y)
 
 
 def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
-    return binary_cross_entropy(*log_sigmoids(x), y)
+    return binary_cross_entropy(sigmoid_probability(x), y)
 
 
 def _hard_classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -138,7 +138,7 @@ def _hard_classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
     as :func:`_hard_harmonized_and_gradient` computes it, so that the fused engine's two passes put
     every element in the same bin; eagerly, one ``sigmoid`` (no temporaries)."""
     z = torch.where(y > 0, x, -x)
-    return _fused.sigmoid_parts(z)[3] if torch.compiler.is_compiling() else torch.sigmoid(-z)
+    return _fused.sigmoid_parts(z).q if torch.compiler.is_compiling() else torch.sigmoid(-z)
 
 
 def _hard_classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -182,9 +182,9 @@ def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, we
     written out: ``-beta sigmoid(-z)`` in ``z``, where ``sigmoid(-z)`` is also the gradient norm."""
     y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
     positive = y > 0
-    logp, log1m, p, q = _fused.sigmoid_parts(torch.where(positive, x, -x))
-    beta = w * n / per_bin(q, density, bins)
-    value, slope = _fused.log_slope(lambda a, b: -beta * a, logp, log1m, p, q, scale.expand_as(x))
+    prob = _fused.sigmoid_parts(torch.where(positive, x, -x))
+    beta = w * n / per_bin(prob.q, density, bins)
+    value, slope = _fused.log_slope(lambda pt: -beta * pt.logp, prob, scale.expand_as(x))
     return value, torch.where(positive, slope, -slope)
 
 
