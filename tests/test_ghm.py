@@ -293,6 +293,20 @@ def test_g_equal_one_goes_to_the_last_bin():
                                **TIGHT)
 
 
+@pytest.mark.parametrize("bins", [1, 2, 10, 30])
+def test_bins_by_edges_are_the_unit_regions_of_g(bins):
+    """An element's bin, counted as the edges its statistic reaches, is floor(g * bins) (g = 1 in
+    the last bin); with 0/1 targets the statistic is the margin -z and the edges logit(k / bins)."""
+    from polyfocal.ghm import bin_index, margin_edges, unit_edges
+
+    z = torch.cat([torch.randn(100_000, generator=torch.Generator().manual_seed(3), dtype=F64) * 4,
+                   torch.tensor([-800.0, 0.0, 800.0], dtype=F64)])
+    g = torch.sigmoid(-z)
+    regions = (g * bins).floor().clamp(max=bins - 1).long()
+    assert torch.equal(bin_index(g, unit_edges(bins, g)), regions)
+    assert torch.equal(bin_index(-z, margin_edges(bins, z)), regions)
+
+
 # --- 2. state_dict ------------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from . import _checks, sigmoid, softmax
 from ._backend import use_backend
 from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
-from .ghm import harmonizing_weights
+from .ghm import bin_index, harmonizing_weights, unit_edges
 from .registry import LOSS_ALIASES, available_losses, get_loss_function
 
 __all__ = [
@@ -726,7 +726,7 @@ def gradient_norm_histogram(logits: Tensor, target, bins: int = 30, *, ghm_bins:
     g = (y * torch.sigmoid(-x) - (1 - y) * torch.sigmoid(x)).abs()
     beta_over_n, n = harmonizing_weights(g, w, ghm_bins, distributed=False)
     beta = beta_over_n * n
-    index = (g * bins).floor().clamp(0, bins - 1).long().flatten()
+    index = bin_index(g, unit_edges(bins, g)).flatten()  # GHM's own rule, so the two agree at the edges
 
     def per_bin(values: Tensor) -> np.ndarray:
         return torch.zeros(bins, dtype=torch.float64).index_add_(0, index, values.flatten()).numpy()

@@ -18,6 +18,9 @@ does; ``False`` keeps the classic behaviour of the reference implementation.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -61,39 +64,57 @@ def _is_distributed(distributed: bool | None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def bin_position(g: Tensor, bins: int) -> Tensor:
-    """The unit region of each gradient norm in [0, 1] (g = 1 falls in the last one), as a float."""
-    return (g * bins).floor().clamp(0, bins - 1)
+# --- bins: an element's bin is the number of inner edges its statistic reaches ---------------------
+# The statistic is g itself with the edges k / bins, or any increasing function of g with the edges
+# mapped through it: for 0/1 targets the margin -z, g = sigmoid(-z), with edges logit(k / bins),
+# which needs no exponential. g = 1 falls in the last bin.
+
+def unit_edges(bins: int, like: Tensor) -> Tensor:
+    """The inner edges ``k / bins`` (k = 1 .. bins-1) of ``bins`` equal regions of [0, 1]."""
+    return torch.arange(1, bins, dtype=like.dtype, device=like.device) / bins
 
 
-def bin_index(g: Tensor, bins: int) -> Tensor:
-    """:func:`bin_position` as an index."""
-    return bin_position(g, bins).long()
+def margin_edges(bins: int, like: Tensor) -> Tensor:
+    """:func:`unit_edges` mapped through ``logit``: ``sigmoid(s) >= k / bins`` iff ``s >= logit(k / bins)``."""
+    k = torch.arange(1, bins, dtype=torch.float64, device=like.device)
+    return torch.log(k / (bins - k)).to(like.dtype)
 
 
-def per_bin(g: Tensor, table: Tensor, bins: int) -> Tensor:
-    """``table[bin of g]``: eagerly a gather; compiled, a chain of selects on the float position,
-    which the compiler keeps in vector lanes (its gather with an integer index does not)."""
-    if not (torch.compiler.is_compiling() and bins <= 64):
-        return table[bin_index(g, bins)]
-    position, out = bin_position(g, bins), table[bins - 1].expand_as(g)
-    for b in range(bins - 1):
-        out = torch.where(position == b, table[b], out)
+def bin_index(statistic: Tensor, edges: Tensor) -> Tensor:
+    """The number of ``edges`` each element's statistic reaches, 0 .. len(edges)."""
+    return torch.bucketize(statistic, edges, right=True)
+
+
+def _compiled_bins(edges: Tensor) -> bool:
+    """Inside a compiled kernel, up to 64 bins run as per-bin compares, kept in vector lanes (the
+    compiler's gather and scatter-add with an integer index are not)."""
+    return torch.compiler.is_compiling() and edges.numel() < 64
+
+
+def per_bin(statistic: Tensor, table: Tensor, edges: Tensor) -> Tensor:
+    """``table[bin]`` per element: eagerly a gather; compiled, a chain of selects on the compares."""
+    if not _compiled_bins(edges):
+        return table[bin_index(statistic, edges)]
+    out = table[0].expand_as(statistic)
+    for k in range(edges.numel()):
+        out = torch.where(statistic >= edges[k], table[k + 1], out)
     return out
 
 
-def gradient_histogram(g: Tensor, weight: Tensor, bins: int) -> Tensor:
+def gradient_histogram(statistic: Tensor, weight: Tensor, edges: Tensor) -> Tensor:
     """Weighted counts per bin, and the total weight N last: a ``(bins + 1,)`` vector, no host sync.
 
-    Eagerly one scatter-add; inside a compiled kernel, one masked sum per bin, which the
-    compiler fuses into a single pass with ``bins`` accumulators (its scatter-add is serial).
+    Eagerly one scatter-add; inside a compiled kernel, one masked sum per bin from the shared
+    compares, which the compiler fuses into a single pass with ``bins`` accumulators.
     """
-    if torch.compiler.is_compiling() and bins <= 64:  # float positions: the compare stays in vector lanes
-        position = bin_position(g, bins)
-        counts = torch.stack([torch.where(position == b, weight, torch.zeros_like(weight)).sum() for b in range(bins)])
+    if _compiled_bins(edges):
+        reached = [statistic >= edges[k] for k in range(edges.numel())]
+        inside = [reached[0].logical_not()] if reached else [torch.ones_like(statistic, dtype=torch.bool)]
+        inside += [low & high.logical_not() for low, high in zip(reached, reached[1:])] + reached[-1:]
+        counts = torch.stack([torch.where(mask, weight, torch.zeros_like(weight)).sum() for mask in inside])
     else:
-        counts = torch.zeros(bins, dtype=weight.dtype, device=weight.device)
-        counts = counts.index_add(0, bin_index(g, bins).flatten(), weight.flatten())
+        counts = torch.zeros(edges.numel() + 1, dtype=weight.dtype, device=weight.device)
+        counts = counts.index_add(0, bin_index(statistic, edges).flatten(), weight.flatten())
     return torch.cat([counts, weight.sum().reshape(1)])
 
 
@@ -114,8 +135,9 @@ def bin_density(totals: Tensor, bins: int, state: _MovingCounts | None = None,
 def harmonizing_weights(g: Tensor, weight: Tensor, bins: int, state: _MovingCounts | None = None,
                         distributed: bool | None = None) -> tuple[Tensor, Tensor]:
     """``beta_i / N = 1 / GD(g_i)`` times each element's weight, and N (the weighted count)."""
-    density, n = bin_density(gradient_histogram(g, weight, bins), bins, state, distributed)
-    return weight / density[bin_index(g, bins)], n
+    edges = unit_edges(bins, g)
+    density, n = bin_density(gradient_histogram(g, weight, edges), bins, state, distributed)
+    return weight / density[bin_index(g, edges)], n
 
 
 def _check_bins(bins) -> int:
@@ -133,12 +155,9 @@ def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
     return binary_cross_entropy(sigmoid_probability(x), y)
 
 
-def _hard_classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
-    """For targets exactly 0 or 1: ``|sigmoid(x) - y| = sigmoid(-z)`` with ``z = (2y - 1) x``. Compiled,
-    as :func:`_hard_harmonized_and_gradient` computes it, so that the fused engine's two passes put
-    every element in the same bin; eagerly, one ``sigmoid`` (no temporaries)."""
-    z = torch.where(y > 0, x, -x)
-    return _fused.sigmoid_parts(z).q if torch.compiler.is_compiling() else torch.sigmoid(-z)
+def _negative_margin(x: Tensor, y: Tensor, mu) -> Tensor:
+    """For targets exactly 0 or 1, ``-z`` with ``z = (2y - 1) x``: ``g = |sigmoid(x) - y| = sigmoid(-z)``."""
+    return torch.where(y > 0, -x, x)
 
 
 def _hard_classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -162,40 +181,61 @@ def _target_and_weight(x: Tensor, labels, y, valid, weight, ignore_index: int, c
     return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
 
 
-def _histogram(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, mu, dtype, classes=None):
+def _histogram(x: Tensor, labels, y, valid, weight, ignore_index: int, edges: Tensor, statistic, mu, dtype,
+               classes=None):
     x = x.to(dtype)
     y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    return gradient_histogram(gap(x, y, mu), w, bins)
+    return gradient_histogram(statistic(x, y, mu), w, edges)
 
 
-def _harmonized(x: Tensor, labels, y, valid, weight, ignore_index: int, bins: int, gap, loss, density, n,
-                mu, classes=None) -> Tensor:
+def _harmonized(x: Tensor, labels, y, valid, weight, ignore_index: int, edges: Tensor, statistic, loss, density,
+                n, mu, classes=None) -> Tensor:
     """``beta_i L_i = w_i N / GD(g_i) L_i`` per element (``beta`` is a constant for the gradient)."""
     y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    beta = w * n / per_bin(gap(x.detach(), y, mu), density, bins)
+    beta = w * per_bin(statistic(x.detach(), y, mu), n / density, edges)  # a table, not a division per element
     return beta * loss(x, y, mu)
 
 
-def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, weight, ignore_index: int, bins: int,
-                                  gap, loss, density, n, mu, classes=None) -> tuple[Tensor, Tensor]:
-    """:func:`_harmonized` of GHM-C with 0/1 targets, and the gradient of its sum times ``scale``,
-    written out: ``-beta sigmoid(-z)`` in ``z``, where ``sigmoid(-z)`` is also the gradient norm."""
+def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, weight, ignore_index: int,
+                                  edges: Tensor, statistic, loss, density, n, mu,
+                                  classes=None) -> tuple[Tensor, Tensor]:
+    """:func:`_harmonized` of GHM-C with 0/1 targets (same arguments), and the gradient of its sum
+    times ``scale``, written out: ``-beta sigmoid(-z)`` in ``z``."""
+    del statistic, loss, mu  # those of _HARD_CLASSIFICATION, written out here
     y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
     positive = y > 0
-    prob = _fused.sigmoid_parts(torch.where(positive, x, -x))
-    beta = w * n / per_bin(prob.q, density, bins)
-    value, slope = _fused.log_slope(lambda pt: -beta * pt.logp, prob, scale.expand_as(x))
+    z = torch.where(positive, x, -x)
+    beta = w * per_bin(-z, n / density, edges)
+    value, slope = _fused.log_slope(lambda pt: -beta * pt.logp, _fused.sigmoid_parts(z), scale.expand_as(x))
     return value, torch.where(positive, slope, -slope)
 
 
-def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: int, gap, loss, mu,
-         reduction: str, distributed, state: _MovingCounts | None, backend, with_gradient=None) -> Tensor:
+@dataclass(frozen=True)
+class _Variant:
+    """A GHM loss: the statistic its elements are binned by (g, or an increasing function of g with
+    edges to match), its loss, and optionally its loss with a written-out gradient."""
+
+    statistic: Callable
+    edges: Callable
+    loss: Callable
+    with_gradient: Callable | None = None
+
+
+_CLASSIFICATION = _Variant(_classification_gap, unit_edges, _classification_loss)
+_HARD_CLASSIFICATION = _Variant(_negative_margin, margin_edges, _hard_classification_loss,
+                                _hard_harmonized_and_gradient)
+_REGRESSION = _Variant(_regression_gap, unit_edges, _regression_loss)
+
+
+def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: int, variant: _Variant, mu,
+         reduction: str, distributed, state: _MovingCounts | None, backend) -> Tensor:
     """Histogram pass, density (all-reduce, moving average: exactly once), then the harmonised loss
-    (in the fused engine by ``with_gradient``, the harmonised loss with its gradient, when given)."""
+    (in the fused engine by the variant's written-out gradient, where it has one)."""
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
         weight = None if weight is None else weight.to(dtype)
-        args = (labels, None if y is None else y.to(dtype), valid, weight, ignore_index, bins, gap)
+        edges = variant.edges(bins, torch.empty((), dtype=dtype, device=logits.device))
+        args = (labels, None if y is None else y.to(dtype), valid, weight, ignore_index, edges, variant.statistic)
         shape = logits.shape
         args_3d = (_fused.rows_3d(args[0], shape), *(_fused.full_3d(a, shape) for a in args[1:4]), *args[4:])
         fused, totals = wants_fused(backend, logits, (y, weight)), None
@@ -211,13 +251,13 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
         scale = reduction_scale(reduction, n, None, n)
         if fused:
             try:
-                return _fused.value_and_grad(with_gradient or _harmonized, logits, (*args_3d, loss, density, n),
-                                             {"mu": mu, "classes": classes},
-                                             dtype=dtype, scale=scale, summed=reduction != "none",
-                                             loss_shape=shape, with_gradient=with_gradient is not None).to(out_dtype)
+                return _fused.value_and_grad(variant.with_gradient or _harmonized, logits,
+                                             (*args_3d, variant.loss, density, n), {"mu": mu, "classes": classes},
+                                             dtype=dtype, scale=scale, summed=reduction != "none", loss_shape=shape,
+                                             with_gradient=variant.with_gradient is not None).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
-        elements = _harmonized(logits.to(dtype), *args, loss, density, n, mu)
+        elements = _harmonized(logits.to(dtype), *args, variant.loss, density, n, mu)
         return reduce_loss(elements, reduction, scale).to(out_dtype)
 
 
@@ -234,9 +274,7 @@ def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, redu
         labels = None
     hard = labels is not None  # class labels: exact 0/1 targets, half the transcendentals
     return _ghm(logits, labels, y, valid, weight, ignore_index=ignore_index, bins=bins,
-                gap=_hard_classification_gap if hard else _classification_gap,
-                loss=_hard_classification_loss if hard else _classification_loss, mu=0.0, reduction=reduction,
-                with_gradient=_hard_harmonized_and_gradient if hard else None,
+                variant=_HARD_CLASSIFICATION if hard else _CLASSIFICATION, mu=0.0, reduction=reduction,
                 distributed=distributed, state=state, backend=backend)
 
 
@@ -248,9 +286,8 @@ def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduct
         raise ValueError(f"`target` must have the shape of `pred` {tuple(pred.shape)}; got {tuple(target.shape)}")
     _checks.check_reduction(reduction, None)
     weight = check_weight(weight, pred)
-    return _ghm(pred, None, target, None, weight, ignore_index=-100, bins=bins, gap=_regression_gap,
-                loss=_regression_loss, mu=mu, reduction=reduction, distributed=distributed, state=state,
-                backend=backend)
+    return _ghm(pred, None, target, None, weight, ignore_index=-100, bins=bins, variant=_REGRESSION, mu=mu,
+                reduction=reduction, distributed=distributed, state=state, backend=backend)
 
 
 def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None = None,
