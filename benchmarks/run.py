@@ -45,6 +45,7 @@ class Case:
     n: int
     c: int
     impls: dict  # label -> function(logits, data) -> scalar loss
+    label_smoothing: float = 0.0  # also given to F.cross_entropy, the softmax family's yardstick
 
 
 def sigmoid_cases(n: int, c: int) -> list[Case]:
@@ -75,6 +76,16 @@ def softmax_cases(n: int, c: int) -> list[Case]:
         Case("poly1_cross_entropy", "softmax", n, c, {
             "composition (PolyLoss listing)": lambda x, d: comp.poly1_cross_entropy_listing(x, d["labels"]),
             "polyfocal": lambda x, d: pf.poly1_cross_entropy(x, d["labels"])}),
+    ]
+
+
+def smoothing_cases(n: int, c: int, smoothing: float = 0.1) -> list[Case]:
+    """Label smoothing, the usual ImageNet recipe: every class is a target, not only the label's."""
+    return [
+        Case("focal_loss, label_smoothing=0.1", "softmax", n, c, {
+            "polyfocal": lambda x, d: pf.focal_loss(x, d["labels"], label_smoothing=smoothing)}, smoothing),
+        Case("poly1_cross_entropy, label_smoothing=0.1", "softmax", n, c, {
+            "polyfocal": lambda x, d: pf.poly1_cross_entropy(x, d["labels"], label_smoothing=smoothing)}, smoothing),
     ]
 
 
@@ -174,7 +185,8 @@ def run_case(case: Case, device, repeats: int) -> dict:
         if label != "polyfocal":
             runs[label] = lambda x, d, fn=fn: forward_backward(fn, x, d)
     if case.family == "softmax":
-        runs["F.cross_entropy"] = lambda x, d: forward_backward(lambda a, b: F.cross_entropy(a, b["labels"]), x, d)
+        runs["F.cross_entropy"] = lambda x, d: forward_backward(
+            lambda a, b: F.cross_entropy(a, b["labels"], label_smoothing=case.label_smoothing), x, d)
     runs["tensor copy"] = lambda x, d: x.clone()
     for fn in runs.values():  # warm up (the fused engine compiles here)
         fn(logits, data)
@@ -246,11 +258,12 @@ def main(argv=None) -> None:
 
     device = torch.device(args.device)
     if args.quick:
-        cases = sigmoid_cases(20_000, 80) + softmax_cases(1024, 1000)
+        cases = sigmoid_cases(20_000, 80) + softmax_cases(1024, 1000) + smoothing_cases(1024, 1000)
     elif device.type == "cuda":
         cases = sigmoid_cases(200_000, 80) + softmax_cases(16_384, 32_768)
     else:
-        cases = sigmoid_cases(200_000, 80) + softmax_cases(4096, 1000) + softmax_cases(8192, 32_000)
+        cases = (sigmoid_cases(200_000, 80) + softmax_cases(4096, 1000) + smoothing_cases(4096, 1000)
+                 + softmax_cases(8192, 32_000))
     machine = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
                "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
                "threads": torch.get_num_threads()}

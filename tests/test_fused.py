@@ -136,6 +136,32 @@ def test_saturated_logits_stay_finite_and_equal_the_reference_engine(name):
     torch.testing.assert_close(results["fused"], results["reference"])
 
 
+@pytest.mark.parametrize("name", ["focal_loss", "poly1_cross_entropy", "poly_loss", "soft_truncated_loss",
+                                  "hard_truncated_loss"])
+@pytest.mark.parametrize("target", ["probs", "smoothing"])
+def test_saturated_logits_with_probability_targets(name, target):
+    """The written-out gradient of probability targets at +-1e4: where 1 - p underflows for the top
+    class, its chain-rule term through log(1 - p) vanishes instead of dividing by 0."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.where(torch.rand(SHAPE, generator=g) < 0.3, 1e4, -1e4)
+    labels = torch.randint(0, SHAPE[1], (SHAPE[0], SHAPE[2]), generator=g)
+    probs = torch.softmax(torch.randn(SHAPE, generator=g) * 3, 1)
+    kwargs = {"label_smoothing": 0.1} if target == "smoothing" else {}
+    if name == "focal_loss":
+        kwargs["gamma"] = 0.5
+    fn = pf.get_loss_function(name)
+    results = {}
+    for engine in ("reference", "fused"):
+        xr = x.clone().requires_grad_()
+        with use_backend(engine):
+            loss = fn(xr, labels if target == "smoothing" else probs, **kwargs)
+        assert is_fused(loss) == (engine == "fused")
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(xr.grad).all()
+        results[engine] = (loss, xr.grad)
+    torch.testing.assert_close(results["fused"], results["reference"])
+
+
 @pytest.mark.parametrize("name, target_fn", [
     ("focal_loss", lambda: torch.randint(0, 4, (5, 3))),
     ("sigmoid_focal_loss", lambda: torch.randint(0, 5, (5, 3))),

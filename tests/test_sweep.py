@@ -87,6 +87,22 @@ def test_killed_sweep_resumes_without_losing_trials(tmp_path):
     assert not study.get_trials(states=(TrialState.RUNNING,))  # the killed trial was failed, not left
 
 
+def test_a_trial_left_running_without_any_heartbeat_is_failed_not_awaited(tmp_path):
+    """A worker killed between creating its trial and the trial's first heartbeat leaves a running
+    trial that optuna never finds stale; the next worker must not wait for it forever."""
+    db = tmp_path / "h.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", heartbeat_interval=1, grace_period=3)
+    optuna.create_study(storage=storage, study_name="s", direction="maximize").ask()  # RUNNING, no heartbeat
+    worker = _spawn(db, tmp_path / "o", trials=1, epochs="2")
+    try:
+        _, err = worker.communicate(timeout=90)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_two_workers_share_one_study(tmp_path):
     db = tmp_path / "w.db"
     workers = [_spawn(db, tmp_path / f"o{i}", trials=6, epochs="5") for i in range(2)]

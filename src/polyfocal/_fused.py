@@ -15,8 +15,10 @@ all when it is 1). Three mechanisms:
   ``log(1-p)``, ``p``, ``1-p``): the kernel takes all four from one exponential, one ``log1p``
   and one division per element, and carries autograd of the loss's
   function alone to the logit (:func:`log_sigmoid_slope`, the same step as the row engine's target);
-* every other case (softmax probability targets, GHM) compiles ``value_and_grad`` of the
-  reference engine's element function.
+* softmax losses with probability targets (and label smoothing) take every class's probability
+  in the four parts and write the gradient out from the loss's derivative in each ``log p_c``
+  (:func:`soft_rows_and_gradient`); GHM's written-out gradient lives in :mod:`polyfocal.ghm`;
+  every other case compiles ``value_and_grad`` of the reference engine's element function.
 
 Class indices enter the kernels as a cached ``arange(C)`` tensor (:func:`class_indices`): the
 compiled loop then loads it, where an index generated inside the loop costs as much as the loss.
@@ -224,6 +226,60 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
         return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
 
     return with_saved_gradient(logits, compute)
+
+
+# --- softmax losses with probability targets (and label smoothing) ------------------------------
+
+def parts_read(phi: Callable, params: dict) -> tuple[bool, bool, bool, bool]:
+    """Which of its probability's four parts ``phi`` reads, by autograd on one element (cached): the
+    kernels then leave out the chain-rule terms of the others (zeros the compiler cannot drop)."""
+    return _parts_read(phi, tuple(sorted(params.items())))
+
+
+@functools.lru_cache(maxsize=256)
+def _parts_read(phi: Callable, params: tuple) -> tuple[bool, bool, bool, bool]:
+    params = dict(params)
+    device = next((v.device for v in params.values() if isinstance(v, Tensor)), None)
+    parts = [torch.tensor([v], dtype=torch.float64, device=device, requires_grad=True)
+             for v in (math.log(0.3), math.log(0.7), 0.3, 0.7)]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(phi(Probability(*parts), **params).sum(), parts, allow_unused=True)
+    return tuple(g is not None for g in grads)
+
+
+def _softmax_parts(x: Tensor, classes: Tensor) -> Probability:
+    """Every class's probability in four parts. ``1 - p`` is exact for the most probable class too
+    (the others' share of the row, the only class that can have ``p > 1/2``)."""
+    m = x.amax(1, keepdim=True)
+    e = torch.exp(x - m)
+    s = e.sum(1, keepdim=True)
+    top = is_class(x, x.argmax(1), classes)
+    rest = e.masked_fill(top, 0).sum(1, keepdim=True)
+    logp = x - m - torch.log(s)
+    p = e / s
+    q = torch.where(top, rest / s, 1 - p)
+    log1m = torch.where(top, torch.log(rest) - torch.log(s), torch.log1p(-p))
+    return Probability(logp, log1m, p, q)
+
+
+def soft_rows_and_gradient(x: Tensor, scale: Tensor, target: Callable, target_args: tuple, phi: Callable,
+                           classes: Tensor, read: tuple[bool, bool, bool, bool], **params):
+    """``sum_c y_c phi(p_c)`` per row, ``y = target(x, *target_args)`` (built here, not loaded), and
+    the gradient of the rows' sum times ``scale``.
+
+    With ``D_c`` the derivative of ``y_c phi(p_c)`` in ``log p_c`` (autograd of ``phi`` in the four
+    parts, carried through ``p = exp(log p)`` and ``log(1-p)``, for the parts it ``read``s; the term
+    of ``log(1-p)`` is 0 where ``1-p`` is), the gradient is ``D_j - p_j sum_c D_c``.
+    """
+    prob, y = _softmax_parts(x, classes), target(x, *target_args, classes=classes)
+    value, pullback = torch.func.vjp(lambda *parts: y * phi(Probability(*parts), **params), *prob)
+    d_logp, d_log1m, d_p, d_q = pullback(scale.expand_as(x))
+    d = d_logp
+    if read[2] or read[3]:
+        d = d + (d_p - d_q) * prob.p
+    if read[1]:
+        d = d - torch.where(prob.q > 0, d_log1m * prob.p / prob.q, torch.zeros_like(x))
+    return value.sum(1), d - prob.p * d.sum(1, keepdim=True)
 
 
 # --- the softmax row engine for class-index targets -----------------------------------------------

@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, _fused
 from ._backend import engine_for
-from ._numerics import Probability, compute_dtype, from_logs, log_softmax_and_log1m, output_dtype
+from ._numerics import Probability, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Probability], Tensor]
@@ -86,8 +85,30 @@ def _at(vector, index: Tensor):
     return vector[index]
 
 
-def soft_rows(x: Tensor, y: Tensor, phi: PerClass, **params) -> Tensor:
-    """``sum_c y_c phi(p_c)`` per row (``y`` already carries the class factors)."""
+# --- dense targets, built where they are used: inside a fused kernel, never materialised ----------
+
+def probability_target(x: Tensor, y: Tensor, smoothing, w, a, row_factor, classes=None) -> Tensor:
+    """A probability target mixed with the uniform one, times the class and row factors."""
+    return _smoothed(y, smoothing, w, a, row_factor)
+
+
+def smoothed_index_target(x: Tensor, t: Tensor, smoothing, w, a, row_factor, classes=None) -> Tensor:
+    """Label smoothing's ``(1 - s) onehot(t) + s / C``, times the class and row factors."""
+    return _smoothed(is_class(x, t, classes).to(x.dtype), smoothing, w, a, row_factor)
+
+
+def _smoothed(y: Tensor, smoothing: float, w, a, row_factor) -> Tensor:
+    if smoothing:
+        y = y * (1 - smoothing) + smoothing / y.shape[1]
+    for vector in (w, a):
+        if vector is not None:
+            y = y * _per_class_view(vector, y.ndim)
+    return y if row_factor is None else y * row_factor.unsqueeze(1)
+
+
+def soft_rows(x: Tensor, target: Callable, target_args: tuple, phi: PerClass, classes=None, **params) -> Tensor:
+    """``sum_c y_c phi(p_c)`` per row, with ``y = target(x, *target_args)`` (class factors included)."""
+    y = target(x, *target_args, classes=classes)
     return (y * phi(from_logs(*log_softmax_and_log1m(x)), **params)).sum(1)
 
 
@@ -123,17 +144,11 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
             row_factor = valid.to(dtype) * _at(w, t) * _at(a, t)
             if row_weight is not None:
                 row_factor = row_factor * row_weight
-            if smoothing:
-                y = F.one_hot(t, num_classes).movedim(-1, 1).to(dtype) * (1 - smoothing) + smoothing / num_classes
-                y = _with_class_factors(y, w, a) * (valid.to(dtype) if row_weight is None else row_factor).unsqueeze(1)
+            smoothed_rows = valid.to(dtype) if row_weight is None else valid.to(dtype) * row_weight
+            dense = (smoothed_index_target, (t, smoothing, w, a, smoothed_rows))
         else:
             count = target.numel() // num_classes
-            y = target.to(dtype)
-            if smoothing:
-                y = y * (1 - smoothing) + smoothing / num_classes
-            y = _with_class_factors(y, w, a)
-            if row_weight is not None:
-                y = y * row_weight.unsqueeze(1)
+            dense = (probability_target, (target.to(dtype), smoothing, w, a, row_weight))
         scale = reduction_scale(reduction, count, normalizer, like)
         summed = reduction != "none"
         by_index = index and not smoothing
@@ -144,18 +159,26 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
                     loss = _fused.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
                                                summed=summed, use_triton=engine == "triton")
                 else:
-                    loss = _fused.value_and_grad(soft_rows, logits, (_fused.full_3d(y, logits.shape), phi), params,
-                                                 dtype=dtype, scale=scale, summed=summed, loss_shape=rows_shape)
+                    loss = _fused_soft_rows(phi, params, logits, dense, dtype=dtype, scale=scale,
+                                            summed=summed, loss_shape=rows_shape)
                 return loss.to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
         x = logits.to(dtype)
-        rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, y, phi, **params)
+        rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, *dense, phi, **params)
         return reduce_loss(rows, reduction, scale).to(out_dtype)
 
 
-def _with_class_factors(y: Tensor, w, a) -> Tensor:
-    for vector in (w, a):
-        if vector is not None:
-            y = y * _per_class_view(vector, y.ndim)
-    return y
+def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, **kwargs) -> Tensor:
+    """Dense targets on the fused engine: the written-out gradient of
+    :func:`polyfocal._fused.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
+    shape = logits.shape
+    target, (labels_or_y, smoothing, w, a, row_factor) = dense
+    labels_or_y = (_fused.full_3d if labels_or_y.dim() == logits.dim() else _fused.rows_3d)(labels_or_y, shape)
+    args = (target, (labels_or_y, smoothing, w, a, _fused.rows_3d(row_factor, shape)), phi,
+            _fused.class_indices(shape[1], logits.device))
+    read = _fused.parts_read(phi, params)
+    if not any(read[1:]):
+        return _fused.value_and_grad(soft_rows, logits, args, params, **kwargs)
+    return _fused.value_and_grad(_fused.soft_rows_and_gradient, logits, (*args, read), params,
+                                 with_gradient=True, **kwargs)

@@ -101,6 +101,19 @@ def _storage(optuna, url: str, heartbeat: int):
                                       grace_period=3 * heartbeat)
 
 
+def _give_heartbeats(study, trials, given: set) -> None:
+    """One heartbeat, once, for each running trial. optuna fails a dead worker's trial when its
+    last heartbeat is stale, but a worker killed before its trial's first heartbeat leaves none,
+    and this worker would wait for that trial forever. A live worker's own heartbeats keep its
+    trial running; a dead one's lapses and is failed."""
+    storage = study._storage  # optuna's Study has no public handle on its storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in trials:
+        if trial.state.name == "RUNNING" and trial.number not in given:
+            storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+            given.add(trial.number)
+
+
 def _open_study(optuna, args, config: dict, direction: str):
     """Create or load the study; several processes may race here, so retry a few times."""
     for attempt in range(5):
@@ -190,7 +203,7 @@ def run_sweep(args) -> dict:
     study = _open_study(optuna, args, config, direction)
     objective = _objective(args, task, base, args.param, args.trials)
     before = torch.get_num_threads()
-    waited = False
+    waited, given = False, set()
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -206,6 +219,7 @@ def run_sweep(args) -> dict:
                           f"(a dead worker's trial is dropped after {3 * args.heartbeat} s)",
                           file=sys.stderr, flush=True)
                 waited = True
+                _give_heartbeats(study, live, given)
                 time.sleep(min(1.0, args.heartbeat))
                 continue
             study.optimize(objective, n_trials=1)
