@@ -174,7 +174,7 @@ def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, 
     :func:`polyfocal._fused.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
     shape = logits.shape
     target, (labels_or_y, smoothing, w, a, row_factor) = dense
-    labels_or_y = (_fused.full_3d if labels_or_y.dim() == logits.dim() else _fused.rows_3d)(labels_or_y, shape)
+    labels_or_y = (_fused.rows_3d if target is smoothed_index_target else _fused.full_3d)(labels_or_y, shape)
     args = (target, (labels_or_y, smoothing, w, a, _fused.rows_3d(row_factor, shape)), phi,
             _fused.class_indices(shape[1], logits.device))
     read = _fused.parts_read(phi, params)
