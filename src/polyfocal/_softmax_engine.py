@@ -137,6 +137,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         a = class_factor(alpha, num_classes, like)
         rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
         row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(rows_shape)
+        dense = None  # (builder, its arguments) of a dense target: probabilities, or smoothed labels
         if index:
             valid = target != ignore_index
             t = torch.where(valid, target, torch.zeros_like(target)).long()
@@ -144,8 +145,9 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
             row_factor = valid.to(dtype) * _at(w, t) * _at(a, t)
             if row_weight is not None:
                 row_factor = row_factor * row_weight
-            smoothed_rows = valid.to(dtype) if row_weight is None else valid.to(dtype) * row_weight
-            dense = (smoothed_index_target, (t, smoothing, w, a, smoothed_rows))
+            if smoothing:  # the class factors apply per class of the smoothed target, not at t
+                rows = valid.to(dtype) if row_weight is None else valid.to(dtype) * row_weight
+                dense = (smoothed_index_target, (t, smoothing, w, a, rows))
         else:
             count = target.numel() // num_classes
             dense = (probability_target, (target.to(dtype), smoothing, w, a, row_weight))

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from . import _checks, sigmoid, softmax
 from ._backend import use_backend
+from ._numerics import sigmoid_probability, sigmoid_target_gap
 from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
 from .ghm import bin_index, harmonizing_weights, unit_edges
@@ -723,7 +724,7 @@ def gradient_norm_histogram(logits: Tensor, target, bins: int = 30, *, ghm_bins:
     x = logits.detach().double()
     y, valid, _ = dense_target(x, target, ignore_index, None, torch.float64)
     w = torch.ones_like(x) if valid is None else valid.expand_as(x).double()
-    g = (y * torch.sigmoid(-x) - (1 - y) * torch.sigmoid(x)).abs()
+    g = sigmoid_target_gap(sigmoid_probability(x), y)
     beta_over_n, n = harmonizing_weights(g, w, ghm_bins, distributed=False)
     beta = beta_over_n * n
     index = bin_index(g, unit_edges(bins, g)).flatten()  # GHM's own rule, so the two agree at the edges
