@@ -9,6 +9,14 @@ os.environ.setdefault("POLYFOCAL_STRICT", "1")  # a fused-engine failure is a te
 
 import polyfocal._backend as backend  # noqa: E402
 
+if os.environ.get("POLYFOCAL_INDUCTOR_TRITON") == "1":  # the compiled kernels as inductor's Triton
+    import inductor_triton  # noqa: E402
+
+    inductor_triton.install()
+
+    def pytest_terminal_summary(terminalreporter):
+        terminalreporter.write_line(f"inductor Triton kernel launches: {inductor_triton.launches}")
+
 
 @pytest.fixture(params=["reference", "fused"])
 def engine(request):

@@ -3,6 +3,12 @@
 Skipped where Triton is not installed (it is optional); CI installs it.
 """
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +79,27 @@ def test_other_paths_fall_through_to_the_compiled_engine():
         loss = pf.focal_loss(x.requires_grad_(), probs)
     with use_backend("reference"):
         torch.testing.assert_close(loss, pf.focal_loss(x, probs))
+
+
+# On a GPU, the sigmoid family, GHM and the softmax losses with probability targets run as the Triton
+# that inductor generates from the same math; these are their fused-engine tests.
+INDUCTOR_TRITON_TESTS = " or ".join([
+    "test_sigmoid_losses", "test_quality_losses", "test_ghm_matches", "(test_softmax_losses and probs)",
+    "test_softmax_label_smoothing", "test_saturated_logits_with_probability", "test_sigmoid_engine_at_extreme",
+    "test_low_precision_with_hand_carried",
+])
+
+
+@pytest.mark.slow
+def test_inductor_generated_triton_passes_the_fused_engine_tests():
+    """Those tests in a process where inductor writes Triton for CPU tensors, run by the interpreter
+    (tests/inductor_triton.py): every kernel they compile is the Triton a GPU would run."""
+    env = dict(os.environ, POLYFOCAL_INDUCTOR_TRITON="1", TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore",
+                             "-k", INDUCTOR_TRITON_TESTS, str(Path(__file__).with_name("test_fused.py"))],
+                            env=env, capture_output=True, text=True, timeout=1200)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    passed = int(re.search(r"(\d+) passed", output).group(1))
+    launches = int(re.search(r"inductor Triton kernel launches: (\d+)", output).group(1))
+    assert passed >= 90 and launches >= 2 * passed, output[-2000:]
