@@ -9,6 +9,9 @@ os.environ.setdefault("POLYFOCAL_STRICT", "1")  # a fused-engine failure is a te
 
 import polyfocal._backend as backend  # noqa: E402
 
+if os.environ.get("POLYFOCAL_FUSED_EVERYWHERE") == "1":  # "auto" takes the fused engine at every size
+    backend.FUSED_MIN_ELEMENTS = 0
+
 if os.environ.get("POLYFOCAL_INDUCTOR_TRITON") == "1":  # the compiled kernels as inductor's Triton
     import inductor_triton  # noqa: E402
 

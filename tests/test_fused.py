@@ -293,6 +293,33 @@ def test_compile_failure_falls_back_to_the_reference_with_one_warning(monkeypatc
         torch.testing.assert_close(loss, pf.focal_loss(x, t))
 
 
+def test_variants_past_the_recompile_limit_run_uncompiled_and_keep_the_engine(monkeypatch):
+    def scaled(x, factor):
+        return x * factor
+
+    monkeypatch.setattr(_fused, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(_fused, "_limit_warned", set())
+    x = torch.randn(6)
+    torch.testing.assert_close(_fused.run(scaled, x, 2.0), x * 2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _fused.run(scaled, x.double(), 3.0)  # a new dtype: a second variant
+        _fused.run(scaled, x.half(), 3.0)
+    torch.testing.assert_close(got, x.double() * 3)
+    assert [str(w.message) for w in caught] == [
+        "polyfocal: 1 variants of the fused kernel scaled are compiled in this process; further ones run uncompiled"]
+    assert _fused.available()
+    # with no variant allowed, a loss still keeps the fused engine's contract: its gradient saved, the
+    # reference's values and gradients
+    monkeypatch.setattr(_fused, "RECOMPILE_LIMIT", 0)
+    logits64, target = sigmoid_inputs("index", seed=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fused_vs(lambda x: pf.sigmoid_focal_loss(x, target, gamma=2.5, reduction="none"),
+                 lambda x: pf.sigmoid_focal_loss(x, target, gamma=2.5, reduction="none"), logits64)
+    assert any("_value_and_grad_kernel" in str(w.message) for w in caught)
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="`backend` must be one of"):
         with use_backend("cuda"):

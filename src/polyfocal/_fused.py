@@ -43,6 +43,11 @@ from ._numerics import Probability, is_class, is_special_exponent
 
 _compiled: dict[Callable, Callable] = {}
 _broken: str | None = None
+RECOMPILE_LIMIT = 256  # compiled variants (loss, target form, dtype, ...) per kernel; more run uncompiled
+# raised at that limit under fullgraph=True (FailOnCacheLimitHit before torch 2.6)
+_LIMIT_HIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+                   if hasattr(torch._dynamo.exc, name))
+_limit_warned: set[str] = set()
 
 
 class FusedUnavailable(RuntimeError):
@@ -81,9 +86,13 @@ def run(kernel: Callable, *args):
         _compiled[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
     try:
         # One kernel serves every loss and dtype: each is a specialisation, not a recompile storm.
-        with (torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096),
+        with (torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
+                                         accumulated_recompile_limit=16 * RECOMPILE_LIMIT),
               _saved_tensor_hooks_suspended()):
-            return _compiled[kernel](*args)
+            try:
+                return _compiled[kernel](*args)
+            except _LIMIT_HIT:
+                return _uncompiled(kernel, *args)
     except (MemoryError, torch.OutOfMemoryError):
         raise  # the input's size, not the engine: the reference engine would need more memory still
     except Exception as error:  # compilation errors come in many types
@@ -93,6 +102,16 @@ def run(kernel: Callable, *args):
         warnings.warn(f"polyfocal: the fused engine is unavailable ({_broken}); using the reference engine",
                       RuntimeWarning, stacklevel=3)
         raise FusedUnavailable(_broken) from error
+
+
+def _uncompiled(kernel: Callable, *args):
+    """A variant past :data:`RECOMPILE_LIMIT`: the same math, run eagerly (slower, the same memory
+    saved for backward); the engine stays on for the variants already compiled."""
+    if kernel.__name__ not in _limit_warned:
+        _limit_warned.add(kernel.__name__)
+        warnings.warn(f"polyfocal: {RECOMPILE_LIMIT} variants of the fused kernel {kernel.__name__} are compiled "
+                      "in this process; further ones run uncompiled", RuntimeWarning, stacklevel=4)
+    return kernel(*args)
 
 
 class _SavedGradient(torch.autograd.Function):
