@@ -81,6 +81,22 @@ def test_other_paths_fall_through_to_the_compiled_engine():
         torch.testing.assert_close(loss, pf.focal_loss(x, probs))
 
 
+
+def test_float64_takes_the_compiled_row_engine(monkeypatch):
+    """The kernels compute in fp32; on CUDA "auto" picks them for every class-index softmax loss,
+    so an fp64 one must still run (in fp64, by the compiled passes), not raise."""
+    calls = []
+    monkeypatch.setattr(_triton, "row_statistics", lambda *a: calls.append(a) or pytest.fail("fp32 kernels ran"))
+    x, t = inputs((5, 4, 3))
+    x64 = x.double().requires_grad_()
+    with use_backend("triton"):
+        got = pf.focal_loss(x64, t, gamma=1.5, reduction="none")
+    assert got.dtype == torch.float64 and "SavedGradient" in type(got.grad_fn).__name__
+    want = ref.softmax_loss(ref.SOFTMAX["focal_loss"][0], x64, t, reduction="none", gamma=1.5)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(*(torch.autograd.grad(v.sum(), x64)[0] for v in (got, want)))
+
+
 # On a GPU, the sigmoid family, GHM and the softmax losses with probability targets run as the Triton
 # that inductor generates from the same math; these are their fused-engine tests.
 INDUCTOR_TRITON_TESTS = " or ".join([

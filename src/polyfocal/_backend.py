@@ -6,7 +6,8 @@ it can save) and the call is not already inside ``torch.compile`` (whose own fus
 applies to the reference math);
 ``"reference"`` always runs the reference; ``"fused"`` forces the compiled engine;
 ``"triton"`` forces it with the hand-written Triton row kernels for class-index softmax losses
-(the default on CUDA when Triton is installed; on CPU it needs ``TRITON_INTERPRET=1``).
+in fp32, fp16 or bf16 (fp64 takes the compiled engine; the default on CUDA when Triton is
+installed; on CPU it needs ``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations

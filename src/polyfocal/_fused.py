@@ -349,16 +349,17 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
     cancellation for losses that fall as p_t rises. On CPU one compiled pass computes the statistics and writes
     ``exp(x_k - m)`` into the buffer that becomes the gradient, then one in-place multiply
     by the row coefficient (a vectorised eager op) finishes it: one exponential per element
-    in all. The Triton kernels make two passes (statistics, then gradient).
+    in all. The Triton kernels make two passes (statistics, then gradient); they compute in
+    fp32, so with ``use_triton`` an fp64 loss still takes the compiled passes.
     """
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
     params = as_tensors(params, scale)
 
     def compute():
-        if use_triton:
-            from . import _triton  # noqa: PLC0415
+        from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
 
+        if use_triton and _triton.handles(dtype):
             shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
             rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
             grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)

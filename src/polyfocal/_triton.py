@@ -29,6 +29,11 @@ def available() -> bool:
     return triton is not None
 
 
+def handles(dtype: torch.dtype) -> bool:
+    """The kernels compute in fp32: inputs in fp16, bf16 or fp32 (whose compute dtype is fp32)."""
+    return dtype == torch.float32
+
+
 def _block(num_classes: int) -> int:
     return min(triton.next_power_of_2(max(num_classes, 2)), 4096)
 
@@ -78,8 +83,8 @@ def _rows(x: Tensor) -> Tensor:
 
 def row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
     """As :func:`polyfocal._fused._row_statistics`, for ``x (N, C, L)`` and ``t (N, L)``; fp32 math."""
-    if dtype == torch.float64:
-        raise NotImplementedError("the Triton row engine computes in fp32")
+    if not handles(dtype):
+        raise NotImplementedError(f"the Triton row engine computes in fp32; got {dtype}")
     rows, targets = _rows(x), t.reshape(-1).contiguous()
     out = [torch.empty(rows.shape[0], dtype=torch.float32, device=x.device) for _ in range(3)]
     if rows.shape[0]:
