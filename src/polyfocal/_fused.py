@@ -4,21 +4,16 @@ The same math as the reference engine, compiled with ``torch.compile`` (inductor
 C++ on CPU, Triton on GPU) with dynamic shapes and hyperparameters passed as tensors, so new
 shapes or new gammas do not recompile (0, 1 and 2 stay numbers: ``(1-p)^2`` compiles to one
 multiplication). Backward is one multiply by ``grad_output`` (none at
-all when it is 1). Three mechanisms:
+all when it is 1). Here are the engine itself (compile, fall back, save the gradient), the
+canonical 3-d view, and the kernels of the sigmoid family:
 
-* softmax losses with class-index targets use one *row engine*: a pass for the row statistics
-  (target logit, max and exp-sum of the others) that ends with the loss's scalar function
-  ``phi(p_t)`` and its partial derivatives on the N rows (by autograd), and
-  a loss-independent pass that writes the gradient. A new loss is a new ``phi``, nothing more;
-  the Triton kernels of :mod:`polyfocal._triton` are the same two passes.
 * sigmoid losses are functions of a :class:`~polyfocal._numerics.Probability` (``log p``,
   ``log(1-p)``, ``p``, ``1-p``): the kernel takes all four from one exponential, one ``log1p``
-  and one division per element, and carries autograd of the loss's
-  function alone to the logit (:func:`log_sigmoid_slope`, the same step as the row engine's target);
-* softmax losses with probability targets (and label smoothing) take every class's probability
-  in the four parts and write the gradient out from the loss's derivative in each ``log p_c``
-  (:func:`soft_rows_and_gradient`); GHM's written-out gradient lives in :mod:`polyfocal.ghm`;
-  every other case compiles ``value_and_grad`` of the reference engine's element function.
+  and one division per element, and carries autograd of the loss's function alone to the logit
+  (:func:`log_sigmoid_slope`; :func:`log_slope` is the same step for the softmax row engine's
+  target, in :mod:`polyfocal._rows` with the other softmax kernels);
+* GHM's written-out gradient lives in :mod:`polyfocal.ghm`; every other case compiles
+  ``value_and_grad`` of the reference engine's element function.
 
 Class indices enter the kernels as a cached ``arange(C)`` tensor (:func:`class_indices`): the
 compiled loop then loads it, where an index generated inside the loop costs as much as the loss.
@@ -39,7 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._numerics import Probability, is_class, is_special_exponent
+from ._numerics import Probability, is_special_exponent
 
 _compiled: dict[Callable, Callable] = {}
 _broken: str | None = None
@@ -243,132 +238,5 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
         loss, grad = run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale, dtype,
                          args, params)
         return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
-
-    return with_saved_gradient(logits, compute)
-
-
-# --- softmax losses with probability targets (and label smoothing) ------------------------------
-
-def parts_read(phi: Callable, params: dict) -> tuple[bool, bool, bool, bool]:
-    """Which of its probability's four parts ``phi`` reads, by autograd on one element (cached): the
-    kernels then leave out the chain-rule terms of the others (zeros the compiler cannot drop)."""
-    return _parts_read(phi, tuple(sorted(params.items())))
-
-
-@functools.lru_cache(maxsize=256)
-def _parts_read(phi: Callable, params: tuple) -> tuple[bool, bool, bool, bool]:
-    params = dict(params)
-    device = next((v.device for v in params.values() if isinstance(v, Tensor)), None)
-    parts = [torch.tensor([v], dtype=torch.float64, device=device, requires_grad=True)
-             for v in (math.log(0.3), math.log(0.7), 0.3, 0.7)]
-    with torch.enable_grad():
-        grads = torch.autograd.grad(phi(Probability(*parts), **params).sum(), parts, allow_unused=True)
-    return tuple(g is not None for g in grads)
-
-
-def _softmax_parts(x: Tensor, classes: Tensor) -> Probability:
-    """Every class's probability in four parts. ``1 - p`` is exact for the most probable class too
-    (the others' share of the row, the only class that can have ``p > 1/2``)."""
-    m = x.amax(1, keepdim=True)
-    e = torch.exp(x - m)
-    s = e.sum(1, keepdim=True)
-    top = is_class(x, x.argmax(1), classes)
-    rest = e.masked_fill(top, 0).sum(1, keepdim=True)
-    logp = x - m - torch.log(s)
-    p = e / s
-    q = torch.where(top, rest / s, 1 - p)
-    log1m = torch.where(top, torch.log(rest) - torch.log(s), torch.log1p(-p))
-    return Probability(logp, log1m, p, q)
-
-
-def soft_rows_and_gradient(x: Tensor, scale: Tensor, target: Callable, target_args: tuple, phi: Callable,
-                           classes: Tensor, read: tuple[bool, bool, bool, bool], **params):
-    """``sum_c y_c phi(p_c)`` per row, ``y = target(x, *target_args)`` (built here, not loaded), and
-    the gradient of the rows' sum times ``scale``.
-
-    With ``D_c`` the derivative of ``y_c phi(p_c)`` in ``log p_c`` (autograd of ``phi`` in the four
-    parts, carried through ``p = exp(log p)`` and ``log(1-p)``, for the parts it ``read``s; the term
-    of ``log(1-p)`` is 0 where ``1-p`` is), the gradient is ``D_j - p_j sum_c D_c``.
-    """
-    prob, y = _softmax_parts(x, classes), target(x, *target_args, classes=classes)
-    value, pullback = torch.func.vjp(lambda *parts: y * phi(Probability(*parts), **params), *prob)
-    d_logp, d_log1m, d_p, d_q = pullback(scale.expand_as(x))
-    d = d_logp
-    if read[2] or read[3]:
-        d = d + (d_p - d_q) * prob.p
-    if read[1]:
-        d = d - torch.where(prob.q > 0, d_log1m * prob.p / prob.q, torch.zeros_like(x))
-    return value.sum(1), d - prob.p * d.sum(1, keepdim=True)
-
-
-# --- the softmax row engine for class-index targets -----------------------------------------------
-
-def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype, classes: Tensor | None = None):
-    """Per row: ``x_t - m``, the max ``m`` and shifted exp-sum ``s`` of the non-target logits; and
-    ``exp(x_k - m)`` off the target (0 on it) in the logits' dtype, the gradient's buffer to be."""
-    x_in, x = x, x.to(dtype)
-    target = is_class(x, t, classes)
-    m_other = x.masked_fill(target, float("-inf")).amax(1)
-    exp_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0)
-    return (x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, exp_other.sum(1),
-            exp_other.to(x_in.dtype))
-
-
-def _row_gradient_in_place(exp_other: Tensor, t: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
-    """``exp(x_k - m) * other_coef`` off the target and ``target_grad`` on it, written over ``exp_other``."""
-    exp_other.mul_(other_coef.unsqueeze(1))
-    return exp_other.scatter_(1, t.unsqueeze(1), target_grad.unsqueeze(1).to(exp_other.dtype))
-
-
-def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
-    """The row losses and the two per-row coefficients of the gradient (see :func:`softmax_rows`)."""
-    log_s = torch.log(s_other)
-    lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
-    logp, log1m = shifted_t - lse, log_s - lse
-    p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
-    rows, target_grad = log_slope(lambda prob: phi(prob, **params) * factor, Probability(logp, log1m, p_t, q_t),
-                                  scale.expand_as(logp))
-    return rows, -target_grad / s_other, target_grad
-
-
-def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor,
-                             scale: Tensor, params: dict):
-    shifted_t, _, s_other, exp_other = _row_statistics(x, t, dtype, classes)
-    rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
-    return rows, exp_other, other_coef, target_grad
-
-
-def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
-                 scale: Tensor, summed: bool, use_triton: bool = False) -> Tensor:
-    """A softmax loss ``factor * phi(p_t)`` per row, with its saved gradient.
-
-    With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
-    ``log p_t`` follow exactly. The row loss ``L`` depends on the logits through ``p_t`` alone; with
-    ``g = dL/dx_t`` (:func:`log_slope`, autograd of ``phi`` on the N rows) the other classes get
-    ``-g p_k / (1-p_t) = -g exp(x_k - m) / s``: one exponential per element, no overflow, and no
-    cancellation for losses that fall as p_t rises. On CPU one compiled pass computes the statistics and writes
-    ``exp(x_k - m)`` into the buffer that becomes the gradient, then one in-place multiply
-    by the row coefficient (a vectorised eager op) finishes it: one exponential per element
-    in all. The Triton kernels make two passes (statistics, then gradient); they compute in
-    fp32, so with ``use_triton`` an fp64 loss still takes the compiled passes.
-    """
-    shape = logits.shape
-    x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
-    params = as_tensors(params, scale)
-
-    def compute():
-        from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
-
-        if use_triton and _triton.handles(dtype):
-            shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
-            rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
-            grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
-        else:
-            classes = class_indices(x.shape[1], x.device)
-            rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype,
-                                                           factor, scale, params)
-            grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
-        rows = rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
-        return rows, grad.reshape(shape)
 
     return with_saved_gradient(logits, compute)

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import _checks, _fused
+from . import _checks, _fused, _rows
 from ._backend import engine_for
 from ._numerics import Probability, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
@@ -158,7 +158,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         if engine != "reference":
             try:
                 if by_index:
-                    loss = _fused.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
+                    loss = _rows.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
                                                summed=summed, use_triton=engine == "triton")
                 else:
                     loss = _fused_soft_rows(phi, params, logits, dense, dtype=dtype, scale=scale,
@@ -173,14 +173,14 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
 
 def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, **kwargs) -> Tensor:
     """Dense targets on the fused engine: the written-out gradient of
-    :func:`polyfocal._fused.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
+    :func:`polyfocal._rows.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
     shape = logits.shape
     target, (labels_or_y, smoothing, w, a, row_factor) = dense
     labels_or_y = (_fused.rows_3d if target is smoothed_index_target else _fused.full_3d)(labels_or_y, shape)
     args = (target, (labels_or_y, smoothing, w, a, _fused.rows_3d(row_factor, shape)), phi,
             _fused.class_indices(shape[1], logits.device))
-    read = _fused.parts_read(phi, params)
+    read = _rows.parts_read(phi, params)
     if not any(read[1:]):
         return _fused.value_and_grad(soft_rows, logits, args, params, **kwargs)
-    return _fused.value_and_grad(_fused.soft_rows_and_gradient, logits, (*args, read), params,
+    return _fused.value_and_grad(_rows.soft_rows_and_gradient, logits, (*args, read), params,
                                  with_gradient=True, **kwargs)

@@ -1,6 +1,6 @@
 """Triton kernels of the softmax row engine: one program per row, online softmax over C in chunks.
 
-They compute exactly what the compiled row engine in :mod:`polyfocal._fused` computes, and are
+They compute exactly what the compiled row engine in :mod:`polyfocal._rows` computes, and are
 loss-independent: the loss enters only through ``phi``'s partial derivatives on the N rows.
 
 * ``row_statistics``: per row, the max ``m`` and shifted exp-sum ``s`` of the non-target logits
@@ -82,7 +82,7 @@ def _rows(x: Tensor) -> Tensor:
 
 
 def row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
-    """As :func:`polyfocal._fused._row_statistics`, for ``x (N, C, L)`` and ``t (N, L)``; fp32 math."""
+    """As :func:`polyfocal._rows._row_statistics`, for ``x (N, C, L)`` and ``t (N, L)``; fp32 math."""
     if not handles(dtype):
         raise NotImplementedError(f"the Triton row engine computes in fp32; got {dtype}")
     rows, targets = _rows(x), t.reshape(-1).contiguous()
@@ -95,7 +95,7 @@ def row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
 
 def row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
     """``exp(x_k - m) * other_coef`` off the target, ``target_grad`` on it: the gradient in the logits'
-    dtype and shape (what :func:`polyfocal._fused._row_gradient_in_place` makes of the statistics pass)."""
+    dtype and shape (what :func:`polyfocal._rows._row_gradient_in_place` makes of the statistics pass)."""
     rows = _rows(x)
     out = torch.empty_like(rows)
     if rows.shape[0]:
