@@ -11,16 +11,16 @@ _everywhere = os.environ.get("POLYFOCAL_FUSED_EVERYWHERE")
 if _everywhere:  # "auto" takes the fused engine at every size; with "triton", as on a GPU (the row kernels)
     import polyfocal._softmax_engine as softmax_engine  # noqa: E402
 
+    if _everywhere not in ("1", "triton"):
+        raise ValueError(f"POLYFOCAL_FUSED_EVERYWHERE must be 1 or triton; got {_everywhere!r}")
     backend.FUSED_MIN_ELEMENTS = 0
     if _everywhere == "triton":
-        def _as_on_a_gpu(engine_for):
-            def pick(requested, logits, others=()):
-                name = engine_for(requested, logits, others)
-                auto = (requested if requested is not None else backend.get_backend()) == "auto"
-                return "triton" if auto and name == "fused" else name
-            return pick
+        def _as_on_a_gpu(requested, logits, others=()):
+            name = backend.engine_for(requested, logits, others)
+            auto = (requested if requested is not None else backend.get_backend()) == "auto"
+            return "triton" if auto and name == "fused" else name
 
-        softmax_engine.engine_for = _as_on_a_gpu(backend.engine_for)
+        softmax_engine.engine_for = _as_on_a_gpu
 
 if os.environ.get("POLYFOCAL_INDUCTOR_TRITON") == "1":  # the compiled kernels as inductor's Triton
     import inductor_triton  # noqa: E402

@@ -133,8 +133,8 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
     params = as_tensors(params, scale)
 
     def compute():
-        from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
-
+        if use_triton:
+            from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
         if use_triton and _triton.handles(dtype):
             shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
             rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
