@@ -110,28 +110,53 @@ def _uncompiled(kernel: Callable, *args):
 
 
 class _SavedGradient(torch.autograd.Function):
-    """Returns a loss computed with its gradient; backward multiplies the saved gradient."""
+    """Returns a loss computed with its gradient; backward multiplies the saved gradient.
+
+    The saved gradient is a constant. Where a second derivative is asked for (``create_graph=True``:
+    gradient penalties, Hessian-vector products, meta-learning), backward differentiates
+    ``reference(logits)``, the same loss by autograd through the reference math, instead; so every
+    derivative is exact. For that it keeps the logits themselves (a reference, not a copy; outside
+    ``saved_tensors``, so a plain backward neither unpacks them nor checks their version).
+    """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, compute: Callable):
+    def forward(ctx, logits: Tensor, compute: Callable, reference: Callable):
         loss, grad = compute()
         ctx.save_for_backward(grad)
+        ctx.logits, ctx.version, ctx.reference = logits, logits._version, reference
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (grad,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _differentiable_gradient(ctx, grad_output), None, None
         if grad_output.dim() == 0:
             if grad_output.device.type == "cpu" and float(grad_output) == 1.0:
-                return grad, None
-            return grad * grad_output.to(grad.dtype), None
+                return grad, None, None
+            return grad * grad_output.to(grad.dtype), None, None
         if grad_output.dim() < grad.dim():  # per-row losses of the softmax family
             grad_output = grad_output.unsqueeze(1)
-        return grad * grad_output.to(grad.dtype), None
+        return grad * grad_output.to(grad.dtype), None, None
 
 
-def with_saved_gradient(logits: Tensor, compute: Callable[[], tuple[Tensor, Tensor]]) -> Tensor:
-    return _SavedGradient.apply(logits, compute)
+def _differentiable_gradient(ctx, grad_output: Tensor) -> Tensor:
+    """The loss's gradient as a differentiable function of the logits and ``grad_output``."""
+    logits = ctx.logits
+    if logits._version != ctx.version:
+        raise RuntimeError("polyfocal: the logits of a fused loss were modified in place before a backward with "
+                           "create_graph=True; its second derivative needs them as they were")
+    with torch.enable_grad():
+        loss = ctx.reference(logits)
+        (grad,) = torch.autograd.grad(loss, logits, grad_output.to(loss.dtype), create_graph=True)
+    return grad
+
+
+def with_saved_gradient(logits: Tensor, compute: Callable[[], tuple[Tensor, Tensor]],
+                        reference: Callable[[Tensor], Tensor]) -> Tensor:
+    """``compute()``'s loss, differentiated by its saved gradient; ``reference(logits)`` is the same
+    loss by autograd, for derivatives of second order."""
+    return _SavedGradient.apply(logits, compute, reference)
 
 
 def as_tensors(params: dict, like: Tensor) -> dict:
@@ -222,8 +247,10 @@ def _value_and_grad_kernel(f: Callable, summed: bool, x: Tensor, scale: Tensor, 
 
 
 def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dtype: torch.dtype,
-                   scale: Tensor, summed: bool, loss_shape=None, with_gradient: bool = False) -> Tensor:
-    """``f(logits, *args, **params)`` (summed and scaled, or per element) with a saved gradient.
+                   scale: Tensor, summed: bool, reference: Callable[[Tensor], Tensor], loss_shape=None,
+                   with_gradient: bool = False) -> Tensor:
+    """``f(logits, *args, **params)`` (summed and scaled, or per element) with a saved gradient;
+    ``reference(logits)`` is the same loss by autograd (for second derivatives).
 
     ``logits`` is viewed as 3-d; ``args`` and ``params`` must already fit that view, and a
     per-element loss is returned with ``loss_shape``. The gradient is autograd's, or with
@@ -239,4 +266,4 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
                          args, params)
         return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
 
-    return with_saved_gradient(logits, compute)
+    return with_saved_gradient(logits, compute, reference)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ._fused import as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, with_saved_gradient
-from ._numerics import Probability, is_class
+from ._numerics import Probability, class_sum, is_class
 
 
 # --- softmax losses with probability targets (and label smoothing) ------------------------------
@@ -47,9 +47,9 @@ def _softmax_parts(x: Tensor, classes: Tensor) -> Probability:
     (the others' share of the row, the only class that can have ``p > 1/2``)."""
     m = x.amax(1, keepdim=True)
     e = torch.exp(x - m)
-    s = e.sum(1, keepdim=True)
+    s = class_sum(e, keepdim=True)
     top = is_class(x, x.argmax(1), classes)
-    rest = e.masked_fill(top, 0).sum(1, keepdim=True)
+    rest = class_sum(e.masked_fill(top, 0), keepdim=True)
     logp = x - m - torch.log(s)
     p = e / s
     q = torch.where(top, rest / s, 1 - p)
@@ -74,7 +74,7 @@ def soft_rows_and_gradient(x: Tensor, scale: Tensor, target: Callable, target_ar
         d = d + (d_p - d_q) * prob.p
     if read[1]:
         d = d - torch.where(prob.q > 0, d_log1m * prob.p / prob.q, torch.zeros_like(x))
-    return value.sum(1), d - prob.p * d.sum(1, keepdim=True)
+    return class_sum(value), d - prob.p * class_sum(d, keepdim=True)
 
 
 # --- the softmax row engine for class-index targets -----------------------------------------------
@@ -86,7 +86,7 @@ def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype, classes: Tensor | 
     target = is_class(x, t, classes)
     m_other = x.masked_fill(target, float("-inf")).amax(1)
     exp_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0)
-    return (x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, exp_other.sum(1),
+    return (x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, class_sum(exp_other),
             exp_other.to(x_in.dtype))
 
 
@@ -115,7 +115,8 @@ def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tenso
 
 
 def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
-                 scale: Tensor, summed: bool, use_triton: bool = False) -> Tensor:
+                 scale: Tensor, summed: bool, reference: Callable[[Tensor], Tensor],
+                 use_triton: bool = False) -> Tensor:
     """A softmax loss ``factor * phi(p_t)`` per row, with its saved gradient.
 
     With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
@@ -126,7 +127,8 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
     ``exp(x_k - m)`` into the buffer that becomes the gradient, then one in-place multiply
     by the row coefficient (a vectorised eager op) finishes it: one exponential per element
     in all. The Triton kernels make two passes (statistics, then gradient); they compute in
-    fp32, so with ``use_triton`` an fp64 loss still takes the compiled passes.
+    fp32, so with ``use_triton`` an fp64 loss still takes the compiled passes. ``reference(logits)``
+    is the same loss by autograd, for second derivatives.
     """
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
@@ -147,4 +149,4 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
         rows = rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
         return rows, grad.reshape(shape)
 
-    return with_saved_gradient(logits, compute)
+    return with_saved_gradient(logits, compute, reference)

@@ -147,17 +147,21 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
         labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
         weight = None if weight is None else weight.to(dtype)
         scale = reduction_scale(reduction, count, normalizer, torch.empty((), dtype=dtype, device=logits.device))
+
+        def reference(x: Tensor) -> Tensor:
+            return reduce_loss(elements(x.to(dtype), labels, scores, y, ignore_index, weight, math, **params),
+                               reduction, scale)
+
         if wants_fused(backend, logits, (target, weight, params)):
             try:
                 shape = logits.shape
                 args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), _fused.full_3d(y, shape),
                         ignore_index, _fused.full_3d(weight, shape), math,
                         None if labels is None else _fused.class_indices(shape[1], logits.device))
-                params = {k: _fused.full_3d(v, shape) for k, v in params.items()}
-                return _fused.value_and_grad(elements_and_gradient, logits, args, params, dtype=dtype, scale=scale,
-                                             loss_shape=shape, summed=reduction != "none",
+                params_3d = {k: _fused.full_3d(v, shape) for k, v in params.items()}
+                return _fused.value_and_grad(elements_and_gradient, logits, args, params_3d, dtype=dtype, scale=scale,
+                                             loss_shape=shape, summed=reduction != "none", reference=reference,
                                              with_gradient=True).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
-        loss = elements(logits.to(dtype), labels, scores, y, ignore_index, weight, math, **params)
-        return reduce_loss(loss, reduction, scale).to(out_dtype)
+        return reference(logits).to(out_dtype)

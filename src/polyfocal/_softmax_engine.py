@@ -20,7 +20,7 @@ from torch import Tensor
 
 from . import _checks, _fused, _rows
 from ._backend import engine_for
-from ._numerics import Probability, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
+from ._numerics import Probability, class_sum, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Probability], Tensor]
@@ -109,7 +109,7 @@ def _smoothed(y: Tensor, smoothing: float, w, a, row_factor) -> Tensor:
 def soft_rows(x: Tensor, target: Callable, target_args: tuple, phi: PerClass, classes=None, **params) -> Tensor:
     """``sum_c y_c phi(p_c)`` per row, with ``y = target(x, *target_args)`` (class factors included)."""
     y = target(x, *target_args, classes=classes)
-    return (y * phi(from_logs(*log_softmax_and_log1m(x)), **params)).sum(1)
+    return class_sum(y * phi(from_logs(*log_softmax_and_log1m(x)), **params))
 
 
 def index_rows(x: Tensor, t: Tensor, factor, phi: PerClass, **params) -> Tensor:
@@ -155,20 +155,24 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         summed = reduction != "none"
         by_index = index and not smoothing
         engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params))
+
+        def reference(x: Tensor) -> Tensor:
+            x = x.to(dtype)
+            rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, *dense, phi, **params)
+            return reduce_loss(rows, reduction, scale)
+
         if engine != "reference":
             try:
                 if by_index:
                     loss = _rows.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
-                                               summed=summed, use_triton=engine == "triton")
+                                               summed=summed, reference=reference, use_triton=engine == "triton")
                 else:
                     loss = _fused_soft_rows(phi, params, logits, dense, dtype=dtype, scale=scale,
-                                            summed=summed, loss_shape=rows_shape)
+                                            summed=summed, loss_shape=rows_shape, reference=reference)
                 return loss.to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
-        x = logits.to(dtype)
-        rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, *dense, phi, **params)
-        return reduce_loss(rows, reduction, scale).to(out_dtype)
+        return reference(logits).to(out_dtype)
 
 
 def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, **kwargs) -> Tensor:

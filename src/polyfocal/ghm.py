@@ -249,16 +249,20 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
             totals = _histogram(logits.detach(), *args, mu, dtype)
         density, n = bin_density(totals, bins, state, distributed)
         scale = reduction_scale(reduction, n, None, n)
+
+        def reference(x: Tensor) -> Tensor:
+            return reduce_loss(_harmonized(x.to(dtype), *args, variant.loss, density, n, mu), reduction, scale)
+
         if fused:
             try:
                 return _fused.value_and_grad(variant.with_gradient or _harmonized, logits,
                                              (*args_3d, variant.loss, density, n), {"mu": mu, "classes": classes},
                                              dtype=dtype, scale=scale, summed=reduction != "none", loss_shape=shape,
+                                             reference=reference,
                                              with_gradient=variant.with_gradient is not None).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
-        elements = _harmonized(logits.to(dtype), *args, variant.loss, density, n, mu)
-        return reduce_loss(elements, reduction, scale).to(out_dtype)
+        return reference(logits).to(out_dtype)
 
 
 def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, reduction: str,

@@ -1,0 +1,388 @@
+"""The numerical guarantees of every loss, stated as a table; a new registered loss is held to them
+as soon as it has a row in ``FORMS``.
+
+| property | losses | engines | target forms | bound |
+|---|---|---|---|---|
+| second derivatives (``gradgradcheck``, float64), gamma in {0, 0.5, 1.5, 2, 3}, logits of scale 2 and +-30 | every registered loss | reference, fused (and ``auto``) | every form of ``FORMS`` | finite differences |
+| derivatives in a float target, to second order | sigmoid float forms, softmax probabilities | reference (``auto`` takes it when a target needs a gradient) | hard 0/1 and soft | finite differences |
+| derivatives of every order finite | every registered loss | reference, fused | targets exactly 0 or 1, logits of +-1e4 | no NaN or inf |
+| fp32 values per row / element | CE (plain, weighted, label-smoothed), BCE | reference, fused | class indices, float targets | <= 4x torch's error against float64 |
+| fp32 gradients per row (norm-wise) | CE (plain, weighted, label-smoothed), BCE | reference, fused | as for values | <= 4x torch's error against float64 |
+| fp32 values and gradients | every other loss but GHM-C (its bins are cut at edges) | each where ``auto`` takes it: fused (softmax at C = 128,000), reference (below 65,536 logits) | every form | <= 1e-6 relative to float64; where the loss is ill-conditioned, 4x the change one rounding of the inputs makes in float64; a gradient, also 4x torch's own family loss's error on the same inputs, and 4x torch's error in the softmax's p_t |
+
+Every fp32 figure is measured against float64 run on the same fp32-rounded inputs, so it is the
+computation's error, not the inputs' rounding. ``backend="triton"`` computes fp64 on the fused
+engine's compiled passes, so its second derivatives are the fused engine's; its first ones are
+checked in ``test_triton.py``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import polyfocal as pf
+
+GAMMAS = (0.0, 0.5, 1.5, 2.0, 3.0)
+GAMMA_LOSSES = ("focal_loss", "poly_loss", "sigmoid_focal_loss", "poly1_focal_loss", "varifocal_loss")
+SOFTMAX_FORMS = ("index", "one_hot", "soft", "smoothed")
+SIGMOID_FORMS = ("index", "hard", "soft")
+DETECTION_FORMS = SIGMOID_FORMS + ("scored",)
+SOFTMAX_PARAMS = {
+    "cross_entropy": {}, "focal_loss": {}, "poly1_cross_entropy": {"epsilon": 1.0},
+    "polyn_cross_entropy": {"epsilons": (1.0, 0.5)}, "poly_loss": {"coefficients": (2.0,)},
+    "truncated_cross_entropy": {"n_terms": 3}, "soft_truncated_loss": {"k": 2.0},
+    "hard_truncated_loss": {"margin": 0.5},
+}
+SIGMOID_PARAMS = {
+    "binary_cross_entropy": {}, "sigmoid_focal_loss": {"alpha": 0.25}, "poly1_focal_loss": {"epsilon": -1.0},
+    "poly1_binary_cross_entropy": {"epsilon": 1.0}, "sigmoid_soft_truncated_loss": {"k": 2.0},
+    "sigmoid_hard_truncated_loss": {"margin": 0.5}, "ghm_c_loss": {},
+}
+#: every registered loss: its family, its target forms, its hyperparameters
+FORMS = {
+    **{name: ("softmax", SOFTMAX_FORMS, params) for name, params in SOFTMAX_PARAMS.items()},
+    **{name: ("sigmoid", SIGMOID_FORMS, params) for name, params in SIGMOID_PARAMS.items()},
+    "quality_focal_loss": ("sigmoid", DETECTION_FORMS, {"beta": 1.5}),
+    "varifocal_loss": ("sigmoid", DETECTION_FORMS, {"alpha": 0.75}),
+    "distribution_focal_loss": ("distribution", ("positions",), {}),
+    "generalized_focal_loss": ("distribution", ("positions",), {"beta": 1.5}),
+    "ghm_r_loss": ("regression", ("regression",), {"mu": 0.02}),
+}
+#: one engine only: GFL's modulator couples a row's bins, and it always runs on autograd
+SINGLE_ENGINE = {"generalized_focal_loss"}
+
+
+def test_every_registered_loss_has_a_row():
+    assert sorted(FORMS) == pf.available_losses()
+
+
+def make_target(family: str, form: str, x: torch.Tensor, g: torch.Generator):
+    """A target of ``form`` for logits ``x (N, C, *)`` (class indices include an ignored entry)."""
+    n, c, rest = x.shape[0], x.shape[1], tuple(x.shape[2:])
+    if form in ("index", "smoothed", "scored"):
+        labels = torch.randint(0, c + (family == "sigmoid"), (n, *rest), generator=g)
+        labels.view(-1)[0] = -100
+        return (labels, torch.rand((n, *rest), generator=g, dtype=x.dtype)) if form == "scored" else labels
+    if form == "one_hot":
+        return F.one_hot(torch.randint(0, c, (n, *rest), generator=g), c).movedim(-1, 1).to(x.dtype)
+    if form == "hard":
+        return (torch.rand(x.shape, generator=g) < 0.4).to(x.dtype)
+    if form == "soft":
+        y = torch.rand(x.shape, generator=g, dtype=x.dtype)
+        return y.softmax(1) if family == "softmax" else y
+    if form == "positions":
+        return torch.rand((n, *rest), generator=g, dtype=x.dtype) * (c - 1)
+    return torch.randn(x.shape, generator=g, dtype=x.dtype)  # regression
+
+
+def loss_call(name: str, form: str, gamma=None, **kwargs):
+    """``f(x, target)`` for loss ``name`` with its table hyperparameters (``kwargs`` override them)."""
+    params = dict(FORMS[name][2])
+    if gamma is not None:
+        params["gamma"] = gamma
+    if form == "smoothed":
+        params["label_smoothing"] = 0.1
+    function = pf.get_loss_function(name)
+    return lambda x, target: function(x, target, **{**params, **kwargs})
+
+
+def cases(gammas=GAMMAS):
+    for name, (_, forms, _) in sorted(FORMS.items()):
+        for form in forms:
+            for gamma in (gammas if name in GAMMA_LOSSES else (None,)):
+                yield name, form, gamma
+
+
+def engines(name):
+    return ("reference",) if name in SINGLE_ENGINE else ("reference", "fused")
+
+
+# --- second derivatives ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [2.0, 30.0])
+@pytest.mark.parametrize("name, form, gamma", list(cases()))
+def test_second_derivatives_are_exact(name, form, gamma, scale):
+    family = FORMS[name][0]
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name} {form}".encode()))
+    x = torch.randn(2, 3, 2, generator=g, dtype=torch.float64) * scale
+    target = make_target(family, form, x, g)
+    for engine in engines(name):
+        f = loss_call(name, form, gamma, reduction="none", backend=engine)
+        xin = x.clone().requires_grad_()
+        assert torch.autograd.gradgradcheck(lambda z: f(z, target), (xin,), fast_mode=True), (name, form, gamma, engine)
+
+
+@pytest.mark.parametrize("name, form, gamma", [c for c in cases((0.5, 2.0)) if FORMS[c[0]][0] != "distribution"])
+def test_create_graph_on_the_fused_engine_equals_the_reference(name, form, gamma):
+    """The fused engine's gradient, taken with create_graph, and a Hessian-vector product through
+    it, equal the reference engine's (and the mean's Hessian is not lost: the issue's snippet)."""
+    family = FORMS[name][0]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 5, 3, generator=g, dtype=torch.float64) * 3
+    target, v = make_target(family, form, x, g), torch.randn(x.shape, generator=g, dtype=torch.float64)
+    results = []
+    for engine in engines(name):
+        xin = x.clone().requires_grad_()
+        loss = loss_call(name, form, gamma, backend=engine)(xin, target) + 0.5 * (xin ** 2).sum()
+        (grad,) = torch.autograd.grad(loss, xin, create_graph=True)
+        (hvp,) = torch.autograd.grad((grad * v).sum(), xin)
+        results.append((grad.detach(), hvp))
+    (want_grad, want_hvp), (got_grad, got_hvp) = results
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_hvp, want_hvp, rtol=1e-10, atol=1e-12)
+    assert not torch.equal(want_hvp, v), "the loss's own curvature is part of the product"
+
+
+def test_issue_snippet_auto_size_fused_hessian_row():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1024, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 5, (64, 1024))
+    rows = []
+    for engine in ("reference", "fused", "auto"):
+        loss = pf.focal_loss(x.reshape(-1, 5), t.reshape(-1), backend=engine) + 0.5 * (x ** 2).sum()
+        (g,) = torch.autograd.grad(loss, x, create_graph=True)
+        rows.append(torch.autograd.grad(g.flatten()[0], x)[0])
+    assert rows[0].flatten()[1:5].abs().min() > 0  # the loss couples a row's classes
+    torch.testing.assert_close(rows[1], rows[0], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(rows[2], rows[0], rtol=1e-12, atol=1e-15)
+
+
+def test_create_graph_after_the_logits_changed_in_place_raises():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    logits = x * 1.0
+    loss = pf.focal_loss(logits, torch.tensor([0, 1, 2, 0]), backend="fused")
+    logits.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize("engine", ["reference", "fused"])
+def test_create_graph_of_a_per_row_loss_is_differentiable_in_grad_output(engine):
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(6, dtype=torch.float64, requires_grad=True)
+    loss = pf.poly1_cross_entropy(x, torch.tensor([0, 1, 2, 3, 0, 1]), reduction="none", backend=engine)
+    (grad,) = torch.autograd.grad(loss, x, w, create_graph=True)
+    (dw,) = torch.autograd.grad(grad.pow(2).sum(), w)
+    reference = torch.func.grad(lambda z: (pf.poly1_cross_entropy(z, torch.tensor([0, 1, 2, 3, 0, 1]),
+                                                                  reduction="none", backend="reference")
+                                           * w.detach()).sum())(x.detach())
+    torch.testing.assert_close(grad.detach(), reference)
+    assert torch.isfinite(dw).all() and dw.abs().sum() > 0
+
+
+# --- derivatives in the target, at targets exactly 0 or 1 ----------------------------------------
+
+#: not differentiable in the target where it is exactly 0 or 1 (a branch on ``q > 0``, a cut at p_t)
+TARGET_KINKS = {"varifocal_loss", "sigmoid_hard_truncated_loss", "ghm_c_loss"}
+
+
+@pytest.mark.parametrize("form", ["hard", "soft"])
+@pytest.mark.parametrize("name", sorted(n for n, (family, _, _) in FORMS.items()
+                                        if family == "sigmoid" and n not in TARGET_KINKS))
+@pytest.mark.parametrize("gamma", [0.5, 3.0])
+def test_target_derivatives_to_second_order(name, form, gamma):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64) * 3
+    y = make_target("sigmoid", form, x, g)
+    f = loss_call(name, form, gamma if name in GAMMA_LOSSES else None, validate=False, reduction="sum")
+    inputs = (x.clone().requires_grad_(), y.clone().requires_grad_())
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("form", ["one_hot", "soft"])
+@pytest.mark.parametrize("name", sorted(n for n, (family, _, _) in FORMS.items() if family == "softmax"
+                                        and n != "hard_truncated_loss"))
+def test_probability_target_derivatives_to_second_order(name, form):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, generator=g, dtype=torch.float64) * 3
+    y = make_target("softmax", form, x, g)
+    f = loss_call(name, form, 1.5 if name in GAMMA_LOSSES else None, validate=False, reduction="sum")
+    inputs = (x.clone().requires_grad_(), y.clone().requires_grad_())
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("name, form, gamma", list(cases((0.5, 1.5))))
+def test_every_derivative_is_finite_at_hard_targets_and_saturated_logits(name, form, gamma):
+    """First and second derivatives (a Hessian-vector product) at logits of +-1e4, float64 and fp32."""
+    family = FORMS[name][0]
+    if form in ("soft", "positions", "regression", "scored"):
+        pytest.skip("targets exactly 0 or 1 only")
+    for dtype in (torch.float64, torch.float32):
+        g = torch.Generator().manual_seed(4)
+        x = torch.where(torch.rand(4, 3, 2, generator=g) < 0.5, 1e4, -1e4).to(dtype)
+        target = make_target(family, form, x, g)
+        for engine in engines(name):
+            xin = x.clone().requires_grad_()
+            loss = loss_call(name, form, gamma, backend=engine)(xin, target)
+            (grad,) = torch.autograd.grad(loss, xin, create_graph=True)
+            (hvp,) = torch.autograd.grad(grad.sum(), xin)
+            assert torch.isfinite(grad).all() and torch.isfinite(hvp).all(), (name, form, engine, dtype)
+
+
+# --- fp32 precision against float64 --------------------------------------------------------------
+
+def _value_and_grad(f, x: torch.Tensor, target, cotangent: torch.Tensor):
+    x = x.clone().requires_grad_()
+    value = f(x, _as_float(target, x.dtype))
+    (grad,) = torch.autograd.grad(value, x, cotangent.to(value.dtype))
+    return value.detach().double(), grad.double().flatten(1)
+
+
+def _relative(got, want) -> tuple[float, float]:
+    """Worst per-row relative error of values and (norm-wise) gradients."""
+    (v, g), (v64, g64) = got, want
+    return (((v - v64).abs() / v64.abs().clamp_min(1e-300)).max().item(),
+            ((g - g64).norm(dim=1) / g64.norm(dim=1).clamp_min(1e-300)).max().item())
+
+
+def _errors(f, x32: torch.Tensor, target, cotangent: torch.Tensor):
+    """``f``'s fp32 errors (:func:`_relative`) against float64 on the same inputs."""
+    want = _value_and_grad(f, x32.double(), target, cotangent)
+    return _relative(_value_and_grad(f, x32, target, cotangent), want)
+
+
+def _conditioning(f, x32: torch.Tensor, target, cotangent: torch.Tensor, tries: int = 3):
+    """How far float64 moves when the fp32 inputs move by one rounding (a relative 2^-24 each): the
+    error no fp32 computation avoids where the loss is ill-conditioned (``|y - y_hat|`` near 0,
+    a gradient that cancels)."""
+    x = x32.double()
+    want = _value_and_grad(f, x, target, cotangent)
+    g = torch.Generator().manual_seed(0)
+    moved = [_relative(_value_and_grad(f, x * (1 + EPS32 / 2 * (2 * torch.rand(x.shape, generator=g,
+                                                                                 dtype=x.dtype) - 1)),
+                                       target, cotangent), want) for _ in range(tries)]
+    return max(m[0] for m in moved), max(m[1] for m in moved)
+
+
+def _as_float(target, dtype: torch.dtype):
+    """A float target (or the scores of a ``(labels, scores)`` pair) in ``dtype``; indices as they are."""
+    if isinstance(target, tuple):
+        return target[0], target[1].to(dtype)
+    return target.to(dtype) if target.is_floating_point() else target
+
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _torch_cross_entropy(weight=None, label_smoothing=0.0):
+    def f(x, t):
+        w = None if weight is None else weight.to(x.dtype)
+        return F.cross_entropy(x, t, weight=w, label_smoothing=label_smoothing, reduction="none")
+    return f
+
+
+@pytest.mark.parametrize("classes", [1000, 32000, 128000])
+@pytest.mark.parametrize("options", [{}, {"weight": True}, {"label_smoothing": 0.1},
+                                     {"label_smoothing": 0.1, "weight": True}], ids=str)
+def test_fp32_cross_entropy_within_4x_torch(classes, options):
+    g = torch.Generator().manual_seed(classes)
+    n = 32 if classes < 100000 else 12
+    x = torch.randn(n, classes, generator=g) * 3
+    t = torch.randint(0, classes, (n,), generator=g)
+    cotangent = torch.randn(n, generator=g, dtype=torch.float64)
+    weight = torch.rand(classes, generator=g) + 0.5 if options.get("weight") else None
+    smoothing = options.get("label_smoothing", 0.0)
+    torch_value, torch_grad = _errors(_torch_cross_entropy(weight, smoothing), x, t, cotangent)
+    for engine in ("reference", "fused"):
+        def f(z, target):
+            w = None if weight is None else weight.to(z.dtype)
+            return pf.cross_entropy(z, target, weight=w, label_smoothing=smoothing, reduction="none", backend=engine)
+        value, grad = _errors(f, x, t, cotangent)
+        assert value <= 4 * torch_value + EPS32, (engine, value, torch_value)
+        assert grad <= 4 * torch_grad + EPS32, (engine, grad, torch_grad)
+
+
+@pytest.mark.parametrize("form", ["hard", "index", "soft"])
+def test_fp32_binary_cross_entropy_within_4x_torch(form):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(256, 80, generator=g) * 3
+    target = make_target("sigmoid", form, x, g)
+    if form == "index":
+        target.view(-1)[0] = 0
+        y = F.one_hot(target, 81)[:, :80].float()
+    else:
+        y = target
+    cotangent = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    torch_value, torch_grad = _errors(
+        lambda z, t: F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none"), x, y, cotangent)
+    for engine in ("reference", "fused"):
+        value, grad = _errors(lambda z, t: pf.binary_cross_entropy(z, t, reduction="none", backend=engine),
+                              x, target, cotangent)
+        assert value <= 4 * torch_value + EPS32, (engine, value, torch_value)
+        assert grad <= 4 * torch_grad + EPS32, (engine, grad, torch_grad)
+
+
+def _precision_cases():
+    for name, form, gamma in cases((0.5, 2.0)):
+        family = FORMS[name][0]
+        # cross-entropy and BCE have rows of their own (above); GHM's weights are piecewise constant in
+        # the logits, so an element within rounding of a bin edge is binned apart in fp32 and float64
+        if name in ("cross_entropy", "binary_cross_entropy", "ghm_c_loss") or family == "regression":
+            continue
+        yield name, form, gamma
+
+
+def _torch_twin(family: str, form: str, target):
+    """torch's own loss of the family on the same target: F.cross_entropy (probabilities, smoothing;
+    DFL's bins as classes) or F.binary_cross_entropy_with_logits (a dense 0/1 or scored target)."""
+    if family == "sigmoid":
+        def bce(z, t):
+            if form in ("index", "scored"):
+                labels, scores = t if form == "scored" else (t, None)
+                hot = F.one_hot(labels.clamp_min(0), z.shape[1] + 1)[:, : z.shape[1]].to(z.dtype)
+                t = hot if scores is None else hot * scores.to(z.dtype).unsqueeze(1)
+            return F.binary_cross_entropy_with_logits(z, t.to(z.dtype), reduction="none")
+        return bce
+    if family == "distribution":
+        return lambda z, t: F.cross_entropy(z, t.round().long(), reduction="none")
+    smoothing = 0.1 if form == "smoothed" else 0.0
+    return lambda z, t: F.cross_entropy(z, t.clamp_min(0) if form in ("index", "smoothed") else t.to(z.dtype),
+                                        label_smoothing=smoothing, reduction="none")
+
+
+def _target_probability_error(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """torch's worst relative error in ``softmax(x)`` at the target class, fp32 against float64."""
+    at = labels.clamp_min(0).unsqueeze(1)
+    p32, p64 = (torch.softmax(z, 1).gather(1, at).double() for z in (x, x.double()))
+    return ((p32 - p64).abs() / p64).max().item()
+
+
+#: Poly-1 with epsilon = -alpha_t drops the series' first term by cancellation, -log p_t - (1 - p_t), so
+#: near p_t = 1 its relative error grows like 1 / (1 - p_t) (its absolute error stays at fp32 rounding);
+#: the precision rows take a Poly-1 epsilon that adds
+PRECISION_PARAMS = {"poly1_focal_loss": {"epsilon": 1.0}}
+#: each engine where ``auto`` takes it: fused for a gradient of 65,536 logits or more, reference below
+PRECISION_SHAPES = {
+    "fused": {"softmax": (12, 128000), "sigmoid": (1024, 80), "distribution": (4096, 17)},
+    "reference": {"softmax": (64, 1000), "sigmoid": (256, 80), "distribution": (512, 17)},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["reference", "fused"])
+@pytest.mark.parametrize("name, form, gamma", list(_precision_cases()))
+def test_fp32_within_1e6_of_float64(name, form, gamma, engine):
+    family = FORMS[name][0]
+    if engine not in engines(name):
+        pytest.skip(f"{name} has one engine")
+    shape = PRECISION_SHAPES[engine][family]
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g) * 2
+    target = make_target(family, form, x, g)
+    cotangent = torch.randn(shape if family == "sigmoid" else shape[:1], generator=g, dtype=torch.float64)
+    kwargs = {**PRECISION_PARAMS.get(name, {}), "reduction": "none"}
+    value_floor, grad_floor = (max(1e-6, 4 * c) for c in _conditioning(
+        loss_call(name, form, gamma, backend="reference", **kwargs), x, target, cotangent))
+    # a gradient is no more exact than torch's own loss of its family, nor than the probability p_t
+    # it is made of (a loss whose gradient is p_t times a factor: |log p_t| roundings at fp32)
+    grad_floor = max(grad_floor, 4 * _errors(_torch_twin(family, form, target), x, target, cotangent)[1])
+    if family == "softmax" and form in ("index", "smoothed"):
+        grad_floor = max(grad_floor, 4 * _target_probability_error(x, target))
+    value, grad = _errors(loss_call(name, form, gamma, backend=engine, **kwargs), x, target, cotangent)
+    assert value <= value_floor and grad <= grad_floor, (value, value_floor, grad, grad_floor)
