@@ -277,25 +277,50 @@ def _torch_cross_entropy(weight=None, label_smoothing=0.0):
     return f
 
 
+class _Uncompiled(dict):
+    """In place of the fused engine's table of compiled kernels: every kernel runs as written, as a
+    variant past the recompile limit does."""
+
+    def __contains__(self, kernel):
+        return True
+
+    def __getitem__(self, kernel):
+        return kernel
+
+
+@pytest.fixture(params=["reference", "fused", "fused, uncompiled"])
+def engine(request, monkeypatch):
+    if request.param == "fused, uncompiled":
+        monkeypatch.setattr(pf._fused, "_compiled", _Uncompiled())
+    return request.param.split(",")[0]
+
+
+@pytest.mark.parametrize("layout", ["rows", "dense"])
 @pytest.mark.parametrize("classes", [1000, 32000, 128000])
 @pytest.mark.parametrize("options", [{}, {"weight": True}, {"label_smoothing": 0.1},
                                      {"label_smoothing": 0.1, "weight": True}], ids=str)
-def test_fp32_cross_entropy_within_4x_torch(classes, options):
+def test_fp32_cross_entropy_within_4x_torch(classes, options, layout, engine):
+    """Against torch's own error on ``(N, C)`` rows; the dense layout ``(N, C, L)`` holds the same
+    rows (torch's own softmax along an inner dimension is 10-40x less exact: not the yardstick)."""
     g = torch.Generator().manual_seed(classes)
-    n = 32 if classes < 100000 else 12
+    n = 24 if classes < 100000 else 12
     x = torch.randn(n, classes, generator=g) * 3
     t = torch.randint(0, classes, (n,), generator=g)
     cotangent = torch.randn(n, generator=g, dtype=torch.float64)
     weight = torch.rand(classes, generator=g) + 0.5 if options.get("weight") else None
     smoothing = options.get("label_smoothing", 0.0)
     torch_value, torch_grad = _errors(_torch_cross_entropy(weight, smoothing), x, t, cotangent)
-    for engine in ("reference", "fused"):
-        def f(z, target):
-            w = None if weight is None else weight.to(z.dtype)
-            return pf.cross_entropy(z, target, weight=w, label_smoothing=smoothing, reduction="none", backend=engine)
-        value, grad = _errors(f, x, t, cotangent)
-        assert value <= 4 * torch_value + EPS32, (engine, value, torch_value)
-        assert grad <= 4 * torch_grad + EPS32, (engine, grad, torch_grad)
+
+    def f(z, target):
+        w = None if weight is None else weight.to(z.dtype)
+        if layout == "dense":  # rows (n/3, 3) laid out as (n/3, C, 3)
+            z, target = z.view(-1, 3, classes).transpose(1, 2), target.view(-1, 3)
+        loss = pf.cross_entropy(z, target, weight=w, label_smoothing=smoothing, reduction="none", backend=engine)
+        return loss.reshape(-1)
+
+    value, grad = _errors(f, x, t, cotangent)
+    assert value <= 4 * torch_value + EPS32, (value, torch_value)
+    assert grad <= 4 * torch_grad + EPS32, (grad, torch_grad)
 
 
 @pytest.mark.parametrize("form", ["hard", "index", "soft"])

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._fused import as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, with_saved_gradient
+from ._fused import (as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, sigmoid_parts,
+                     with_saved_gradient)
 from ._numerics import Probability, class_sum, is_class
 
 
@@ -98,12 +99,10 @@ def _row_gradient_in_place(exp_other: Tensor, t: Tensor, other_coef: Tensor, tar
 
 def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
     """The row losses and the two per-row coefficients of the gradient (see :func:`softmax_rows`)."""
-    log_s = torch.log(s_other)
-    lse = torch.logaddexp(shifted_t, log_s)  # relative to m: no large magnitudes to cancel
-    logp, log1m = shifted_t - lse, log_s - lse
-    p_t, q_t = torch.exp(logp), torch.exp(log1m)  # q_t = 1 - p_t, exact
-    rows, target_grad = log_slope(lambda prob: phi(prob, **params) * factor, Probability(logp, log1m, p_t, q_t),
-                                  scale.expand_as(logp))
+    # p_t = sigmoid(x_t - logsumexp of the others): its four parts from that margin, each exact (a
+    # difference of two log-sum-exps would lose the bits of 1 - p_t below the rounding of log s)
+    prob = sigmoid_parts(shifted_t - torch.log(s_other))
+    rows, target_grad = log_slope(lambda prob: phi(prob, **params) * factor, prob, scale.expand_as(shifted_t))
     return rows, -target_grad / s_other, target_grad
 
 
