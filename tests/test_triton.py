@@ -127,3 +127,20 @@ def test_inductor_generated_triton_passes_the_fused_engine_tests():
     passed = int(re.search(r"(\d+) passed", output).group(1))
     launches = int(re.search(r"inductor Triton kernel launches: (\d+)", output).group(1))
     assert passed >= 90 and launches >= 2 * passed, output[-2000:]
+
+
+@pytest.mark.parametrize("name, kwargs", [("focal_loss", {"gamma": 1.5}), ("poly1_cross_entropy", {"epsilon": 2.0})])
+def test_create_graph_through_the_row_kernels_equals_the_reference(name, kwargs):
+    """fp32 on the Triton row kernels: the gradient taken with create_graph and a Hessian-vector
+    product through it are the reference engine's (second derivatives are never a saved constant)."""
+    x, t = inputs((6, 300, 2))
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    results = []
+    for backend in ("reference", "triton"):
+        xin = x.clone().requires_grad_()
+        loss = pf.get_loss_function(name)(xin, t, backend=backend, **kwargs)
+        (grad,) = torch.autograd.grad(loss, xin, create_graph=True)
+        results.append((grad.detach(), torch.autograd.grad((grad * v).sum(), xin)[0]))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+    assert results[0][1].abs().sum() > 0
