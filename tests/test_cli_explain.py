@@ -67,10 +67,10 @@ def test_share(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["explain", "coefficients", "--loss", "nope"], "--loss"),
     (["explain", "coefficients", "--loss", "qfl"], "no polynomial expansion"),
-    (["explain", "coefficients", "--n-terms", "0"], "`n_terms`"),
+    (["explain", "coefficients", "--n-terms", "0"], "argument --n-terms: expected a whole number >= 1"),
     (["explain", "curves", "--losses", "ce", "--gamma", "2"], "--gamma does not apply"),
     (["explain", "curves", "--losses", "focal", "--gamma", "-1"], "`gamma`"),
-    (["explain", "truncation", "--zeta", "0"], "`zeta`"),
+    (["explain", "truncation", "--zeta", "0"], "argument --zeta: expected a number > 0"),
     (["explain", "truncation", "--delta", "1.5"], "`delta`"),
 ])
 def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, argv, message):

@@ -135,7 +135,7 @@ def test_bad_param_syntax_exits_2(tmp_path, capsys, param):
 @pytest.mark.parametrize("argv, named", [
     (["--param", "gamma=0:2"], "`--param`"),               # poly1 has no gamma
     (["--param", "epsilon=-1:4", "--param", "epsilon=0,1"], "`--param`"),
-    (["--param", "epsilon=-1:4", "--trials", "0"], "`--trials`"),
+    (["--param", "epsilon=-1:4", "--trials", "0"], "argument --trials: expected a whole number >= 1"),
 ])
 def test_bad_values_exit_2(tmp_path, capsys, argv, named):
     full = ["sweep", "--task", "digits-lt", "--loss", "poly1", *argv, "--storage", f"sqlite:///{tmp_path / 'b.db'}"]

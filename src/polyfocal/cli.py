@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__, analysis
+from ._arguments import Parser, fail, innermost, output_directory, positive_float, positive_int
 from ._backend import use_backend
 from .registry import get_loss_function
 
@@ -80,7 +81,8 @@ def _add_loss_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_out(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=".", help="directory for the PNG files (created; default: .)")
+    parser.add_argument("--out", type=output_directory, default=".",
+                        help="directory for the PNG files (created; default: .)")
 
 
 def _loss_params(args, losses: Sequence[str], accepted: Callable[[str], Sequence[str]]) -> dict[str, dict]:
@@ -271,7 +273,7 @@ def _add_explain(commands) -> None:
     p = topics.add_parser("coefficients", help="coefficients of (1 - p_t)^k (PolyLoss Fig. 1)")
     p.add_argument("--loss", "--losses", dest="losses", type=_names, default=["focal_loss"],
                    help="comma-separated series losses or aliases (default: focal_loss)")
-    p.add_argument("--n-terms", type=int, default=10, help="terms to draw (default 10)")
+    p.add_argument("--n-terms", type=positive_int, default=10, help="terms to draw (default 10)")
     _add_loss_options(p)
     _add_out(p)
     p.set_defaults(handler=_explain_coefficients)
@@ -287,27 +289,27 @@ def _add_explain(commands) -> None:
     p.set_defaults(handler=_explain_curves)
 
     p = topics.add_parser("truncation", help="terms needed to truncate CE's series (Theorem 1)")
-    p.add_argument("--delta", type=float, default=0.01, help="smallest p_t covered (default 0.01)")
-    p.add_argument("--zeta", type=float, default=1e-3, help="tolerance (default 1e-3)")
-    p.add_argument("--max-terms", type=int, default=None, help="largest N drawn")
+    p.add_argument("--delta", type=positive_float, default=0.01, help="smallest p_t covered (default 0.01)")
+    p.add_argument("--zeta", type=positive_float, default=1e-3, help="tolerance (default 1e-3)")
+    p.add_argument("--max-terms", type=positive_int, default=None, help="largest N drawn")
     _add_out(p)
     p.set_defaults(handler=_explain_truncation)
 
     p = topics.add_parser("share", help="first-term share of the CE gradient during training (Fig. 3b)")
     p.add_argument("--losses", "--loss", dest="losses", type=_names, default=["cross_entropy"],
                    help="comma-separated softmax losses to train with (default: ce)")
-    p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    p.add_argument("--steps", type=positive_int, default=200, help="training steps (default 200)")
     p.add_argument("--seed", type=int, default=0)
     _add_loss_options(p)
     _add_out(p)
     p.set_defaults(handler=_explain_share)
 
     p = topics.add_parser("density", help="gradient-norm density before/after GHM")
-    p.add_argument("--n", type=int, default=100_000, help="synthetic examples (default 100000)")
+    p.add_argument("--n", type=positive_int, default=100_000, help="synthetic examples (default 100000)")
     p.add_argument("--positive-fraction", type=float, default=0.01, help="default 0.01")
     p.add_argument("--outlier-fraction", type=float, default=0.002, help="flipped labels (default 0.002)")
-    p.add_argument("--bins", type=int, default=30, help="histogram bins (default 30)")
-    p.add_argument("--ghm-bins", type=int, default=None, help="GHM unit regions (default: --bins)")
+    p.add_argument("--bins", type=positive_int, default=30, help="histogram bins (default 30)")
+    p.add_argument("--ghm-bins", type=positive_int, default=None, help="GHM unit regions (default: --bins)")
     p.add_argument("--seed", type=int, default=0)
     _add_out(p)
     p.set_defaults(handler=_explain_density)
@@ -333,8 +335,7 @@ COMMANDS: list[Callable] = [_add_explain, _add_compare, _add_reproduce, _add_swe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="polyfocal",
-                                     description="polyfocal: the cross-entropy family of losses.")
+    parser = Parser(prog="polyfocal", description="polyfocal: the cross-entropy family of losses.")
     parser.add_argument("--version", action="version", version=f"polyfocal {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
@@ -346,14 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 2 usage or input error)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exit_:  # --help, --version, usage errors
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return args.handler(args)
     except (CommandError, ValueError, TypeError) as error:
-        print(f"polyfocal: error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
 
 
 if __name__ == "__main__":  # pragma: no cover

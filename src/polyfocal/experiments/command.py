@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from .._arguments import at_least_one, output_directory, positive_float, positive_int
 from .distributed import join_from_environment, leave
 from .report import format_table, print_written, write_report
 from .tasks import TASKS, load_data, make_task
@@ -30,16 +31,6 @@ def _seeds(text: str) -> list[int]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected a count (3) or seeds (0,4,7); got {text!r}")
     return values
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1; got {text!r}")
-    return value
 
 
 def _run(args) -> int:
@@ -81,15 +72,16 @@ def _compare(args, main: bool) -> int:
 
 def add_training_arguments(p) -> None:
     """The options of a training run that ``compare`` and ``sweep`` share."""
-    p.add_argument("--epochs", type=int, default=None, help="default: the task's")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the task's")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the task's)")
-    p.add_argument("--imbalance", type=float, default=None, help="digits-lt: largest/smallest class (default 50)")
-    p.add_argument("--n-train", type=int, default=None, help="tabular-imbalanced / dense-toy: training size")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the task's")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: the task's")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (default: the task's)")
+    p.add_argument("--imbalance", type=at_least_one, default=None,
+                   help="digits-lt: largest/smallest class (default 50)")
+    p.add_argument("--n-train", type=positive_int, default=None, help="tabular-imbalanced / dense-toy: training size")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the data and split (default 0)")
     p.add_argument("--backend", choices=("reference", "auto", "fused"), default="reference",
                    help="polyfocal engine (default reference: small models, no compile time)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
 
 
 def add_compare(commands) -> None:
@@ -100,7 +92,7 @@ def add_compare(commands) -> None:
     p.add_argument("--task", choices=list(TASKS), default=None, help="a built-in task")
     p.add_argument("--data", default=None, help="your own data instead: FILE.csv (header row), FILE.npz (X, y) "
                                                 "or an image folder DIR/CLASS/*.png")
-    p.add_argument("--image-size", type=_positive, default=None,
+    p.add_argument("--image-size", type=positive_int, default=None,
                    help="image folders: resize to SIZE x SIZE RGB (default 32)")
     p.add_argument("--label-column", default=None, help="CSV label column (default: 'label', else the last)")
     p.add_argument("--losses", default="ce,focal,poly1",
@@ -110,5 +102,6 @@ def add_compare(commands) -> None:
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list 0,4,7")
     add_training_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--out", default="compare-out", help="directory for results.json, report.md, report.png")
+    p.add_argument("--out", type=output_directory, default="compare-out",
+                   help="directory for results.json, report.md, report.png (default: compare-out)")
     p.set_defaults(handler=_run)

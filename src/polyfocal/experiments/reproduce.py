@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from .. import analysis
+from .._arguments import output_directory, positive_int
 from .._backend import use_backend
 from ..sigmoid import poly1_focal_loss
 from . import boxes
@@ -641,7 +642,8 @@ def add_reproduce(commands) -> None:
                    help="fewer variants, seeds and epochs (a few minutes on 2 cores)")
     p.add_argument("--seeds", type=_seed_count, default=None,
                    help="number of seeds per variant, >= 2 (default: 5 with --quick, else 8)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--out", default="reproduce-out", help="directory for the report (default: reproduce-out)")
+    p.add_argument("--out", type=output_directory, default="reproduce-out",
+                   help="directory for the report (default: reproduce-out)")
     p.set_defaults(handler=_run_command)

@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 import torch
 
+from .._arguments import output_directory, positive_int
 from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
 from .report import json_safe, print_written
@@ -173,10 +174,6 @@ def run_sweep(args) -> dict:
     optuna = _optuna()
     from optuna.trial import TrialState
 
-    if args.trials < 1:
-        raise ValueError(f"`--trials` must be >= 1; got {args.trials}")
-    if args.heartbeat < 1:
-        raise ValueError(f"`--heartbeat` must be >= 1 second; got {args.heartbeat}")
     names = [p.name for p in args.param]
     if len(set(names)) != len(names):
         raise ValueError(f"`--param` gives a parameter twice: {', '.join(names)}")
@@ -340,16 +337,17 @@ def add_sweep(commands) -> None:
                                                  "poly1_focal:gamma=2")
     p.add_argument("--param", type=parse_param, action="append", required=True, metavar="NAME=LOW:HIGH",
                    help="a searched parameter: a float range (epsilon=-1:4) or choices (gamma=0,1,2); repeat")
-    p.add_argument("--trials", type=int, default=20,
+    p.add_argument("--trials", type=positive_int, default=20,
                    help="completed trials in the study, over all runs and workers (default 20)")
     p.add_argument("--seeds", type=_seeds, default=[0], help="a count (1 = seed 0) or a list 0,4,7 (default 1)")
     p.add_argument("--storage", default="sqlite:///polyfocal.db",
                    help="Optuna RDB storage URL (default sqlite:///polyfocal.db)")
     p.add_argument("--study", default=None, help="study name (default: TASK:LOSS:PARAMS)")
     add_training_arguments(p)
-    p.add_argument("--heartbeat", type=int, default=10,
+    p.add_argument("--heartbeat", type=positive_int, default=10,
                    help="seconds between a trial's heartbeats; a trial silent for 3x this is failed "
                         "(its worker died) and rerun (default 10)")
     p.add_argument("--quiet", action="store_true", help="no per-trial lines")
-    p.add_argument("--out", default="sweep-out", help="directory for results.json and sweep.png")
+    p.add_argument("--out", type=output_directory, default="sweep-out",
+                   help="directory for results.json and sweep.png (default: sweep-out)")
     p.set_defaults(handler=_run)

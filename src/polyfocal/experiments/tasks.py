@@ -277,13 +277,22 @@ def _read_images(path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         folder = os.path.join(path, label)
         for name in sorted(os.listdir(folder)):
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                with Image.open(os.path.join(folder, name)) as image:
-                    pixels = image.convert("RGB").resize((size, size), Image.BILINEAR)
+                pixels = _read_image(os.path.join(folder, name), size)
                 x.append(np.asarray(pixels, dtype=np.float64).ravel() / 255.0)
                 labels.append(label)
     if not x:
         raise ValueError(f"`--data` folder {path!r} has no images in class subfolders (path/CLASS/image.png)")
     return np.stack(x), np.array(labels)
+
+
+def _read_image(path: str, size: int):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB").resize((size, size), Image.BILINEAR)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"`--data` image {path!r} cannot be read: {error}") from None
 
 
 def _read_table(path: str, label_column: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -299,6 +308,8 @@ def _read_table(path: str, label_column: str | None) -> tuple[np.ndarray, np.nda
     if extension == ".csv":
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
+        if not rows:
+            raise ValueError(f"`--data` {path!r} is empty; expected a header row and data rows")
         header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
         column = label_column or ("label" if "label" in header else header[-1])
         if column not in header:

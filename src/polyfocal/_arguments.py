@@ -1,0 +1,78 @@
+"""Argument types of the command line: each checks one kind of value when the command line is
+parsed, so a mistake ends in one ``polyfocal: error:`` line before any work starts.
+
+``argparse`` names the option in its message (``argument --batch-size: ...``); a type says what
+it expected and what it got.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line, ``polyfocal: error: ...``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"polyfocal: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _number(text: str, kind: type, low: float, low_included: bool, what: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value != value or value < low or (value == low and not low_included):
+        raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (batch sizes, threads, epochs, steps, sizes)."""
+    return _number(text, int, 1, True, "a whole number >= 1")
+
+
+def positive_float(text: str) -> float:
+    """A number > 0 (learning rates, tolerances)."""
+    return _number(text, float, 0.0, False, "a number > 0")
+
+
+def at_least_one(text: str) -> float:
+    """A number >= 1 (an imbalance ratio)."""
+    return _number(text, float, 1.0, True, "a number >= 1")
+
+
+def output_directory(path: str) -> str:
+    """A directory that exists and is writable, or can be made: its nearest existing ancestor is a
+    writable directory. Nothing is created here (that waits until results are written)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"expected a directory; {path!r} is a file")
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise argparse.ArgumentTypeError(f"cannot make directory {path!r}: {probe!r} is a file")
+    try:  # permissions alone do not tell (root, read-only or virtual file systems)
+        tempfile.TemporaryDirectory(dir=probe).cleanup()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write to {path!r}: {probe!r}: {error.strerror}") from None
+    return path
+
+
+def innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)command parser that ``args`` were parsed by, so that its errors name that command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                return innermost(chosen, args)
+    return parser
+
+
+def fail(message: str) -> int:
+    """Print a user error as the one line ``polyfocal: error: ...``; the exit code 2."""
+    print(f"polyfocal: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,74 @@
+"""Every user mistake on the command line ends in one line ``polyfocal: error: ...`` and exit code 2,
+before any work starts (no training, no files written), never in a traceback."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from polyfocal.cli import main
+
+NO_TRAINING = ["--seeds", "1", "--quiet"]
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """A working directory with a plain file, an empty CSV and an image folder with one corrupt file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a directory")
+    (tmp_path / "empty.csv").write_text("")
+    image = pytest.importorskip("PIL.Image")
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    (tmp_path / "images" / "dog" / "broken.png").write_text("not a png")
+    return tmp_path
+
+
+MISTAKES = [
+    (["compare", "--task", "digits-lt", "--batch-size", "0"], "--batch-size: expected a whole number >= 1; got '0'"),
+    (["compare", "--task", "digits-lt", "--threads", "-3"], "--threads: expected a whole number >= 1; got '-3'"),
+    (["compare", "--task", "digits-lt", "--threads", "0"], "--threads"),
+    (["compare", "--task", "tabular-imbalanced", "--n-train", "-5"], "--n-train"),
+    (["compare", "--task", "tabular-imbalanced", "--n-train", "0"], "--n-train"),
+    (["compare", "--task", "digits-lt", "--epochs", "0"], "--epochs"),
+    (["compare", "--task", "digits-lt", "--lr", "-1"], "--lr: expected a number > 0; got '-1'"),
+    (["compare", "--task", "digits-lt", "--imbalance", "0.5"], "--imbalance: expected a number >= 1"),
+    (["compare", "--task", "digits-lt", "--out", "afile"], "--out: expected a directory; 'afile' is a file"),
+    (["compare", "--task", "digits-lt", "--out", "afile/runs"], "--out: cannot make directory 'afile/runs'"),
+    (["compare", "--data", "empty.csv"], "`--data` 'empty.csv' is empty"),
+    (["compare", "--data", "images", "--epochs", "1"], "broken.png' cannot be read"),
+    (["compare", "--task", "digits-lt", "--bogus"], "unrecognized arguments: --bogus (see `polyfocal compare --help`)"),
+    (["explain", "share", "--steps", "0"], "--steps: expected a whole number >= 1"),
+    (["explain", "curves", "--out", "afile"], "--out: expected a directory"),
+    (["explain", "truncation", "--delta", "-0.1"], "--delta: expected a number > 0"),
+    (["explain", "density", "--bins", "0"], "--bins"),
+    (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:1", "--trials", "0"], "--trials"),
+    (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:1", "--out", "afile"], "--out"),
+    (["reproduce", "--out", "afile"], "--out: expected a directory"),
+    (["reproduce", "--threads", "0"], "--threads"),
+]
+
+
+@pytest.mark.parametrize("argv, message", MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_a_mistake_is_one_error_line_and_exit_2(place, capsys, argv, message):
+    before = sorted(p.name for p in place.rglob("*"))
+    assert main(argv + (NO_TRAINING if argv[0] == "compare" else [])) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("polyfocal: error: "), captured.err
+    assert message in lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert sorted(p.name for p in place.rglob("*")) == before  # no work done, nothing written
+
+
+def test_a_mistake_in_a_subprocess_prints_no_traceback(place):
+    result = subprocess.run([sys.executable, "-m", "polyfocal", "compare", "--task", "digits-lt", "--batch-size", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "polyfocal: error: argument --batch-size: expected a whole number >= 1; got '0' "
+        "(see `polyfocal compare --help`)"]
