@@ -72,3 +72,29 @@ def test_a_mistake_in_a_subprocess_prints_no_traceback(place):
     assert result.stderr.strip().splitlines() == [
         "polyfocal: error: argument --batch-size: expected a whole number >= 1; got '0' "
         "(see `polyfocal compare --help`)"]
+
+
+SWEEP = ["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:1", "--storage"]
+
+
+@pytest.mark.parametrize("url, message", [
+    ("bogus://x", "unknown database 'bogus' in bogus://x"),
+    ("runs/x.db", "expected a database URL such as sqlite:///runs/sweep.db"),
+    ("sqlite:///missing/x.db", "the directory of 'sqlite:///missing/x.db' does not exist"),
+])
+def test_a_storage_mistake_is_named_before_any_trial(place, capsys, url, message):
+    assert main(SWEEP + [url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not (place / "polyfocal.db").exists()
+
+
+def test_a_missing_database_driver_gets_its_install_hint_and_no_password(place, capsys):
+    try:
+        import psycopg2  # noqa: F401
+        pytest.skip("psycopg2 is installed here")
+    except ImportError:
+        pass
+    assert main(SWEEP + ["postgresql://me:secret@localhost/db"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install psycopg2-binary" in err and "secret" not in err and "me:***@" in err

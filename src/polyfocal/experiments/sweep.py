@@ -96,6 +96,37 @@ def _redact(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+#: the package each database's default driver comes in
+_DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}
+
+
+def storage_url(text: str) -> str:
+    """An RDB storage URL that names a known database whose driver is installed (and, for SQLite,
+    a file in an existing directory); checked when the command line is parsed."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise argparse.ArgumentTypeError(f"expected a database URL such as sqlite:///runs/sweep.db or "
+                                         f"postgresql://user@host/db; got {text!r}") from None
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except NoSuchModuleError:
+        raise argparse.ArgumentTypeError(f"unknown database {url.drivername!r} in {_redact(text)}; "
+                                         "expected sqlite, postgresql, mysql, ...") from None
+    except ImportError as error:
+        package = _DRIVERS.get(url.get_backend_name(), error.name or "its driver")
+        raise argparse.ArgumentTypeError(f"{_redact(text)} needs a database driver: pip install {package}") from None
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        folder = os.path.dirname(os.path.abspath(url.database))
+        if not os.path.isdir(folder):
+            raise argparse.ArgumentTypeError(f"the directory of {text!r} does not exist: {folder!r}")
+    return text
+
+
 def _storage(optuna, url: str, heartbeat: int):
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
@@ -125,7 +156,9 @@ def _open_study(optuna, args, config: dict, direction: str):
             break
         except ValueError:
             raise
-        except Exception:  # e.g. two processes creating the SQLite tables at once
+        except Exception as error:  # e.g. two processes creating the SQLite tables at once
+            if not args.storage.startswith("sqlite"):  # a refused connection or a wrong password: no retries
+                raise ValueError(f"cannot open the storage {_redact(args.storage)}: {error}") from None
             if attempt == 4:
                 raise
             time.sleep(0.5 + attempt)
@@ -340,7 +373,7 @@ def add_sweep(commands) -> None:
     p.add_argument("--trials", type=positive_int, default=20,
                    help="completed trials in the study, over all runs and workers (default 20)")
     p.add_argument("--seeds", type=_seeds, default=[0], help="a count (1 = seed 0) or a list 0,4,7 (default 1)")
-    p.add_argument("--storage", default="sqlite:///polyfocal.db",
+    p.add_argument("--storage", type=storage_url, default="sqlite:///polyfocal.db",
                    help="Optuna RDB storage URL (default sqlite:///polyfocal.db)")
     p.add_argument("--study", default=None, help="study name (default: TASK:LOSS:PARAMS)")
     add_training_arguments(p)
