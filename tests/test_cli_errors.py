@@ -98,3 +98,17 @@ def test_a_missing_database_driver_gets_its_install_hint_and_no_password(place, 
     assert main(SWEEP + ["postgresql://me:secret@localhost/db"]) == 2
     err = capsys.readouterr().err
     assert "pip install psycopg2-binary" in err and "secret" not in err and "me:***@" in err
+
+
+def test_an_unknown_loss_suggests_close_names_in_one_short_line(capsys):
+    assert main(["explain", "curves", "--losses", "focall"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 250, err  # not every name: there are 20
+    assert "did you mean 'focal' or 'focal_loss'" in err
+
+
+def test_help_gives_the_defaults_and_names_every_finding(capsys):
+    for argv in (["compare", "--help"], ["reproduce", "--help"]):
+        assert main(argv) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(default 3)" in out and "(default: compare-out)" in out and "GFL" in out

@@ -50,7 +50,8 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
         right = ")" if high_open else "]"
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
-        raise ValueError(f"`{name}` must be in {left}{lo}, {hi}{right}; got {value}")
+        off = " (None turns it off)" if name == "alpha" else ""
+        raise ValueError(f"`{name}` must be in {left}{lo}, {hi}{right}{off}; got {value}")
     return value
 
 

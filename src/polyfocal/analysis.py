@@ -38,7 +38,7 @@ from ._numerics import sigmoid_probability, sigmoid_target_gap
 from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
 from .ghm import bin_index, harmonizing_weights, unit_edges
-from .registry import LOSS_ALIASES, available_losses, get_loss_function
+from .registry import LOSS_ALIASES, canonical_name, get_loss_function
 
 __all__ = [
     "LOSS_ALIASES", "resolve_loss_name", "SHAPE_PARAMETERS", "loss_parameters",
@@ -59,12 +59,7 @@ def resolve_loss_name(name, argument: str = "loss") -> str:
     """
     if not isinstance(name, str):
         raise TypeError(f"`{argument}` must be a loss name (str); got {type(name).__name__} {name!r}")
-    canonical = LOSS_ALIASES.get(name, name)
-    if canonical not in available_losses():
-        aliases = ", ".join(f"{a}={n}" for a, n in LOSS_ALIASES.items())
-        raise ValueError(f"`{argument}` names an unknown loss {name!r}; available: "
-                         f"{', '.join(available_losses())}; aliases: {aliases}")
-    return canonical
+    return canonical_name(name, argument)
 
 
 #: The keyword arguments that shape a loss's curve (not reductions, weights or masks).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Mapping
 
 from torch import nn
@@ -47,11 +48,21 @@ def available_losses() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def canonical_name(name: str, argument: str | None = None) -> str:
+    """The registered name of ``name`` or of its alias; an unknown name is a ValueError that
+    suggests close names (and names ``argument``, where given)."""
+    canonical = LOSS_ALIASES.get(name, name)
+    if canonical not in _REGISTRY:
+        close = difflib.get_close_matches(name, [*available_losses(), *LOSS_ALIASES], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        where = f"`{argument}` names an " if argument else "an "
+        raise ValueError(f"{where}unknown loss {name!r}; {hint}polyfocal.available_losses() lists all "
+                         f"{len(_REGISTRY)}, polyfocal.LOSS_ALIASES their short names")
+    return canonical
+
+
 def _lookup(name: str):
-    name = LOSS_ALIASES.get(name, name)
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
-    return _REGISTRY[name]
+    return _REGISTRY[canonical_name(name)]
 
 
 def get_loss_function(name: str) -> Callable:

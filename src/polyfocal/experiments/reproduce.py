@@ -636,7 +636,7 @@ def _run_command(args) -> int:
 def add_reproduce(commands) -> None:
     """Add ``reproduce`` to the CLI's subparsers object."""
     p = commands.add_parser("reproduce", help="small-scale checks of the papers' findings; one report",
-                            description="Train small models to check the PolyLoss, RetinaNet and GHM findings "
+                            description="Train small models to check the PolyLoss, RetinaNet, GHM and GFL findings "
                                         "at CPU scale; write report.md, report.html, PNGs and results.json.")
     p.add_argument("--quick", action="store_true",
                    help="fewer variants, seeds and epochs (a few minutes on 2 cores)")
