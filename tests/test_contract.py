@@ -287,3 +287,13 @@ def test_short_aliases_name_registered_losses():
     assert pf.get_loss_function("ce") is pf.cross_entropy
     assert isinstance(pf.build_loss("focal", gamma=1.0), pf.FocalLoss)
     assert isinstance(pf.build_loss({"name": "ghm"}), pf.GHMCLoss)
+
+
+def test_a_target_of_the_wrong_kind_is_named_as_such():
+    x = torch.randn(4, 3)
+    with pytest.raises(TypeError, match=r"class indices, which must be an integer tensor; got dtype torch.float32"):
+        pf.focal_loss(x, torch.tensor([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(TypeError, match=r"0/1 or soft target, which must be a float tensor; got dtype torch.int64"):
+        pf.sigmoid_focal_loss(x, torch.randint(0, 2, (4, 3)))
+    with pytest.raises(ValueError, match=r"`alpha` must be in \[0.0, 1.0\] \(None turns it off\); got -1.0"):
+        pf.sigmoid_focal_loss(x, torch.rand(4, 3), alpha=-1)

@@ -402,12 +402,15 @@ def test_fp32_within_1e6_of_float64(name, form, gamma, engine):
     target = make_target(family, form, x, g)
     cotangent = torch.randn(shape if family == "sigmoid" else shape[:1], generator=g, dtype=torch.float64)
     kwargs = {**PRECISION_PARAMS.get(name, {}), "reduction": "none"}
-    value_floor, grad_floor = (max(1e-6, 4 * c) for c in _conditioning(
-        loss_call(name, form, gamma, backend="reference", **kwargs), x, target, cotangent))
-    # a gradient is no more exact than torch's own loss of its family, nor than the probability p_t
-    # it is made of (a loss whose gradient is p_t times a factor: |log p_t| roundings at fp32)
-    grad_floor = max(grad_floor, 4 * _errors(_torch_twin(family, form, target), x, target, cotangent)[1])
-    if family == "softmax" and form in ("index", "smoothed"):
-        grad_floor = max(grad_floor, 4 * _target_probability_error(x, target))
     value, grad = _errors(loss_call(name, form, gamma, backend=engine, **kwargs), x, target, cotangent)
+    value_floor = grad_floor = 1e-6
+    if grad > grad_floor:
+        # a gradient is no more exact than torch's own loss of its family, nor than the probability
+        # p_t it is made of (a loss whose gradient is p_t times a factor: |log p_t| roundings at fp32)
+        grad_floor = max(grad_floor, 4 * _errors(_torch_twin(family, form, target), x, target, cotangent)[1])
+        if family == "softmax" and form in ("index", "smoothed"):
+            grad_floor = max(grad_floor, 4 * _target_probability_error(x, target))
+    if value > value_floor or grad > grad_floor:  # where the loss itself is ill-conditioned
+        conditioning = _conditioning(loss_call(name, form, gamma, backend="reference", **kwargs), x, target, cotangent)
+        value_floor, grad_floor = max(value_floor, 4 * conditioning[0]), max(grad_floor, 4 * conditioning[1])
     assert value <= value_floor and grad <= grad_floor, (value, value_floor, grad, grad_floor)

@@ -31,6 +31,9 @@ def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -
     if logits.ndim < 2:
         raise ValueError(f"class-index targets need `logits` of shape (N, C, *); got {tuple(logits.shape)}")
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if labels.shape == logits.shape:
+        raise TypeError(f"`target` of the logits' shape is a 0/1 or soft target, which must be a float tensor; "
+                        f"got dtype {labels.dtype} (use target.float(); class indices have shape (N, *))")
     if tuple(labels.shape) != expected:
         raise ValueError(
             f"`target` must have shape (N, *) = {expected} for class indices; got {tuple(labels.shape)}"

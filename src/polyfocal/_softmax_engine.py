@@ -51,6 +51,9 @@ def check_target(logits: Tensor, target, ignore_index: int, validate) -> bool:
         return True
     if not target.is_floating_point():
         raise TypeError(f"`target` must be integer class indices or float class probabilities; got {target.dtype}")
+    if tuple(target.shape) == (logits.shape[0],) + tuple(logits.shape[2:]):
+        raise TypeError(f"`target` of shape (N, *) holds class indices, which must be an integer tensor; "
+                        f"got dtype {target.dtype} (use target.long())")
     if target.shape != logits.shape:
         raise ValueError(
             f"`target` must have shape (N, C, *) = {tuple(logits.shape)} for class probabilities; "
