@@ -50,6 +50,11 @@ MISTAKES = [
     (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:1", "--out", "afile"], "--out"),
     (["reproduce", "--out", "afile"], "--out: expected a directory"),
     (["reproduce", "--threads", "0"], "--threads"),
+    (["compare", "--task", "digits-lt", "--losses", "ce,focal:gamma=-1"], "`gamma` must be in [0.0, inf]; got -1.0"),
+    (["compare", "--task", "digits-lt", "--losses", "focal:alpha=-1"], "(None turns it off)"),
+    (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=-2:4"],
+     "cannot build 'focal_loss:gamma=-2.0': `gamma` must be in [0.0, inf]"),
+    (["sweep", "--task", "digits-lt", "--loss", "sigmoid_focal", "--param", "alpha=0:2"], "`alpha` must be in [0.0, 1.0]"),
 ]
 
 

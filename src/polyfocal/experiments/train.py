@@ -81,6 +81,21 @@ def parse_value(text: str):
         return text
 
 
+def _try_loss(name: str, params: dict) -> None:
+    """Build the loss and call it once on a tiny example of its family, so that a value it rejects
+    (``gamma=-1``) is found before any training, not at the first step. The example has as many
+    classes as a per-class parameter given as a tuple (``alpha=0.2/0.8``), else 3."""
+    loss = build_loss(name, **params)
+    family = loss_family(name)
+    if family is None:
+        return
+    per_class = [len(v) for k, v in params.items() if k in ("alpha", "weight", "pos_weight") and isinstance(v, tuple)]
+    classes = per_class[0] if per_class else 3
+    logits = torch.zeros(2, classes)
+    with use_backend("reference"):
+        loss(logits, torch.tensor([0, 1]) if family == "softmax" else torch.zeros(2, classes))
+
+
 def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
     """Parse ``"ce,focal:gamma=1,poly1_focal:epsilon=2,gamma=1"`` into :class:`LossSpec` s.
 
@@ -132,7 +147,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
                 raise ValueError(f"`{argument}`: {name} has no parameter {key!r}; "
                                  f"it takes: {', '.join(accepted) or 'none'}")
         try:
-            build_loss(name, **params)
+            _try_loss(name, params)
         except (TypeError, ValueError) as error:
             raise ValueError(f"`{argument}`: cannot build {label!r}: {error}") from None
         specs.append(LossSpec(label, name, params, box.strip() if plus else None))
