@@ -35,6 +35,11 @@ def positive_int(text: str) -> int:
     return _number(text, int, 1, True, "a whole number >= 1")
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (seeds)."""
+    return _number(text, int, 0, True, "a whole number >= 0")
+
+
 def positive_float(text: str) -> float:
     """A number > 0 (learning rates, tolerances)."""
     return _number(text, float, 0.0, False, "a number > 0")

@@ -17,6 +17,8 @@ import contextlib
 import torch
 from torch import Tensor
 
+from ._errors import InputValueError
+
 BACKENDS = ("auto", "reference", "fused", "triton")
 FUSED_MIN_ELEMENTS = 1 << 16
 _default = "auto"
@@ -24,7 +26,7 @@ _default = "auto"
 
 def _check(name) -> str:
     if name not in BACKENDS:
-        raise ValueError(f"`backend` must be one of {BACKENDS}; got {name!r}")
+        raise InputValueError(f"`backend` must be one of {BACKENDS}; got {name!r}")
     return name
 
 
@@ -62,7 +64,7 @@ def engine_for(backend: str | None, logits: Tensor, others=()) -> str:
     other_grad = any(isinstance(t, Tensor) and t.requires_grad for t in _flatten(others))
     if name != "auto":
         if other_grad:
-            raise ValueError(f"backend={name!r} differentiates `logits` only, but another input requires a "
+            raise InputValueError(f"backend={name!r} differentiates `logits` only, but another input requires a "
                              "gradient; use backend='reference' (or 'auto')")
         return name
     from . import _fused, _triton  # noqa: PLC0415 (the fused engine loads torch.compile lazily)

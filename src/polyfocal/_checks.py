@@ -16,21 +16,23 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._errors import InputTypeError, InputValueError
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
 def check_reduction(reduction: str, normalizer) -> None:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"`reduction` must be one of {REDUCTIONS}; got {reduction!r}")
+        raise InputValueError(f"`reduction` must be one of {REDUCTIONS}; got {reduction!r}")
     if normalizer is None:
         return
     if reduction != "mean":
-        raise ValueError(
+        raise InputValueError(
             f"`normalizer` replaces the denominator of reduction='mean'; got reduction={reduction!r}"
         )
     if isinstance(normalizer, Tensor):
         if normalizer.numel() != 1:
-            raise ValueError(f"`normalizer` must be a scalar tensor; got shape {tuple(normalizer.shape)}")
+            raise InputValueError(f"`normalizer` must be a scalar tensor; got shape {tuple(normalizer.shape)}")
         return
     number(normalizer, "normalizer", low=0.0, low_open=True)
 
@@ -39,10 +41,10 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
            low_open: bool = False, high_open: bool = False) -> float:
     """Check a real hyperparameter: finite and inside the given bounds."""
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"`{name}` must be a real number; got {type(value).__name__} {value!r}")
+        raise InputTypeError(f"`{name}` must be a real number; got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite; got {value}")
+        raise InputValueError(f"`{name}` must be finite; got {value}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
@@ -51,32 +53,32 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
         lo = "-inf" if low is None else low
         hi = "inf" if high is None else high
         off = " (None turns it off)" if name == "alpha" else ""
-        raise ValueError(f"`{name}` must be in {left}{lo}, {hi}{right}{off}; got {value}")
+        raise InputValueError(f"`{name}` must be in {left}{lo}, {hi}{right}{off}; got {value}")
     return value
 
 
 def integer(value, name: str, *, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}")
+        raise InputTypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}")
     if value < low:
-        raise ValueError(f"`{name}` must be >= {low}; got {value}")
+        raise InputValueError(f"`{name}` must be >= {low}; got {value}")
     return int(value)
 
 
 def numbers(values: Sequence, name: str) -> tuple[float, ...]:
     """A non-empty sequence of finite reals (polynomial coefficients)."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        raise TypeError(f"`{name}` must be a sequence of numbers; got {type(values).__name__}")
+        raise InputTypeError(f"`{name}` must be a sequence of numbers; got {type(values).__name__}")
     if len(values) == 0:
-        raise ValueError(f"`{name}` must hold at least one number; got an empty sequence")
+        raise InputValueError(f"`{name}` must hold at least one number; got an empty sequence")
     return tuple(number(v, f"{name}[{i}]") for i, v in enumerate(values))
 
 
 def float_tensor(x, name: str) -> Tensor:
     if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
+        raise InputTypeError(f"`{name}` must be a torch.Tensor; got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {x.dtype}")
+        raise InputTypeError(f"`{name}` must be a floating-point tensor; got dtype {x.dtype}")
     return x
 
 
@@ -91,9 +93,9 @@ def class_vector(value, name: str, num_classes: int, like: Tensor) -> Tensor | N
     if not isinstance(value, Tensor):
         value = torch.as_tensor(value, dtype=like.dtype)
     if value.shape != (num_classes,):
-        raise ValueError(f"`{name}` must have shape (C,) = ({num_classes},); got {tuple(value.shape)}")
+        raise InputValueError(f"`{name}` must have shape (C,) = ({num_classes},); got {tuple(value.shape)}")
     if not value.is_floating_point():
-        raise TypeError(f"`{name}` must be a floating-point tensor; got dtype {value.dtype}")
+        raise InputTypeError(f"`{name}` must be a floating-point tensor; got dtype {value.dtype}")
     return value.to(device=like.device, dtype=like.dtype)
 
 
@@ -113,7 +115,7 @@ def check_index_range(target: Tensor, num_classes: int, ignore_index: int, name:
     if bool(bad.any()):
         value = int(target[bad][0])
         allowed = f"[0, {high - 1}]" + (f" (C={num_classes} is background)" if allow_background else "")
-        raise ValueError(
+        raise InputValueError(
             f"`{name}` holds class index {value}, outside {allowed} and not ignore_index={ignore_index}"
         )
 
@@ -122,4 +124,4 @@ def check_unit_interval(values: Tensor, name: str) -> None:
     bad = ~((values >= 0) & (values <= 1))
     if bool(bad.any()):
         value = float(values[bad][0])
-        raise ValueError(f"`{name}` must lie in [0, 1]; got a value {value}")
+        raise InputValueError(f"`{name}` must lie in [0, 1]; got a value {value}")

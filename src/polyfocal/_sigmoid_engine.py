@@ -25,17 +25,18 @@ from ._backend import wants_fused
 from ._math import SigmoidMath
 from ._numerics import compute_dtype, is_class, output_dtype, sigmoid_probability
 from ._reduce import reduce_loss, reduction_scale
+from ._errors import InputTypeError, InputValueError
 
 
 def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -> None:
     if logits.ndim < 2:
-        raise ValueError(f"class-index targets need `logits` of shape (N, C, *); got {tuple(logits.shape)}")
+        raise InputValueError(f"class-index targets need `logits` of shape (N, C, *); got {tuple(logits.shape)}")
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
     if labels.shape == logits.shape:
-        raise TypeError(f"`target` of the logits' shape is a 0/1 or soft target, which must be a float tensor; "
+        raise InputTypeError(f"`target` of the logits' shape is a 0/1 or soft target, which must be a float tensor; "
                         f"got dtype {labels.dtype} (use target.float(); class indices have shape (N, *))")
     if tuple(labels.shape) != expected:
-        raise ValueError(
+        raise InputValueError(
             f"`target` must have shape (N, *) = {expected} for class indices; got {tuple(labels.shape)}"
         )
     if _checks.should_validate(validate, labels):
@@ -48,26 +49,26 @@ def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: t
     scores = None
     if isinstance(target, tuple):
         if len(target) != 2:
-            raise ValueError(f"a tuple `target` must be (labels, scores); got {len(target)} items")
+            raise InputValueError(f"a tuple `target` must be (labels, scores); got {len(target)} items")
         target, scores = target
         if not isinstance(scores, Tensor) or not scores.is_floating_point():
-            raise TypeError("`target` scores must be a float tensor of shape (N, *)")
+            raise InputTypeError("`target` scores must be a float tensor of shape (N, *)")
     if not isinstance(target, Tensor):
-        raise TypeError(f"`target` must be a torch.Tensor; got {type(target).__name__}")
+        raise InputTypeError(f"`target` must be a torch.Tensor; got {type(target).__name__}")
     if not _checks.is_index(target):
         if scores is not None:
-            raise TypeError(f"`target` labels must be integer class indices; got dtype {target.dtype}")
+            raise InputTypeError(f"`target` labels must be integer class indices; got dtype {target.dtype}")
         if not target.is_floating_point():
-            raise TypeError(f"`target` must be float in [0, 1] or integer class indices; got dtype {target.dtype}")
+            raise InputTypeError(f"`target` must be float in [0, 1] or integer class indices; got dtype {target.dtype}")
         if target.shape != logits.shape:
-            raise ValueError(f"`target` must have the shape of `logits` {tuple(logits.shape)}; got {tuple(target.shape)}")
+            raise InputValueError(f"`target` must have the shape of `logits` {tuple(logits.shape)}; got {tuple(target.shape)}")
         if _checks.should_validate(validate, target):
             _checks.check_unit_interval(target, "target")
         return None, None, target.to(dtype), target.numel()
     _check_labels(logits, target, ignore_index, validate)
     if scores is not None:
         if scores.shape != target.shape:
-            raise ValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
+            raise InputValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
         if _checks.should_validate(validate, scores):
             _checks.check_unit_interval(scores, "target scores")
         scores = scores.to(dtype)
@@ -125,13 +126,13 @@ def check_weight(weight, logits: Tensor, name: str = "weight"):
     if weight is None:
         return None
     if not isinstance(weight, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor or None; got {type(weight).__name__}")
+        raise InputTypeError(f"`{name}` must be a torch.Tensor or None; got {type(weight).__name__}")
     try:
         shape = torch.broadcast_shapes(weight.shape, logits.shape)
     except RuntimeError:
         shape = None
     if shape != logits.shape:
-        raise ValueError(
+        raise InputValueError(
             f"`{name}` must broadcast to the shape {tuple(logits.shape)}; got {tuple(weight.shape)}"
         )
     return weight

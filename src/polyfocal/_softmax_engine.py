@@ -22,6 +22,7 @@ from . import _checks, _fused, _rows
 from ._backend import engine_for
 from ._numerics import Probability, class_sum, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
+from ._errors import InputTypeError, InputValueError
 
 PerClass = Callable[[Probability], Tensor]
 
@@ -29,33 +30,33 @@ PerClass = Callable[[Probability], Tensor]
 def check_logits(logits, name: str = "logits") -> int:
     _checks.float_tensor(logits, name)
     if logits.ndim < 2:
-        raise ValueError(f"`{name}` must have shape (N, C, *); got {tuple(logits.shape)}")
+        raise InputValueError(f"`{name}` must have shape (N, C, *); got {tuple(logits.shape)}")
     num_classes = logits.shape[1]
     if num_classes < 2:
-        raise ValueError(f"`{name}` must have C >= 2 classes along dim 1; got shape {tuple(logits.shape)}")
+        raise InputValueError(f"`{name}` must have C >= 2 classes along dim 1; got shape {tuple(logits.shape)}")
     return num_classes
 
 
 def check_target(logits: Tensor, target, ignore_index: int, validate) -> bool:
     """Check a class-index or class-probability target; return True for indices."""
     if not isinstance(target, Tensor):
-        raise TypeError(f"`target` must be a torch.Tensor; got {type(target).__name__}")
+        raise InputTypeError(f"`target` must be a torch.Tensor; got {type(target).__name__}")
     if _checks.is_index(target):
         expected = (logits.shape[0],) + tuple(logits.shape[2:])
         if tuple(target.shape) != expected:
-            raise ValueError(
+            raise InputValueError(
                 f"`target` must have shape (N, *) = {expected} for class indices; got {tuple(target.shape)}"
             )
         if _checks.should_validate(validate, target):
             _checks.check_index_range(target, logits.shape[1], ignore_index)
         return True
     if not target.is_floating_point():
-        raise TypeError(f"`target` must be integer class indices or float class probabilities; got {target.dtype}")
+        raise InputTypeError(f"`target` must be integer class indices or float class probabilities; got {target.dtype}")
     if tuple(target.shape) == (logits.shape[0],) + tuple(logits.shape[2:]):
-        raise TypeError(f"`target` of shape (N, *) holds class indices, which must be an integer tensor; "
+        raise InputTypeError(f"`target` of shape (N, *) holds class indices, which must be an integer tensor; "
                         f"got dtype {target.dtype} (use target.long())")
     if target.shape != logits.shape:
-        raise ValueError(
+        raise InputValueError(
             f"`target` must have shape (N, C, *) = {tuple(logits.shape)} for class probabilities; "
             f"got {tuple(target.shape)}"
         )

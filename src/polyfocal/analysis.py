@@ -39,6 +39,7 @@ from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
 from .ghm import bin_index, harmonizing_weights, unit_edges
 from .registry import LOSS_ALIASES, canonical_name, get_loss_function
+from ._errors import InputTypeError, InputValueError
 
 __all__ = [
     "LOSS_ALIASES", "resolve_loss_name", "SHAPE_PARAMETERS", "loss_parameters",
@@ -58,7 +59,7 @@ def resolve_loss_name(name, argument: str = "loss") -> str:
         ValueError: for an unknown name; the message names ``argument``.
     """
     if not isinstance(name, str):
-        raise TypeError(f"`{argument}` must be a loss name (str); got {type(name).__name__} {name!r}")
+        raise InputTypeError(f"`{argument}` must be a loss name (str); got {type(name).__name__} {name!r}")
     return canonical_name(name, argument)
 
 
@@ -90,7 +91,7 @@ def loss_parameters(name: str, given: Mapping | None = None) -> dict:
             resolved[key] = given.pop(key)
         elif key in SHAPE_PARAMETERS:
             if parameter.default is inspect.Parameter.empty:
-                raise ValueError(f"{name} needs `{key}`")
+                raise InputValueError(f"{name} needs `{key}`")
             resolved[key] = parameter.default
     resolved.update(given)  # unknown keywords: the loss function reports them
     return resolved
@@ -108,11 +109,11 @@ def _probabilities(p, name: str = "p", *, include_one: bool = True) -> np.ndarra
     try:
         values = np.asarray(p, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number or an array of numbers; got {type(p).__name__}") from None
+        raise InputTypeError(f"`{name}` must be a number or an array of numbers; got {type(p).__name__}") from None
     bad = ~((values > 0) & ((values <= 1) if include_one else (values < 1)))
     if bad.any():
         interval = "(0, 1]" if include_one else "(0, 1)"
-        raise ValueError(f"`{name}` must lie in {interval}; got a value {values[bad].flat[0]}")
+        raise InputValueError(f"`{name}` must lie in {interval}; got a value {values[bad].flat[0]}")
     return values
 
 
@@ -168,14 +169,14 @@ def _series_params(loss: str, params: Mapping) -> dict:
     unknown = sorted(set(params) - set(names))
     if unknown:
         accepted = ", ".join(names) or "none"
-        raise ValueError(f"{loss} has no series parameter {', '.join(unknown)}; accepted: {accepted}")
+        raise InputValueError(f"{loss} has no series parameter {', '.join(unknown)}; accepted: {accepted}")
     signature = inspect.signature(get_loss_function(loss)).parameters
     resolved = {}
     for name in names:
         if name in params:
             resolved[name] = params[name]
         elif signature[name].default is inspect.Parameter.empty:
-            raise ValueError(f"{loss} needs `{name}`")
+            raise InputValueError(f"{loss} needs `{name}`")
         else:
             resolved[name] = signature[name].default
     return resolved
@@ -224,7 +225,7 @@ def poly_coefficients(loss: str, n_terms: int, /, **params) -> PolyCoefficients:
     """
     loss = resolve_loss_name(loss, "loss")
     if loss not in SERIES_LOSSES:
-        raise ValueError(f"`loss` {loss!r} has no polynomial expansion here; "
+        raise InputValueError(f"`loss` {loss!r} has no polynomial expansion here; "
                          f"supported: {', '.join(SERIES_LOSSES)}")
     count = _integer(n_terms, "n_terms", 1)
     params = _series_params(loss, params)
@@ -244,7 +245,7 @@ def poly_coefficients(loss: str, n_terms: int, /, **params) -> PolyCoefficients:
         params["coefficients"] = _checks.numbers(params["coefficients"], "coefficients")
         gamma = params["gamma"] = _checks.number(params["gamma"], "gamma", low=0.0)
         if params["tail"] not in softmax.TAILS:
-            raise ValueError(f"`tail` must be one of {softmax.TAILS}; got {params['tail']!r}")
+            raise InputValueError(f"`tail` must be one of {softmax.TAILS}; got {params['tail']!r}")
         exact_tail = params["tail"] == "ce"
         if not exact_tail:
             a[:] = 0.0
@@ -400,7 +401,7 @@ def terms_needed(zeta: float, delta: float, *, grid_size: int = 65) -> int:
     """
     zeta, delta = _check_zeta_delta(zeta, delta)
     if zeta < 1e-12:
-        raise ValueError(f"`zeta` must be >= 1e-12 for a float64 search "
+        raise InputValueError(f"`zeta` must be >= 1e-12 for a float64 search "
                          f"(R_N's rounding error is ~1e-13); got {zeta}")
     grid = np.geomspace(delta, 1.0, _integer(grid_size, "grid_size", 2))
 
@@ -616,32 +617,32 @@ def loss_curves(names, p=None, *, margin=None, **params) -> LossCurves:
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, Sequence) or len(names) == 0:
-        raise ValueError("`names` must be a loss name or a non-empty sequence of loss names")
+        raise InputValueError("`names` must be a loss name or a non-empty sequence of loss names")
     given = list(names)
     canonical = [resolve_loss_name(n, "names") for n in given]
     for name in canonical:
         if name not in CURVE_LOSSES:
-            raise ValueError(f"`names`: {name!r} is not a function of one example's p_t; "
+            raise InputValueError(f"`names`: {name!r} is not a function of one example's p_t; "
                              f"supported: {', '.join(CURVE_LOSSES)}")
     if len(set(canonical)) != len(canonical):
-        raise ValueError(f"`names` lists a loss twice: {given}")
+        raise InputValueError(f"`names` lists a loss twice: {given}")
     extra = sorted(set(params) - set(given) - set(canonical))
     if extra:
-        raise ValueError(f"parameters given for {', '.join(extra)}, which {'is' if len(extra) == 1 else 'are'} "
+        raise InputValueError(f"parameters given for {', '.join(extra)}, which {'is' if len(extra) == 1 else 'are'} "
                          f"not in `names` {given}")
     if p is not None and margin is not None:
-        raise ValueError("give `p` or `margin`, not both")
+        raise InputValueError("give `p` or `margin`, not both")
     if margin is not None:
         m = np.asarray(margin, dtype=np.float64)
         if m.ndim != 1 or not np.isfinite(m).all():
-            raise ValueError("`margin` must be a 1-d array of finite numbers")
+            raise InputValueError("`margin` must be a 1-d array of finite numbers")
         grid = 1.0 / (1.0 + np.exp(-m))
         grid = _probabilities(grid, "margin (as p_t)", include_one=False)
     else:
         grid = np.linspace(0.005, 0.995, 199) if p is None else _probabilities(p, "p", include_one=False)
         grid = np.atleast_1d(grid)
         if grid.ndim != 1:
-            raise ValueError(f"`p` must be 1-d; got shape {grid.shape}")
+            raise InputValueError(f"`p` must be 1-d; got shape {grid.shape}")
     p_t = torch.as_tensor(grid, dtype=torch.float64)
     losses, grad_p, grad_m, used = {}, {}, {}, {}
     for alias, name in zip(given, canonical):

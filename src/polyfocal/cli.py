@@ -25,14 +25,15 @@ import numpy as np
 import torch
 
 from . import __version__, analysis
-from ._arguments import Parser, fail, innermost, output_directory, positive_float, positive_int
+from ._arguments import Parser, fail, innermost, non_negative_int, output_directory, positive_float, positive_int
 from ._backend import use_backend
+from ._errors import InputError, InputValueError
 from .registry import get_loss_function
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 
-class CommandError(Exception):
+class CommandError(InputValueError):
     """A user error found after parsing; printed as ``polyfocal: error: ...``, exit code 2."""
 
 
@@ -299,7 +300,7 @@ def _add_explain(commands) -> None:
     p.add_argument("--losses", "--loss", dest="losses", type=_names, default=["cross_entropy"],
                    help="comma-separated softmax losses to train with (default: ce)")
     p.add_argument("--steps", type=positive_int, default=200, help="training steps (default 200)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     _add_loss_options(p)
     _add_out(p)
     p.set_defaults(handler=_explain_share)
@@ -310,7 +311,7 @@ def _add_explain(commands) -> None:
     p.add_argument("--outlier-fraction", type=float, default=0.002, help="flipped labels (default 0.002)")
     p.add_argument("--bins", type=positive_int, default=30, help="histogram bins (default 30)")
     p.add_argument("--ghm-bins", type=positive_int, default=None, help="GHM unit regions (default: --bins)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     _add_out(p)
     p.set_defaults(handler=_explain_density)
 
@@ -354,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return args.handler(args)
-    except (CommandError, ValueError, TypeError) as error:
+    except InputError as error:  # a user's mistake; any other exception is a bug, with its traceback
         return fail(str(error))
 
 

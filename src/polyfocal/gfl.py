@@ -13,6 +13,7 @@ from ._numerics import compute_dtype, output_dtype, safe_pow
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, sigmoid_loss
 from ._softmax_engine import check_logits, softmax_loss
+from ._errors import InputValueError
 
 __all__ = [
     "quality_focal_loss", "varifocal_loss", "distribution_focal_loss", "generalized_focal_loss",
@@ -72,11 +73,11 @@ def _check_distribution_target(logits: Tensor, target, weight, validate) -> None
     _checks.float_tensor(target, "target")
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
     if tuple(target.shape) != expected:
-        raise ValueError(f"`target` must have shape (N, *) = {expected}; got {tuple(target.shape)}")
+        raise InputValueError(f"`target` must have shape (N, *) = {expected}; got {tuple(target.shape)}")
     if weight is not None:
         check_weight(weight, target)
     if _checks.should_validate(validate, target) and not bool(torch.isfinite(target).all()):
-        raise ValueError("`target` must be finite")
+        raise InputValueError("`target` must be finite")
 
 
 def _two_hot(target: Tensor, num_bins: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:

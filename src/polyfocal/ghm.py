@@ -33,6 +33,7 @@ from ._numerics import (binary_cross_entropy, compute_dtype, is_class, output_dt
                         sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target, prepare_target
+from ._errors import InputValueError
 
 __all__ = ["ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMRLoss"]
 
@@ -287,7 +288,7 @@ def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduct
     _checks.float_tensor(pred, "pred")
     _checks.float_tensor(target, "target")
     if target.shape != pred.shape:
-        raise ValueError(f"`target` must have the shape of `pred` {tuple(pred.shape)}; got {tuple(target.shape)}")
+        raise InputValueError(f"`target` must have the shape of `pred` {tuple(pred.shape)}; got {tuple(target.shape)}")
     _checks.check_reduction(reduction, None)
     weight = check_weight(weight, pred)
     return _ghm(pred, None, target, None, weight, ignore_index=-100, bins=bins, variant=_REGRESSION, mu=mu,

@@ -13,6 +13,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from . import gfl, sigmoid, softmax
+from ._errors import InputTypeError
 
 
 class LossModule(nn.Module):
@@ -26,10 +27,10 @@ class LossModule(nn.Module):
         allowed = sorted(n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY)
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
-            raise TypeError(f"{type(self).__name__} got unexpected arguments {unknown}; it takes {allowed}")
+            raise InputTypeError(f"{type(self).__name__} got unexpected arguments {unknown}; it takes {allowed}")
         missing = sorted(n for n in allowed if parameters[n].default is inspect.Parameter.empty and n not in kwargs)
         if missing:
-            raise TypeError(f"{type(self).__name__} needs the arguments {missing}")
+            raise InputTypeError(f"{type(self).__name__} needs the arguments {missing}")
         self._options = {}
         self._tensor_names = []
         for name, value in kwargs.items():

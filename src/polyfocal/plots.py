@@ -25,6 +25,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("polyfocal.plots needs matplotlib: pip install 'polyfocal[plots]'") from error
 
 from . import analysis
+from ._errors import InputValueError
 
 __all__ = [
     "plot_coefficients", "plot_truncation", "plot_loss_curves", "plot_gradient_share",
@@ -241,7 +242,7 @@ def plot_loss_curves(names: str | Sequence[str] | analysis.LossCurves = ("cross_
             :func:`~polyfocal.analysis.loss_curves`.
     """
     if versus not in ("p_t", "margin"):
-        raise ValueError(f"`versus` must be 'p_t' or 'margin'; got {versus!r}")
+        raise InputValueError(f"`versus` must be 'p_t' or 'margin'; got {versus!r}")
     if isinstance(names, analysis.LossCurves):
         curves = names
     else:

@@ -8,6 +8,7 @@ from typing import Callable, Mapping
 from torch import nn
 
 from . import gfl, ghm, modules, sigmoid, softmax
+from ._errors import InputTypeError, InputValueError
 
 __all__ = ["build_loss", "available_losses", "get_loss_function", "register_loss", "LOSS_ALIASES"]
 
@@ -39,7 +40,7 @@ LOSS_ALIASES: dict[str, str] = {
 def register_loss(name: str, function: Callable | None, module: type[nn.Module]) -> None:
     """Make a loss buildable by name: its function (or None) and its Module class."""
     if name in _REGISTRY:
-        raise ValueError(f"a loss named {name!r} is already registered")
+        raise InputValueError(f"a loss named {name!r} is already registered")
     _REGISTRY[name] = (function, module)
 
 
@@ -56,7 +57,7 @@ def canonical_name(name: str, argument: str | None = None) -> str:
         close = difflib.get_close_matches(name, [*available_losses(), *LOSS_ALIASES], n=3, cutoff=0.6)
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         where = f"`{argument}` names an " if argument else "an "
-        raise ValueError(f"{where}unknown loss {name!r}; {hint}polyfocal.available_losses() lists all "
+        raise InputValueError(f"{where}unknown loss {name!r}; {hint}polyfocal.available_losses() lists all "
                          f"{len(_REGISTRY)}, polyfocal.LOSS_ALIASES their short names")
     return canonical
 
@@ -69,7 +70,7 @@ def get_loss_function(name: str) -> Callable:
     """The functional form of a registered loss."""
     function, _ = _lookup(name)
     if function is None:
-        raise ValueError(f"loss {name!r} has no functional form")
+        raise InputValueError(f"loss {name!r} has no functional form")
     return function
 
 
@@ -83,11 +84,11 @@ def build_loss(config: str | Mapping, **kwargs) -> nn.Module:
     """
     if isinstance(config, Mapping):
         if "name" not in config:
-            raise ValueError(f"a loss config needs a 'name' key; got keys {sorted(config)}")
+            raise InputValueError(f"a loss config needs a 'name' key; got keys {sorted(config)}")
         options = {k: v for k, v in config.items() if k != "name"}
         return build_loss(config["name"], **options, **kwargs)
     if not isinstance(config, str):
-        raise TypeError(f"`config` must be a loss name or a mapping; got {type(config).__name__}")
+        raise InputTypeError(f"`config` must be a loss name or a mapping; got {type(config).__name__}")
     _, module = _lookup(config)
     return module(**kwargs)
 

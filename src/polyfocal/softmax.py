@@ -9,6 +9,7 @@ from torch import Tensor
 from . import _checks, _math
 from ._docs import fill
 from ._softmax_engine import softmax_loss
+from ._errors import InputValueError
 
 __all__ = [
     "cross_entropy", "focal_loss", "poly1_cross_entropy", "polyn_cross_entropy", "poly_loss",
@@ -145,7 +146,7 @@ def poly_loss(logits: Tensor, target: Tensor, *, coefficients: Sequence[float] =
     coefficients = _checks.numbers(coefficients, "coefficients")
     gamma = _checks.number(gamma, "gamma", low=0.0)
     if tail not in TAILS:
-        raise ValueError(f"`tail` must be one of {TAILS}; got {tail!r}")
+        raise InputValueError(f"`tail` must be one of {TAILS}; got {tail!r}")
     params = dict(coefficients=coefficients, gamma=gamma, keep_tail=tail == "ce")
     return softmax_loss(_math.poly_series, params, logits, target, weight=weight, alpha=alpha,
                         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from .._arguments import at_least_one, output_directory, positive_float, positive_int
+from .._arguments import at_least_one, non_negative_int, output_directory, positive_float, positive_int
 from .distributed import join_from_environment, leave
 from .report import format_table, print_written, write_report
 from .tasks import TASKS, load_data, make_task
 from .train import compare, parse_losses
+from .._errors import InputValueError
 
 __all__ = ["add_compare"]
 
@@ -28,8 +29,10 @@ def _seeds(text: str) -> list[int]:
         if values[0] < 1:
             raise argparse.ArgumentTypeError(f"a seed count must be >= 1; got {text!r}")
         return list(range(values[0]))
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a count (3) or seeds (0,4,7); got {text!r}")
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected a count (3) or seeds >= 0 (0,4,7); got {text!r}")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"seeds must differ (a repeated seed repeats its run); got {text!r}")
     return values
 
 
@@ -45,19 +48,19 @@ def _compare(args, main: bool) -> int:
     specs = parse_losses(args.losses, "--losses")
     if args.data:
         if args.task:
-            raise ValueError("give `--task` or `--data`, not both")
+            raise InputValueError("give `--task` or `--data`, not both")
         for flag, value in (("--imbalance", args.imbalance), ("--n-train", args.n_train)):
             if value is not None:
-                raise ValueError(f"`{flag}` does not apply to `--data`")
+                raise InputValueError(f"`{flag}` does not apply to `--data`")
         if args.image_size is not None and not os.path.isdir(args.data):
-            raise ValueError("`--image-size` applies only to an image folder given as `--data`")
+            raise InputValueError("`--image-size` applies only to an image folder given as `--data`")
         task = load_data(args.data, label_column=args.label_column, seed=args.data_seed,
                          image_size=args.image_size or 32)
     else:
         if not args.task:
-            raise ValueError("`--task` is required (or `--data FILE`); tasks: " + ", ".join(TASKS))
+            raise InputValueError("`--task` is required (or `--data FILE`); tasks: " + ", ".join(TASKS))
         if args.label_column:
-            raise ValueError("`--label-column` applies only to `--data`")
+            raise InputValueError("`--label-column` applies only to `--data`")
         task = make_task(args.task, imbalance=args.imbalance, n_train=args.n_train, seed=args.data_seed)
     results = compare(task, specs, args.seeds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       backend=args.backend, threads=args.threads, progress=main and not args.quiet)
@@ -78,7 +81,7 @@ def add_training_arguments(p) -> None:
     p.add_argument("--imbalance", type=at_least_one, default=None,
                    help="digits-lt: largest/smallest class (default 50)")
     p.add_argument("--n-train", type=positive_int, default=None, help="tabular-imbalanced / dense-toy: training size")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the data and split (default 0)")
+    p.add_argument("--data-seed", type=non_negative_int, default=0, help="seed of the data and split (default 0)")
     p.add_argument("--backend", choices=("reference", "auto", "fused"), default="reference",
                    help="polyfocal engine (default reference: small models, no compile time)")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")

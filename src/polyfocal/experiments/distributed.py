@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from .._errors import InputValueError
+
 __all__ = ["Group", "current", "join_from_environment", "leave", "require_single_process"]
 
 
@@ -85,4 +87,4 @@ def require_single_process(command: str, instead: str) -> None:
     """Raise ``ValueError`` when started by torchrun with 2+ processes: ``command`` runs in one."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world != "1":
-        raise ValueError(f"`polyfocal {command}` runs in one process; got WORLD_SIZE={world} (torchrun). {instead}")
+        raise InputValueError(f"`polyfocal {command}` runs in one process; got WORLD_SIZE={world} (torchrun). {instead}")

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from .._errors import InputValueError
+
 __all__ = ["accuracy", "balanced_accuracy", "macro_f1", "expected_calibration_error",
            "average_precision", "average_precisions", "roc_auc", "t_interval", "t_quantile"]
 
@@ -22,9 +24,9 @@ __all__ = ["accuracy", "balanced_accuracy", "macro_f1", "expected_calibration_er
 def _pair(y_true, y_other, name: str) -> tuple[np.ndarray, np.ndarray]:
     y_true, y_other = np.asarray(y_true).ravel(), np.asarray(y_other)
     if y_other.shape[0] != y_true.shape[0]:
-        raise ValueError(f"`{name}` must have {y_true.shape[0]} rows like `y_true`; got shape {y_other.shape}")
+        raise InputValueError(f"`{name}` must have {y_true.shape[0]} rows like `y_true`; got shape {y_other.shape}")
     if y_true.shape[0] == 0:
-        raise ValueError("`y_true` is empty")
+        raise InputValueError("`y_true` is empty")
     return y_true, y_other
 
 
@@ -70,7 +72,7 @@ def expected_calibration_error(probs, y_true, n_bins: int = 15) -> float:
     """
     y_true, probs = _pair(y_true, probs, "probs")
     if probs.ndim != 2:
-        raise ValueError(f"`probs` must have shape (N, C); got {probs.shape}")
+        raise InputValueError(f"`probs` must have shape (N, C); got {probs.shape}")
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.digitize(confidence, edges[1:-1], right=True)
@@ -96,10 +98,10 @@ def average_precisions(y_true, scores) -> np.ndarray:
     """:func:`average_precision` of each column of ``y_true (n, k)`` against one ``scores (n,)``, sorted once."""
     y_true, scores = np.asarray(y_true), np.asarray(scores).ravel().astype(np.float64)
     if y_true.ndim != 2 or y_true.shape[0] != scores.shape[0]:
-        raise ValueError(f"`y_true` must have shape (n, k) with n = {scores.shape[0]} like `scores`; "
+        raise InputValueError(f"`y_true` must have shape (n, k) with n = {scores.shape[0]} like `scores`; "
                          f"got {y_true.shape}")
     if scores.shape[0] == 0:
-        raise ValueError("`y_true` is empty")
+        raise InputValueError("`y_true` is empty")
     order = np.argsort(-scores, kind="mergesort")
     scores, y = scores[order], (y_true[order] > 0).astype(np.float64)
     ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]  # last index of each tie group
@@ -137,7 +139,7 @@ _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 def t_quantile(df: int) -> float:
     """``t_(0.975, df)``; between tabulated degrees of freedom the smaller df's (wider) value."""
     if df < 1:
-        raise ValueError(f"`df` must be >= 1; got {df}")
+        raise InputValueError(f"`df` must be >= 1; got {df}")
     return _T975[max(k for k in _T975 if k <= df)] if df <= 120 else 1.960
 
 

@@ -43,6 +43,7 @@ from .metrics import t_interval
 from .report import json_safe, print_written, summarize
 from .tasks import make_task
 from .train import compare, parse_losses, train_run, versions
+from .._errors import InputValueError
 
 __all__ = ["ReproduceConfig", "reproduce_findings", "verdict", "truncation_verdict", "paired_difference",
            "write_reproduce_report", "positive_loss_rises", "add_reproduce", "FINDINGS"]
@@ -330,7 +331,7 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
     """
     config = config or ReproduceConfig()
     if len(config.seeds) < 1:
-        raise ValueError("`--seeds` must be >= 1")
+        raise InputValueError("`--seeds` must be >= 1")
     start = time.perf_counter()
 
     def say(text):

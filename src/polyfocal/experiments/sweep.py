@@ -32,6 +32,7 @@ from .distributed import require_single_process
 from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
 from .train import LossSpec, check_compatible, parse_losses, parse_value, train_run, versions
+from .._errors import InputValueError
 
 __all__ = ["add_sweep", "parse_param", "SearchParam"]
 
@@ -84,7 +85,7 @@ def _optuna():
     try:
         import optuna
     except ImportError:
-        raise ValueError("`sweep` needs Optuna: pip install optuna "
+        raise InputValueError("`sweep` needs Optuna: pip install optuna "
                          "(or pip install 'polyfocal[sweep]')") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats and fail_stale_trials are marked experimental; they are what makes resuming safe
@@ -158,7 +159,7 @@ def _open_study(optuna, args, config: dict, direction: str):
             raise
         except Exception as error:  # e.g. two processes creating the SQLite tables at once
             if not args.storage.startswith("sqlite"):  # a refused connection or a wrong password: no retries
-                raise ValueError(f"cannot open the storage {_redact(args.storage)}: {error}") from None
+                raise InputValueError(f"cannot open the storage {_redact(args.storage)}: {error}") from None
             if attempt == 4:
                 raise
             time.sleep(0.5 + attempt)
@@ -167,7 +168,7 @@ def _open_study(optuna, args, config: dict, direction: str):
         study.set_user_attr("config", config)
     elif stored != json_safe(config):
         changed = [k for k in config if stored.get(k) != json_safe(config[k])]
-        raise ValueError(f"`--study` {args.study!r} in {_redact(args.storage)} was started with other "
+        raise InputValueError(f"`--study` {args.study!r} in {_redact(args.storage)} was started with other "
                          f"settings ({', '.join(changed)} differ); resume it with the same options "
                          f"or give another `--study`")
     return study
@@ -209,10 +210,10 @@ def run_sweep(args) -> dict:
 
     names = [p.name for p in args.param]
     if len(set(names)) != len(names):
-        raise ValueError(f"`--param` gives a parameter twice: {', '.join(names)}")
+        raise InputValueError(f"`--param` gives a parameter twice: {', '.join(names)}")
     base = parse_losses(args.loss, "--loss")
     if len(base) != 1:
-        raise ValueError(f"`--loss` must name one loss; got {args.loss!r}")
+        raise InputValueError(f"`--loss` must name one loss; got {args.loss!r}")
     base = base[0]
     # check every searched name and value against the loss, as parse_losses does for --losses
     probe = {p.name: (p.choices if p.choices is not None else [p.low, p.high]) for p in args.param}

@@ -24,6 +24,7 @@ from torch import nn
 
 from . import metrics as M
 from .boxes import box_metrics
+from .._errors import InputValueError
 
 __all__ = ["Task", "TASKS", "make_task", "load_data"]
 
@@ -100,7 +101,7 @@ class Task:
         With ``box_channels`` (dense tasks with boxes), the model returns ``(logits, box_output)``.
         """
         if box_channels and self.boxes_train is None:
-            raise ValueError(f"task {self.name!r} has no box targets; box losses need dense-toy")
+            raise InputValueError(f"task {self.name!r} has no box targets; box losses need dense-toy")
         if self.kind == "dense":
             model = DenseNet(self.x_train.shape[1], self.num_classes, box_channels)
             classifier = model.classify
@@ -188,7 +189,7 @@ def _stratified_split(y: np.ndarray, test_fraction: float, rng: np.random.Genera
 def digits_lt(imbalance: float = 50.0, test_per_class: int = 50, seed: int = 0) -> Task:
     """Digits 0-9 (8x8): class c keeps ``n_max * imbalance^(-c/9)`` train images; test is balanced."""
     if imbalance < 1:
-        raise ValueError(f"`imbalance` must be >= 1; got {imbalance}")
+        raise InputValueError(f"`imbalance` must be >= 1; got {imbalance}")
     data = _sklearn().datasets.load_digits()
     x, y = data.data.astype(np.float64) / 16.0, data.target
     rng = np.random.default_rng(seed)
@@ -204,8 +205,14 @@ def digits_lt(imbalance: float = 50.0, test_per_class: int = 50, seed: int = 0) 
                 epochs=30, batch_size=64, lr=1e-2, options={"imbalance": imbalance, "seed": seed})
 
 
+def _at_least(n_train: int, minimum: int, task: str, why: str) -> None:
+    if n_train < minimum:
+        raise InputValueError(f"`--n-train` must be >= {minimum} for task {task!r} ({why}); got {n_train}")
+
+
 def tabular_imbalanced(n_train: int = 4000, seed: int = 0) -> Task:
     """``make_classification`` with 20 features, weights [0.99, 0.01]; a third as many test rows."""
+    _at_least(n_train, 200, "tabular-imbalanced", "1% positives: a split needs at least 2")
     sklearn = _sklearn()
     n_test = max(n_train // 3, 2)
     x, y = sklearn.datasets.make_classification(
@@ -254,6 +261,7 @@ def _dense_images(n: int, size: int, generator: torch.Generator):
 
 def dense_toy(n_train: int = 256, size: int = 32, seed: int = 0) -> Task:
     """Per-pixel classes of small objects (3 shapes, ~1% of locations) and their box edges; sigmoid head."""
+    _at_least(n_train, 4, "dense-toy", "a batch of images and half as many to test")
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train, b_train = _dense_images(n_train, size, generator)
     x_test, y_test, b_test = _dense_images(max(n_train // 2, 1), size, generator)
@@ -281,7 +289,7 @@ def _read_images(path: str, size: int) -> tuple[np.ndarray, np.ndarray]:
                 x.append(np.asarray(pixels, dtype=np.float64).ravel() / 255.0)
                 labels.append(label)
     if not x:
-        raise ValueError(f"`--data` folder {path!r} has no images in class subfolders (path/CLASS/image.png)")
+        raise InputValueError(f"`--data` folder {path!r} has no images in class subfolders (path/CLASS/image.png)")
     return np.stack(x), np.array(labels)
 
 
@@ -292,36 +300,39 @@ def _read_image(path: str, size: int):
         with Image.open(path) as image:
             return image.convert("RGB").resize((size, size), Image.BILINEAR)
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"`--data` image {path!r} cannot be read: {error}") from None
+        raise InputValueError(f"`--data` image {path!r} cannot be read: {error}") from None
 
 
 def _read_table(path: str, label_column: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Features and raw labels from a ``.npz`` (arrays ``X``, ``y``) or a ``.csv`` with a header."""
     extension = os.path.splitext(path)[1].lower()
     if extension == ".npz":
-        arrays = np.load(path, allow_pickle=False)
+        try:
+            arrays = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:  # not an .npz, or one holding pickled objects
+            raise InputValueError(f"`--data` {path!r} cannot be read as .npz: {error}") from None
         keys = {k.lower(): k for k in arrays.files}
         if "x" not in keys or "y" not in keys:
-            raise ValueError(f"`--data` {path!r} must hold arrays 'X' and 'y'; got {arrays.files}")
+            raise InputValueError(f"`--data` {path!r} must hold arrays 'X' and 'y'; got {arrays.files}")
         x, raw = np.asarray(arrays[keys["x"]], dtype=np.float64), np.asarray(arrays[keys["y"]])
         return x.reshape(len(x), -1), raw
     if extension == ".csv":
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
         if not rows:
-            raise ValueError(f"`--data` {path!r} is empty; expected a header row and data rows")
+            raise InputValueError(f"`--data` {path!r} is empty; expected a header row and data rows")
         header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
         column = label_column or ("label" if "label" in header else header[-1])
         if column not in header:
-            raise ValueError(f"`--label-column` {column!r} is not a column of {path!r}; columns: {', '.join(header)}")
+            raise InputValueError(f"`--label-column` {column!r} is not a column of {path!r}; columns: {', '.join(header)}")
         j = header.index(column)
         raw = np.array([r[j].strip() for r in rows])
         try:
             x = np.array([[float(v) for k, v in enumerate(r) if k != j] for r in rows], dtype=np.float64)
         except ValueError as error:
-            raise ValueError(f"`--data` {path!r}: feature columns must be numbers ({error})") from None
+            raise InputValueError(f"`--data` {path!r}: feature columns must be numbers ({error})") from None
         return x, raw
-    raise ValueError(f"`--data` must be a .csv or .npz file or an image folder; got {path!r}")
+    raise InputValueError(f"`--data` must be a .csv or .npz file or an image folder; got {path!r}")
 
 
 def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fraction: float = 0.3,
@@ -342,17 +353,17 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
     """
     if os.path.isdir(path):
         if label_column:
-            raise ValueError("`--label-column` applies to a CSV file, not an image folder")
+            raise InputValueError("`--label-column` applies to a CSV file, not an image folder")
         x, raw = _read_images(path, image_size)
     elif os.path.isfile(path):
         x, raw = _read_table(path, label_column)
     else:
-        raise ValueError(f"`--data` file or folder not found: {path!r}")
+        raise InputValueError(f"`--data` file or folder not found: {path!r}")
     if len(x) != len(raw) or len(x) < 4:
-        raise ValueError(f"`--data` {path!r}: need >= 4 rows and as many labels as rows; got X {x.shape}, y {raw.shape}")
+        raise InputValueError(f"`--data` {path!r}: need >= 4 rows and as many labels as rows; got X {x.shape}, y {raw.shape}")
     classes, y = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"`--data` {path!r}: labels must have at least 2 classes; got {classes.tolist()}")
+        raise InputValueError(f"`--data` {path!r}: labels must have at least 2 classes; got {classes.tolist()}")
     train, test = _stratified_split(y, test_fraction, np.random.default_rng(seed))
     x_train, x_test = _standardize(x[train], x[test])
     kind = "binary" if len(classes) == 2 else "multiclass"
@@ -377,10 +388,10 @@ def make_task(name: str, **options) -> Task:
         ValueError: unknown task, or an option the task does not take (named as the CLI flag).
     """
     if name not in TASKS:
-        raise ValueError(f"`--task` names an unknown task {name!r}; available: {', '.join(TASKS)}")
+        raise InputValueError(f"`--task` names an unknown task {name!r}; available: {', '.join(TASKS)}")
     factory, accepted = TASKS[name]
     given = {k: v for k, v in options.items() if v is not None}
     for key in given:
         if key not in accepted:
-            raise ValueError(f"`--{key.replace('_', '-')}` does not apply to task {name!r}")
+            raise InputValueError(f"`--{key.replace('_', '-')}` does not apply to task {name!r}")
     return factory(**given)

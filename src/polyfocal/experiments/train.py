@@ -34,6 +34,7 @@ from ..registry import build_loss, get_loss_function
 from . import boxes
 from .distributed import current
 from .tasks import Task
+from .._errors import InputValueError
 
 __all__ = ["LossSpec", "parse_losses", "loss_family", "train_run", "compare", "versions"]
 
@@ -108,7 +109,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             classification; the message names ``argument``.
     """
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"`{argument}` must list at least one loss, e.g. ce,focal,poly1; got {text!r}")
+        raise InputValueError(f"`{argument}` must list at least one loss, e.g. ce,focal,poly1; got {text!r}")
     items: list[list] = []  # [label, name-text, {params}]
     for raw in (t.strip() for t in text.split(",")):
         if not raw:
@@ -119,41 +120,41 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             head, rest = (None, raw) if "=" in raw else (raw, "")
         if head is None:
             if not items:
-                raise ValueError(f"`{argument}`: parameter {raw!r} comes before any loss name")
+                raise InputValueError(f"`{argument}`: parameter {raw!r} comes before any loss name")
             items[-1][0] += "," + raw
         else:
             items.append([raw, head.strip(), {}])
         for pair in (p for p in rest.split(":") if p.strip()):
             key, eq, value = pair.partition("=")
             if not eq or not key.strip() or not value.strip():
-                raise ValueError(f"`{argument}`: malformed parameter {pair!r} in {raw!r}; "
+                raise InputValueError(f"`{argument}`: malformed parameter {pair!r} in {raw!r}; "
                                  f"expected NAME:KEY=VALUE, e.g. poly1:epsilon=2")
             items[-1][2][key.strip()] = parse_value(value.strip())
     specs = []
     for label, head, params in items:
         head, plus, box = head.partition("+")
         if plus and box.strip() not in boxes.BOX_LOSSES:
-            raise ValueError(f"`{argument}`: unknown box loss {box.strip()!r} in {label!r}; "
+            raise InputValueError(f"`{argument}`: unknown box loss {box.strip()!r} in {label!r}; "
                              f"expected one of {', '.join(boxes.BOX_LOSSES)}, e.g. qfl+dfl")
         name = analysis.resolve_loss_name(head.strip(), argument)
         if loss_family(name) is None:
-            raise ValueError(f"`{argument}`: {name!r} is not a classification loss")
+            raise InputValueError(f"`{argument}`: {name!r} is not a classification loss")
         if plus and loss_family(name) != "sigmoid":
-            raise ValueError(f"`{argument}`: a box loss goes with a sigmoid loss on dense-toy; got {label!r}")
+            raise InputValueError(f"`{argument}`: a box loss goes with a sigmoid loss on dense-toy; got {label!r}")
         accepted = [k for k in inspect.signature(get_loss_function(name)).parameters
                     if k not in _RESERVED][2:]
         for key in params:
             if key not in accepted:
-                raise ValueError(f"`{argument}`: {name} has no parameter {key!r}; "
+                raise InputValueError(f"`{argument}`: {name} has no parameter {key!r}; "
                                  f"it takes: {', '.join(accepted) or 'none'}")
         try:
             _try_loss(name, params)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"`{argument}`: cannot build {label!r}: {error}") from None
+            raise InputValueError(f"`{argument}`: cannot build {label!r}: {error}") from None
         specs.append(LossSpec(label, name, params, box.strip() if plus else None))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"`{argument}` lists a loss twice: {', '.join(labels)}")
+        raise InputValueError(f"`{argument}` lists a loss twice: {', '.join(labels)}")
     return specs
 
 
@@ -164,13 +165,13 @@ def check_compatible(task: Task, specs, argument: str = "--losses") -> None:
         if family not in task.families:
             hint = ("sigmoid losses (bce, sigmoid_focal, poly1_focal, qfl, vfl, ghm_c, ...)"
                     if task.families == ("sigmoid",) else "softmax losses (ce, focal, poly1, ...)")
-            raise ValueError(f"`{argument}`: {spec.label!r} is a {family} loss; task {task.name!r} "
+            raise InputValueError(f"`{argument}`: {spec.label!r} is a {family} loss; task {task.name!r} "
                              f"({task.kind}) takes {hint}")
         if spec.box and task.boxes_train is None:
-            raise ValueError(f"`{argument}`: {spec.label!r} regresses boxes; task {task.name!r} has no box "
+            raise InputValueError(f"`{argument}`: {spec.label!r} regresses boxes; task {task.name!r} has no box "
                              f"targets (use dense-toy)")
     if len({spec.box is None for spec in specs}) > 1:
-        raise ValueError(f"`{argument}`: give every loss a box loss (qfl+dfl, sigmoid_focal+l1) or none, "
+        raise InputValueError(f"`{argument}`: give every loss a box loss (qfl+dfl, sigmoid_focal+l1) or none, "
                          f"so that all runs report the same metrics")
 
 
@@ -298,9 +299,9 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
     check_compatible(task, specs)
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("`--seeds` must give at least one seed")
+        raise InputValueError("`--seeds` must give at least one seed")
     if epochs is not None and epochs < 0:
-        raise ValueError(f"`--epochs` must be >= 0; got {epochs}")
+        raise InputValueError(f"`--epochs` must be >= 0; got {epochs}")
     before = torch.get_num_threads()
     update, close = _progress(len(specs) * len(seeds), progress)
     runs = []
