@@ -73,7 +73,9 @@ def test_rerun_resumes_up_to_trials(tmp_path):
 
 def test_killed_sweep_resumes_without_losing_trials(tmp_path):
     db = tmp_path / "k.db"
-    worker = _spawn(db, tmp_path / "o", trials=6, epochs="40")
+    # a trial must outlast several polls of the study (each loads it anew); at 40 epochs one
+    # fresh-clone run saw all six trials finish before its first successful poll
+    worker = _spawn(db, tmp_path / "o", trials=6, epochs="200")
     deadline = time.monotonic() + 30
     while not _complete(db) and time.monotonic() < deadline and worker.poll() is None:
         time.sleep(0.05)
@@ -81,7 +83,7 @@ def test_killed_sweep_resumes_without_losing_trials(tmp_path):
     worker.communicate()
     before = _key(_complete(db))
     assert 1 <= len(before) < 6
-    assert main(_argv(db, "--out", str(tmp_path / "o"), trials=6, epochs="40")) == 0
+    assert main(_argv(db, "--out", str(tmp_path / "o"), trials=6, epochs="200")) == 0
     after = _complete(db)
     assert len(after) == 6 and set(before) <= set(_key(after))
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
