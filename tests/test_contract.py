@@ -1,6 +1,8 @@
 """The contract every loss keeps: extremes, dtypes, empty batches, bad input, Modules, compile."""
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -297,3 +299,11 @@ def test_a_target_of_the_wrong_kind_is_named_as_such():
         pf.sigmoid_focal_loss(x, torch.randint(0, 2, (4, 3)))
     with pytest.raises(ValueError, match=r"`alpha` must be in \[0.0, 1.0\] \(None turns it off\); got -1.0"):
         pf.sigmoid_focal_loss(x, torch.rand(4, 3), alpha=-1)
+
+
+def test_imports_and_runs_without_docstrings():
+    """``python -OO`` strips docstrings; the shared docstring fragments must not be required."""
+    code = "import torch, polyfocal as pf; print(float(pf.focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]))))"
+    result = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) == pytest.approx(float(pf.focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]))))

@@ -42,6 +42,8 @@ RETURNS = """Returns:
 
 
 def fill(func):
-    """Replace ``{softmax_args}``, ``{sigmoid_args}`` and ``{returns}`` in ``func``'s docstring."""
-    func.__doc__ = func.__doc__.format(softmax_args=SOFTMAX_ARGS, sigmoid_args=SIGMOID_ARGS, returns=RETURNS)
+    """Replace ``{softmax_args}``, ``{sigmoid_args}`` and ``{returns}`` in ``func``'s docstring
+    (there is none under ``python -OO``)."""
+    if func.__doc__ is not None:
+        func.__doc__ = func.__doc__.format(softmax_args=SOFTMAX_ARGS, sigmoid_args=SIGMOID_ARGS, returns=RETURNS)
     return func
