@@ -12,6 +12,7 @@ import polyfocal as pf
 from polyfocal import experiments as ex
 from polyfocal.cli import main
 from polyfocal.experiments import metrics as M
+from polyfocal.experiments.report import summarize
 
 
 # --- metrics against values worked out by hand ----------------------------------------------------
@@ -72,6 +73,17 @@ def test_t_interval():
     assert mean - low == pytest.approx(high - mean)
     mean, low, high = M.t_interval([0.5])
     assert mean == 0.5 and math.isnan(low) and math.isnan(high)
+
+
+def test_an_interval_stays_inside_its_metric_range():
+    mean, low, high = M.t_interval([0.95, 0.99, 1.0], M.metric_range("roc_auc"))
+    assert high == 1.0 and low == pytest.approx(mean - (M.t_interval([0.95, 0.99, 1.0])[2] - mean))
+    _, low, _ = M.t_interval([0.01, 0.2, 0.02], M.metric_range("ece"))
+    assert low == 0.0
+    assert M.metric_range("loc_error") == (0.0, math.inf)
+    results = {"runs": [{"loss": "ce", "metrics": {"roc_auc": v}} for v in (0.95, 0.99, 1.0)],
+               "metrics": ["roc_auc"]}
+    assert summarize(results)["ce"]["roc_auc"]["high"] == 1.0
 
 
 # --- loss specs ------------------------------------------------------------------------------------

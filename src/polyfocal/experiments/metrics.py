@@ -143,8 +143,18 @@ def t_quantile(df: int) -> float:
     return _T975[max(k for k in _T975 if k <= df)] if df <= 120 else 1.960
 
 
-def t_interval(values) -> tuple[float, float, float]:
-    """Mean and the 95% Student-t interval ``mean +- t_(0.975, n-1) s / sqrt(n)``.
+#: where each metric lives; an interval is clipped to it (a t-interval knows no bounds)
+METRIC_RANGES = {"loc_error": (0.0, math.inf)}
+UNIT_RANGE = (0.0, 1.0)  # every other metric: accuracies, F1, AP, AUC, mAP, ECE, gradient shares
+
+
+def metric_range(name: str) -> tuple[float, float]:
+    return METRIC_RANGES.get(name, UNIT_RANGE)
+
+
+def t_interval(values, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """Mean and the 95% Student-t interval ``mean +- t_(0.975, n-1) s / sqrt(n)``, clipped to
+    ``bounds`` where given (the metric's range: ``roc_auc [0.89, 1.00]``, not ``[0.89, 1.0058]``).
 
     NaN values are dropped; with one value the interval is ``(nan, nan)``.
     """
@@ -156,4 +166,7 @@ def t_interval(values) -> tuple[float, float, float]:
     if v.size == 1:
         return mean, math.nan, math.nan
     half = t_quantile(v.size - 1) * float(v.std(ddof=1)) / math.sqrt(v.size)
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high

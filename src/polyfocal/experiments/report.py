@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .metrics import t_interval
+from .metrics import metric_range, t_interval
 from .tasks import LOWER_IS_BETTER
 
 __all__ = ["summarize", "format_table", "write_report"]
@@ -24,13 +24,14 @@ def _losses(results) -> list[str]:
 
 
 def summarize(results: dict) -> dict:
-    """Per loss and metric: mean and 95% t-interval over seeds (``low``/``high`` NaN for one seed)."""
+    """Per loss and metric: mean and 95% t-interval over seeds, clipped to the metric's range
+    (``low``/``high`` NaN for one seed)."""
     out = {}
     for loss in _losses(results):
         runs = [r for r in results["runs"] if r["loss"] == loss]
         out[loss] = {}
         for metric in results["metrics"]:
-            mean, low, high = t_interval([r["metrics"][metric] for r in runs])
+            mean, low, high = t_interval([r["metrics"][metric] for r in runs], metric_range(metric))
             out[loss][metric] = {"mean": mean, "low": low, "high": high, "n": len(runs)}
     return out
 
@@ -154,7 +155,8 @@ def write_report(results: dict, out: str) -> dict[str, str]:
              f"train class counts {task['train_class_counts']}.", "",
              f"{len(config['seeds'])} seeds ({', '.join(map(str, config['seeds']))}), {config['epochs']} epochs, "
              f"{config['optimizer']} lr {config['lr']:g}, batch {config['batch_size']}, backend "
-             f"{config['backend']}. Test metrics at the final epoch; mean [95% t-interval over seeds]; "
+             f"{config['backend']}. Test metrics at the final epoch; mean [95% t-interval over seeds, clipped to the "
+             f"metric's range]; "
              f"* marks the best mean (overlapping intervals mean no clear winner).", "",
              format_table(results, markdown=True), ""]
     if image:

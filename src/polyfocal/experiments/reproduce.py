@@ -207,7 +207,7 @@ def _poly1_epsilon(config: ReproduceConfig, run) -> dict:
     shares = _share_histories(task, parse_losses(",".join(share_labels)), config.seeds, config.digits_epochs)
     per_epoch = math.ceil(len(task.x_train) / task.batch_size)
     final = [float(np.mean(row[-per_epoch:])) for row in shares[base]]  # the last epoch's batches
-    mean, low, high = t_interval(final)
+    mean, low, high = t_interval(final, (0.0, 1.0))  # a share of the gradient
     share_stats = {"final_mean": mean, "final_low": low, "final_high": high,
                    "first_step_over_half": [next((i for i, v in enumerate(r) if v > 0.5), None)
                                             for r in shares[base]]}
