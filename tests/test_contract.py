@@ -307,3 +307,15 @@ def test_imports_and_runs_without_docstrings():
     result = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == pytest.approx(float(pf.focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]))))
+
+
+@pytest.mark.parametrize("name", sorted(set(SOFTMAX) | set(SIGMOID) - {"ghm_c_loss"} | set(DISTRIBUTION)))
+def test_module_takes_per_call_weight_and_normalizer(name):
+    x, t = inputs(name)
+    weight = torch.rand(x.shape[1]) + 0.5 if name in SOFTMAX else torch.rand(x.shape[0], 1, *x.shape[2:]) + 0.5
+    if name in DISTRIBUTION:
+        weight = torch.rand(t.shape) + 0.5
+    module = pf.build_loss(name, **ALL[name])
+    for kwargs in ({"normalizer": 7.0}, {"weight": weight}, {"weight": weight, "normalizer": torch.tensor(3.0)}):
+        torch.testing.assert_close(module(x, t, **kwargs), call(name, x, t, **kwargs))
+    torch.testing.assert_close(module(x, t), call(name, x, t))  # and the next call is back to the Module's own

@@ -44,8 +44,14 @@ class LossModule(nn.Module):
         """The keyword arguments passed to the function, tensors on the Module's device."""
         return {**self._options, **{name: getattr(self, name) for name in self._tensor_names}}
 
-    def forward(self, logits: Tensor, target) -> Tensor:
-        return self.function(logits, target, **self.options())
+    def forward(self, logits: Tensor, target, weight: Tensor | None = None, normalizer=None) -> Tensor:
+        """The loss of this call; a ``weight`` or ``normalizer`` given here replaces the Module's for
+        this call only (per-batch weights, RetinaNet's number of positive anchors)."""
+        options = self.options()
+        for name, value in (("weight", weight), ("normalizer", normalizer)):
+            if value is not None:
+                options[name] = value
+        return self.function(logits, target, **options)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
