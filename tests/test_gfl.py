@@ -1035,3 +1035,12 @@ def test_qfl_fp32_confident_positive_keeps_relative_accuracy(beta):
     assert (got > 0).all()
     torch.testing.assert_close(got.double(), want.detach(), rtol=1e-4, atol=0)
     torch.testing.assert_close(grad(got, x).double(), grad(want, ref_x), rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["fused", "triton"])
+def test_generalized_focal_loss_refuses_a_forced_engine_it_does_not_have(backend):
+    logits, target = torch.randn(4, 5), torch.rand(4) * 4
+    with pytest.raises(ValueError, match=f"has no {backend} engine"):
+        pf.generalized_focal_loss(logits, target, backend=backend)
+    with pf.use_backend("fused"):  # a process-wide preference is not a forced engine
+        assert torch.isfinite(pf.generalized_focal_loss(logits, target))

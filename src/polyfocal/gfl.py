@@ -140,13 +140,18 @@ def generalized_focal_loss(logits: Tensor, target: Tensor, *, beta: float = 2.0,
         reduction: ``"none"`` (shape ``(N, *)``), ``"sum"`` or ``"mean"`` (over ``N * prod(*)``).
         normalizer: with ``reduction="mean"``, divide the sum by this instead.
         validate: check that targets are finite.
-        backend: accepted for a uniform signature and checked; GFL always runs on autograd (its
-            modulator couples all the bins of a row).
+        backend: ``"auto"`` or ``"reference"``: GFL runs on autograd (its modulator couples all
+            the bins of a row), and a forced ``"fused"`` or ``"triton"`` raises rather than being
+            silently ignored (a process-wide default set by :func:`polyfocal.set_backend` is not
+            forced).
 
     Returns:
         The loss, in the dtype of ``logits``.
     """
     engine_for(backend, logits)
+    if backend in ("fused", "triton"):
+        raise InputValueError(f"generalized_focal_loss has no {backend} engine (its modulator couples a row's "
+                              "bins); use backend='reference' or 'auto'")
     num_bins = check_logits(logits)
     _check_distribution_target(logits, target, weight, validate)
     beta = _checks.number(beta, "beta", low=0.0)
