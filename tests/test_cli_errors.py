@@ -60,7 +60,8 @@ MISTAKES = [
     (["compare", "--task", "digits-lt", "--losses", "focal:alpha=-1"], "(None turns it off)"),
     (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=-2:4"],
      "cannot build 'focal_loss:gamma=-2.0': `gamma` must be in [0.0, inf]"),
-    (["sweep", "--task", "digits-lt", "--loss", "sigmoid_focal", "--param", "alpha=0:2"], "`alpha` must be in [0.0, 1.0]"),
+    (["sweep", "--task", "digits-lt", "--loss", "sigmoid_focal", "--param", "alpha=0:2"],
+     "`alpha` must be in [0.0, 1.0]"),
 ]
 
 

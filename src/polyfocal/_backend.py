@@ -65,7 +65,7 @@ def engine_for(backend: str | None, logits: Tensor, others=()) -> str:
     if name != "auto":
         if other_grad:
             raise InputValueError(f"backend={name!r} differentiates `logits` only, but another input requires a "
-                             "gradient; use backend='reference' (or 'auto')")
+                                  "gradient; use backend='reference' (or 'auto')")
         return name
     from . import _fused, _triton  # noqa: PLC0415 (the fused engine loads torch.compile lazily)
 

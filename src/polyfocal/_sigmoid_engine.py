@@ -22,10 +22,10 @@ from torch import Tensor
 
 from . import _checks, _fused
 from ._backend import wants_fused
+from ._errors import InputTypeError, InputValueError
 from ._math import SigmoidMath
 from ._numerics import compute_dtype, is_class, output_dtype, sigmoid_probability
 from ._reduce import reduce_loss, reduction_scale
-from ._errors import InputTypeError, InputValueError
 
 
 def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -> None:
@@ -34,7 +34,7 @@ def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
     if labels.shape == logits.shape:
         raise InputTypeError(f"`target` of the logits' shape is a 0/1 or soft target, which must be a float tensor; "
-                        f"got dtype {labels.dtype} (use target.float(); class indices have shape (N, *))")
+                             f"got dtype {labels.dtype} (use target.float(); class indices have shape (N, *))")
     if tuple(labels.shape) != expected:
         raise InputValueError(
             f"`target` must have shape (N, *) = {expected} for class indices; got {tuple(labels.shape)}"
@@ -61,14 +61,16 @@ def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: t
         if not target.is_floating_point():
             raise InputTypeError(f"`target` must be float in [0, 1] or integer class indices; got dtype {target.dtype}")
         if target.shape != logits.shape:
-            raise InputValueError(f"`target` must have the shape of `logits` {tuple(logits.shape)}; got {tuple(target.shape)}")
+            raise InputValueError(f"`target` must have the shape of `logits` {tuple(logits.shape)}; "
+                                  f"got {tuple(target.shape)}")
         if _checks.should_validate(validate, target):
             _checks.check_unit_interval(target, "target")
         return None, None, target.to(dtype), target.numel()
     _check_labels(logits, target, ignore_index, validate)
     if scores is not None:
         if scores.shape != target.shape:
-            raise InputValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; got {tuple(scores.shape)}")
+            raise InputValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; "
+                                  f"got {tuple(scores.shape)}")
         if _checks.should_validate(validate, scores):
             _checks.check_unit_interval(scores, "target scores")
         scores = scores.to(dtype)

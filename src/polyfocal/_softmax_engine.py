@@ -20,9 +20,9 @@ from torch import Tensor
 
 from . import _checks, _fused, _rows
 from ._backend import engine_for
+from ._errors import InputTypeError, InputValueError
 from ._numerics import Probability, class_sum, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
 from ._reduce import reduce_loss, reduction_scale
-from ._errors import InputTypeError, InputValueError
 
 PerClass = Callable[[Probability], Tensor]
 
@@ -54,7 +54,7 @@ def check_target(logits: Tensor, target, ignore_index: int, validate) -> bool:
         raise InputTypeError(f"`target` must be integer class indices or float class probabilities; got {target.dtype}")
     if tuple(target.shape) == (logits.shape[0],) + tuple(logits.shape[2:]):
         raise InputTypeError(f"`target` of shape (N, *) holds class indices, which must be an integer tensor; "
-                        f"got dtype {target.dtype} (use target.long())")
+                             f"got dtype {target.dtype} (use target.long())")
     if target.shape != logits.shape:
         raise InputValueError(
             f"`target` must have shape (N, C, *) = {tuple(logits.shape)} for class probabilities; "

@@ -34,12 +34,12 @@ from torch import Tensor
 
 from . import _checks, sigmoid, softmax
 from ._backend import use_backend
+from ._errors import InputTypeError, InputValueError
 from ._numerics import sigmoid_probability, sigmoid_target_gap
 from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
 from .ghm import bin_index, harmonizing_weights, unit_edges
 from .registry import LOSS_ALIASES, canonical_name, get_loss_function
-from ._errors import InputTypeError, InputValueError
 
 __all__ = [
     "LOSS_ALIASES", "resolve_loss_name", "SHAPE_PARAMETERS", "loss_parameters",
@@ -226,7 +226,7 @@ def poly_coefficients(loss: str, n_terms: int, /, **params) -> PolyCoefficients:
     loss = resolve_loss_name(loss, "loss")
     if loss not in SERIES_LOSSES:
         raise InputValueError(f"`loss` {loss!r} has no polynomial expansion here; "
-                         f"supported: {', '.join(SERIES_LOSSES)}")
+                              f"supported: {', '.join(SERIES_LOSSES)}")
     count = _integer(n_terms, "n_terms", 1)
     params = _series_params(loss, params)
     j = np.arange(1, count + 1, dtype=np.float64)
@@ -402,7 +402,7 @@ def terms_needed(zeta: float, delta: float, *, grid_size: int = 65) -> int:
     zeta, delta = _check_zeta_delta(zeta, delta)
     if zeta < 1e-12:
         raise InputValueError(f"`zeta` must be >= 1e-12 for a float64 search "
-                         f"(R_N's rounding error is ~1e-13); got {zeta}")
+                              f"(R_N's rounding error is ~1e-13); got {zeta}")
     grid = np.geomspace(delta, 1.0, _integer(grid_size, "grid_size", 2))
 
     def ok(n: int) -> bool:
@@ -623,13 +623,13 @@ def loss_curves(names, p=None, *, margin=None, **params) -> LossCurves:
     for name in canonical:
         if name not in CURVE_LOSSES:
             raise InputValueError(f"`names`: {name!r} is not a function of one example's p_t; "
-                             f"supported: {', '.join(CURVE_LOSSES)}")
+                                  f"supported: {', '.join(CURVE_LOSSES)}")
     if len(set(canonical)) != len(canonical):
         raise InputValueError(f"`names` lists a loss twice: {given}")
     extra = sorted(set(params) - set(given) - set(canonical))
     if extra:
         raise InputValueError(f"parameters given for {', '.join(extra)}, which {'is' if len(extra) == 1 else 'are'} "
-                         f"not in `names` {given}")
+                              f"not in `names` {given}")
     if p is not None and margin is not None:
         raise InputValueError("give `p` or `margin`, not both")
     if margin is not None:

@@ -9,11 +9,11 @@ from torch import Tensor
 from . import _checks, _math
 from ._docs import fill
 from ._backend import engine_for
+from ._errors import InputValueError
 from ._numerics import compute_dtype, output_dtype, safe_pow
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, sigmoid_loss
 from ._softmax_engine import check_logits, softmax_loss
-from ._errors import InputValueError
 
 __all__ = [
     "quality_focal_loss", "varifocal_loss", "distribution_focal_loss", "generalized_focal_loss",

@@ -29,11 +29,11 @@ from torch import Tensor, nn
 from . import _checks, _math
 from . import _fused
 from ._backend import wants_fused
+from ._errors import InputValueError
 from ._numerics import (binary_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_probability,
                         sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target, prepare_target
-from ._errors import InputValueError
 
 __all__ = ["ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMRLoss"]
 

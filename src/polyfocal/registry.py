@@ -58,7 +58,7 @@ def canonical_name(name: str, argument: str | None = None) -> str:
         hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
         where = f"`{argument}` names an " if argument else "an "
         raise InputValueError(f"{where}unknown loss {name!r}; {hint}polyfocal.available_losses() lists all "
-                         f"{len(_REGISTRY)}, polyfocal.LOSS_ALIASES their short names")
+                              f"{len(_REGISTRY)}, polyfocal.LOSS_ALIASES their short names")
     return canonical
 
 

@@ -8,8 +8,8 @@ from torch import Tensor
 
 from . import _checks, _math
 from ._docs import fill
-from ._softmax_engine import softmax_loss
 from ._errors import InputValueError
+from ._softmax_engine import softmax_loss
 
 __all__ = [
     "cross_entropy", "focal_loss", "poly1_cross_entropy", "polyn_cross_entropy", "poly_loss",

@@ -11,11 +11,11 @@ import argparse
 import os
 
 from .._arguments import at_least_one, non_negative_int, output_directory, positive_float, positive_int
+from .._errors import InputValueError
 from .distributed import join_from_environment, leave
 from .report import format_table, print_written, write_report
 from .tasks import TASKS, load_data, make_task
 from .train import compare, parse_losses
-from .._errors import InputValueError
 
 __all__ = ["add_compare"]
 
@@ -102,7 +102,8 @@ def add_compare(commands) -> None:
                    help="comma-separated loss names or aliases with parameters, e.g. "
                         "ce,focal:gamma=1,poly1:epsilon=2 (default: ce,focal,poly1); on dense-toy a box loss "
                         "after +: sigmoid_focal+l1,qfl+dfl")
-    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="a count (3 = seeds 0,1,2) or a list 0,4,7 (default 3)")
+    p.add_argument("--seeds", type=_seeds, default=[0, 1, 2],
+                   help="a count (3 = seeds 0,1,2) or a list 0,4,7 (default 3)")
     add_training_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--out", type=output_directory, default="compare-out",

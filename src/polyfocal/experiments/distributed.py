@@ -87,4 +87,5 @@ def require_single_process(command: str, instead: str) -> None:
     """Raise ``ValueError`` when started by torchrun with 2+ processes: ``command`` runs in one."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world != "1":
-        raise InputValueError(f"`polyfocal {command}` runs in one process; got WORLD_SIZE={world} (torchrun). {instead}")
+        raise InputValueError(f"`polyfocal {command}` runs in one process; got WORLD_SIZE={world} (torchrun). "
+                              f"{instead}")

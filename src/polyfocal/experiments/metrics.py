@@ -99,7 +99,7 @@ def average_precisions(y_true, scores) -> np.ndarray:
     y_true, scores = np.asarray(y_true), np.asarray(scores).ravel().astype(np.float64)
     if y_true.ndim != 2 or y_true.shape[0] != scores.shape[0]:
         raise InputValueError(f"`y_true` must have shape (n, k) with n = {scores.shape[0]} like `scores`; "
-                         f"got {y_true.shape}")
+                              f"got {y_true.shape}")
     if scores.shape[0] == 0:
         raise InputValueError("`y_true` is empty")
     order = np.argsort(-scores, kind="mergesort")

@@ -36,6 +36,7 @@ import torch
 from .. import analysis
 from .._arguments import output_directory, positive_int
 from .._backend import use_backend
+from .._errors import InputValueError
 from ..sigmoid import poly1_focal_loss
 from . import boxes
 from .distributed import require_single_process
@@ -43,7 +44,6 @@ from .metrics import t_interval
 from .report import json_safe, print_written, summarize
 from .tasks import make_task
 from .train import compare, parse_losses, train_run, versions
-from .._errors import InputValueError
 
 __all__ = ["ReproduceConfig", "reproduce_findings", "verdict", "truncation_verdict", "paired_difference",
            "write_reproduce_report", "positive_loss_rises", "add_reproduce", "FINDINGS"]

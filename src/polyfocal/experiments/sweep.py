@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from .._arguments import output_directory, positive_int
+from .._errors import InputValueError
 from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
 from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
 from .train import LossSpec, check_compatible, parse_losses, parse_value, train_run, versions
-from .._errors import InputValueError
 
 __all__ = ["add_sweep", "parse_param", "SearchParam"]
 
@@ -86,7 +86,7 @@ def _optuna():
         import optuna
     except ImportError:
         raise InputValueError("`sweep` needs Optuna: pip install optuna "
-                         "(or pip install 'polyfocal[sweep]')") from None
+                              "(or pip install 'polyfocal[sweep]')") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats and fail_stale_trials are marked experimental; they are what makes resuming safe
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -169,8 +169,8 @@ def _open_study(optuna, args, config: dict, direction: str):
     elif stored != json_safe(config):
         changed = [k for k in config if stored.get(k) != json_safe(config[k])]
         raise InputValueError(f"`--study` {args.study!r} in {_redact(args.storage)} was started with other "
-                         f"settings ({', '.join(changed)} differ); resume it with the same options "
-                         f"or give another `--study`")
+                              f"settings ({', '.join(changed)} differ); resume it with the same options "
+                              f"or give another `--study`")
     return study
 
 

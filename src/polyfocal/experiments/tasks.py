@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._errors import InputValueError
 from . import metrics as M
 from .boxes import box_metrics
-from .._errors import InputValueError
 
 __all__ = ["Task", "TASKS", "make_task", "load_data"]
 
@@ -324,7 +324,8 @@ def _read_table(path: str, label_column: str | None) -> tuple[np.ndarray, np.nda
         header, rows = [h.strip() for h in rows[0]], [r for r in rows[1:] if r]
         column = label_column or ("label" if "label" in header else header[-1])
         if column not in header:
-            raise InputValueError(f"`--label-column` {column!r} is not a column of {path!r}; columns: {', '.join(header)}")
+            raise InputValueError(f"`--label-column` {column!r} is not a column of {path!r}; "
+                                  f"columns: {', '.join(header)}")
         j = header.index(column)
         raw = np.array([r[j].strip() for r in rows])
         try:
@@ -360,7 +361,8 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
     else:
         raise InputValueError(f"`--data` file or folder not found: {path!r}")
     if len(x) != len(raw) or len(x) < 4:
-        raise InputValueError(f"`--data` {path!r}: need >= 4 rows and as many labels as rows; got X {x.shape}, y {raw.shape}")
+        raise InputValueError(f"`--data` {path!r}: need >= 4 rows and as many labels as rows; "
+                              f"got X {x.shape}, y {raw.shape}")
     classes, y = np.unique(raw, return_inverse=True)
     if len(classes) < 2:
         raise InputValueError(f"`--data` {path!r}: labels must have at least 2 classes; got {classes.tolist()}")

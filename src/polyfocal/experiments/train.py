@@ -30,11 +30,11 @@ import torch
 
 from .. import __version__, analysis
 from .._backend import use_backend
+from .._errors import InputValueError
 from ..registry import build_loss, get_loss_function
 from . import boxes
 from .distributed import current
 from .tasks import Task
-from .._errors import InputValueError
 
 __all__ = ["LossSpec", "parse_losses", "loss_family", "train_run", "compare", "versions"]
 
@@ -128,14 +128,14 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
             key, eq, value = pair.partition("=")
             if not eq or not key.strip() or not value.strip():
                 raise InputValueError(f"`{argument}`: malformed parameter {pair!r} in {raw!r}; "
-                                 f"expected NAME:KEY=VALUE, e.g. poly1:epsilon=2")
+                                      f"expected NAME:KEY=VALUE, e.g. poly1:epsilon=2")
             items[-1][2][key.strip()] = parse_value(value.strip())
     specs = []
     for label, head, params in items:
         head, plus, box = head.partition("+")
         if plus and box.strip() not in boxes.BOX_LOSSES:
             raise InputValueError(f"`{argument}`: unknown box loss {box.strip()!r} in {label!r}; "
-                             f"expected one of {', '.join(boxes.BOX_LOSSES)}, e.g. qfl+dfl")
+                                  f"expected one of {', '.join(boxes.BOX_LOSSES)}, e.g. qfl+dfl")
         name = analysis.resolve_loss_name(head.strip(), argument)
         if loss_family(name) is None:
             raise InputValueError(f"`{argument}`: {name!r} is not a classification loss")
@@ -146,7 +146,7 @@ def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
         for key in params:
             if key not in accepted:
                 raise InputValueError(f"`{argument}`: {name} has no parameter {key!r}; "
-                                 f"it takes: {', '.join(accepted) or 'none'}")
+                                      f"it takes: {', '.join(accepted) or 'none'}")
         try:
             _try_loss(name, params)
         except (TypeError, ValueError) as error:
@@ -166,13 +166,13 @@ def check_compatible(task: Task, specs, argument: str = "--losses") -> None:
             hint = ("sigmoid losses (bce, sigmoid_focal, poly1_focal, qfl, vfl, ghm_c, ...)"
                     if task.families == ("sigmoid",) else "softmax losses (ce, focal, poly1, ...)")
             raise InputValueError(f"`{argument}`: {spec.label!r} is a {family} loss; task {task.name!r} "
-                             f"({task.kind}) takes {hint}")
+                                  f"({task.kind}) takes {hint}")
         if spec.box and task.boxes_train is None:
             raise InputValueError(f"`{argument}`: {spec.label!r} regresses boxes; task {task.name!r} has no box "
-                             f"targets (use dense-toy)")
+                                  f"targets (use dense-toy)")
     if len({spec.box is None for spec in specs}) > 1:
         raise InputValueError(f"`{argument}`: give every loss a box loss (qfl+dfl, sigmoid_focal+l1) or none, "
-                         f"so that all runs report the same metrics")
+                              f"so that all runs report the same metrics")
 
 
 def train_run(task: Task, spec: LossSpec, seed: int, epochs: int | None = None,
