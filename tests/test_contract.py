@@ -293,6 +293,8 @@ def test_short_aliases_name_registered_losses():
 
 def test_a_target_of_the_wrong_kind_is_named_as_such():
     x = torch.randn(4, 3)
+    with pytest.raises(pf.InputError):  # a caller's mistake, catchable as such (and as TypeError)
+        pf.focal_loss(x, torch.tensor([0.0, 1.0, 2.0, 0.0]))
     with pytest.raises(TypeError, match=r"class indices, which must be an integer tensor; got dtype torch.float32"):
         pf.focal_loss(x, torch.tensor([0.0, 1.0, 2.0, 0.0]))
     with pytest.raises(TypeError, match=r"0/1 or soft target, which must be a float tensor; got dtype torch.int64"):

@@ -6,6 +6,7 @@
 """
 
 from ._backend import get_backend, set_backend, use_backend
+from ._errors import InputError, InputTypeError, InputValueError
 from .gfl import (decode_distribution, distribution_focal_loss, generalized_focal_loss,
                   quality_focal_loss, varifocal_loss)
 from .ghm import GHMCLoss, GHMRLoss, ghm_c_loss, ghm_r_loss
@@ -42,4 +43,6 @@ __all__ = [
     "build_loss", "available_losses", "get_loss_function", "register_loss", "LOSS_ALIASES",
     # engines
     "set_backend", "get_backend", "use_backend",
+    # a caller's mistakes (ValueError / TypeError subclasses)
+    "InputError", "InputValueError", "InputTypeError",
 ]
