@@ -49,6 +49,13 @@ def poly1_cross_entropy_listing(logits, target, epsilon=1.0):
     return (ce + epsilon * (1 - p_t)).mean()
 
 
+def polyn_cross_entropy_listing(logits, target, epsilons=(1.0,)):
+    one_hot = F.one_hot(target, logits.shape[1]).to(logits.dtype)
+    p_t = (one_hot * logits.softmax(1)).sum(1)
+    ce = F.cross_entropy(logits, target, reduction="none")
+    return (ce + sum(eps * (1 - p_t) ** j for j, eps in enumerate(epsilons, 1))).mean()
+
+
 def mmdet_ghm_c(logits, one_hot, bins=10):
     """GHM-C as mmdetection writes it: a Python loop over bins with a host sync per bin."""
     edges = [i / bins for i in range(bins + 1)]
