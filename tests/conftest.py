@@ -11,9 +11,10 @@ _everywhere = os.environ.get("POLYFOCAL_FUSED_EVERYWHERE")
 if _everywhere:  # "auto" takes the fused engine at every size; with "triton", as on a GPU (the row kernels)
     import polyfocal._softmax_engine as softmax_engine  # noqa: E402
 
-    if _everywhere not in ("1", "triton"):
-        raise ValueError(f"POLYFOCAL_FUSED_EVERYWHERE must be 1 or triton; got {_everywhere!r}")
-    backend.FUSED_MIN_ELEMENTS = 0
+    if _everywhere not in ("1", "triton", "eager"):
+        raise ValueError(f"POLYFOCAL_FUSED_EVERYWHERE must be 1, triton or eager; got {_everywhere!r}")
+    # "eager": the eager engine at every size, where a loss has one (the reference elsewhere)
+    backend.FUSED_MIN_ELEMENTS = backend.EAGER_MAX_ELEMENTS = 1 << 62 if _everywhere == "eager" else 0
     if _everywhere == "triton":
         def _as_on_a_gpu(requested, logits, others=()):
             name = backend.engine_for(requested, logits, others)

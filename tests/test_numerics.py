@@ -3,12 +3,12 @@ as soon as it has a row in ``FORMS``.
 
 | property | losses | engines | target forms | bound |
 |---|---|---|---|---|
-| second derivatives (``gradgradcheck``, float64), gamma in {0, 0.5, 1.5, 2, 3}, logits of scale 2 and +-30 | every registered loss | reference, fused (and ``auto``) | every form of ``FORMS`` | finite differences |
+| second derivatives (``gradgradcheck``, float64), gamma in {0, 0.5, 1.5, 2, 3}, logits of scale 2 and +-30 | every registered loss | reference, eager (softmax family), fused (and ``auto``) | every form of ``FORMS`` | finite differences |
 | derivatives in a float target, to second order | sigmoid float forms, softmax probabilities | reference (``auto`` takes it when a target needs a gradient) | hard 0/1 and soft | finite differences |
-| derivatives of every order finite | every registered loss | reference, fused | targets exactly 0 or 1, logits of +-1e4 | no NaN or inf |
-| fp32 values per row / element | CE (plain, weighted, label-smoothed), BCE | reference, fused | class indices, float targets | <= 4x torch's error against float64 |
-| fp32 gradients per row (norm-wise) | CE (plain, weighted, label-smoothed), BCE | reference, fused | as for values | <= 4x torch's error against float64 |
-| fp32 values and gradients | every other loss but GHM-C (its bins are cut at edges) | each where ``auto`` takes it: fused (softmax at C = 128,000), reference (below 65,536 logits) | every form | <= 1e-6 relative to float64; where the loss is ill-conditioned, 4x the change one rounding of the inputs makes in float64; a gradient, also 4x torch's own family loss's error on the same inputs, and 4x torch's error in the softmax's p_t |
+| derivatives of every order finite | every registered loss | reference, eager (softmax family), fused | targets exactly 0 or 1, logits of +-1e4 | no NaN or inf |
+| fp32 values per row / element | CE (plain, weighted, label-smoothed), BCE | reference, eager (CE), fused | class indices, float targets | <= 4x torch's error against float64 |
+| fp32 gradients per row (norm-wise) | CE (plain, weighted, label-smoothed), BCE | reference, eager (CE), fused | as for values | <= 4x torch's error against float64 |
+| fp32 values and gradients | every other loss but GHM-C (its bins are cut at edges) | each where ``auto`` takes it: fused (softmax at C = 128,000), eager (softmax below 262,144 logits), reference (below 65,536 logits) | every form | <= 1e-6 relative to float64; where the loss is ill-conditioned, 4x the change one rounding of the inputs makes in float64; a gradient, also 4x torch's own family loss's error on the same inputs, and 4x torch's error in the softmax's p_t |
 
 Every fp32 figure is measured against float64 run on the same fp32-rounded inputs, so it is the
 computation's error, not the inputs' rounding. ``backend="triton"`` computes fp64 on the fused
@@ -98,7 +98,9 @@ def cases(gammas=GAMMAS):
 
 
 def engines(name):
-    return ("reference",) if name in SINGLE_ENGINE else ("reference", "fused")
+    if name in SINGLE_ENGINE:
+        return ("reference",)
+    return ("reference", "eager", "fused") if FORMS[name][0] == "softmax" else ("reference", "fused")
 
 
 # --- second derivatives ---------------------------------------------------------------------------
@@ -119,7 +121,7 @@ def test_second_derivatives_are_exact(name, form, gamma, scale):
 
 @pytest.mark.parametrize("name, form, gamma", [c for c in cases((0.5, 2.0)) if FORMS[c[0]][0] != "distribution"])
 def test_create_graph_on_the_fused_engine_equals_the_reference(name, form, gamma):
-    """The fused engine's gradient, taken with create_graph, and a Hessian-vector product through
+    """The fused (and eager) engine's gradient, taken with create_graph, and a Hessian-vector product through
     it, equal the reference engine's (and the mean's Hessian is not lost: the issue's snippet)."""
     family = FORMS[name][0]
     g = torch.Generator().manual_seed(3)
@@ -132,9 +134,10 @@ def test_create_graph_on_the_fused_engine_equals_the_reference(name, form, gamma
         (grad,) = torch.autograd.grad(loss, xin, create_graph=True)
         (hvp,) = torch.autograd.grad((grad * v).sum(), xin)
         results.append((grad.detach(), hvp))
-    (want_grad, want_hvp), (got_grad, got_hvp) = results
-    torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(got_hvp, want_hvp, rtol=1e-10, atol=1e-12)
+    (want_grad, want_hvp), *others = results
+    for got_grad, got_hvp in others:
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got_hvp, want_hvp, rtol=1e-10, atol=1e-12)
     assert not torch.equal(want_hvp, v), "the loss's own curvature is part of the product"
 
 
@@ -288,7 +291,7 @@ class _Uncompiled(dict):
         return kernel
 
 
-@pytest.fixture(params=["reference", "fused", "fused, uncompiled"])
+@pytest.fixture(params=["reference", "eager", "fused", "fused, uncompiled"])
 def engine(request, monkeypatch):
     if request.param == "fused, uncompiled":
         monkeypatch.setattr(pf._fused, "_compiled", _Uncompiled())
@@ -382,15 +385,17 @@ def _target_probability_error(x: torch.Tensor, labels: torch.Tensor) -> float:
 #: near p_t = 1 its relative error grows like 1 / (1 - p_t) (its absolute error stays at fp32 rounding);
 #: the precision rows take a Poly-1 epsilon that adds
 PRECISION_PARAMS = {"poly1_focal_loss": {"epsilon": 1.0}}
-#: each engine where ``auto`` takes it: fused for a gradient of 65,536 logits or more, reference below
+#: each engine where ``auto`` takes it: fused for a gradient of 65,536 logits or more (262,144 for
+#: the softmax family), eager (the softmax family) or reference below
 PRECISION_SHAPES = {
     "fused": {"softmax": (12, 128000), "sigmoid": (1024, 80), "distribution": (4096, 17)},
+    "eager": {"softmax": (64, 1000)},
     "reference": {"softmax": (64, 1000), "sigmoid": (256, 80), "distribution": (512, 17)},
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["reference", "fused"])
+@pytest.mark.parametrize("engine", ["reference", "eager", "fused"])
 @pytest.mark.parametrize("name, form, gamma", list(_precision_cases()))
 def test_fp32_within_1e6_of_float64(name, form, gamma, engine):
     family = FORMS[name][0]

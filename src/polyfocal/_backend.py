@@ -1,13 +1,22 @@
-"""Which engine runs a loss: the readable reference (autograd through the math) or a fused one.
+"""Which engine runs a loss: the readable reference (autograd through the math), an eager one
+with a written-out gradient, or a compiled (fused) one.
 
-``"auto"`` (default) picks the fused engine when a gradient is needed, the logits have at
-least ``FUSED_MIN_ELEMENTS`` elements (below that the first call's compilation costs more than
-it can save) and the call is not already inside ``torch.compile`` (whose own fusion then
-applies to the reference math);
-``"reference"`` always runs the reference; ``"fused"`` forces the compiled engine;
-``"triton"`` forces it with the hand-written Triton row kernels for class-index softmax losses
-in fp32, fp16 or bf16 (fp64 takes the compiled engine; the default on CUDA when Triton is
-installed; on CPU it needs ``TRITON_INTERPRET=1``).
+``"auto"`` (default) picks, when the call is not already inside ``torch.compile`` (whose own
+fusion then applies to the reference math):
+
+* for a loss with an eager engine (the class-index softmax losses), that engine below
+  ``EAGER_MAX_ELEMENTS`` logits or when no gradient is needed, the fused one above: a measured
+  crossover (``benchmarks/crossover.py``). Plain cross-entropy's eager engine is
+  ``F.cross_entropy`` itself;
+* for the others, the fused engine when a gradient is needed and the logits have at least
+  ``FUSED_MIN_ELEMENTS`` elements (below that the first call's compilation costs more than it
+  can save), the reference otherwise.
+
+``"reference"`` always runs the reference; ``"eager"`` the eager engine (the reference for a
+loss without one); ``"fused"`` forces the compiled engine; ``"triton"`` forces it with the
+hand-written Triton row kernels for class-index softmax losses in fp32, fp16 or bf16 (fp64
+takes the compiled engine; the default on CUDA when Triton is installed; on CPU it needs
+``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -19,8 +28,11 @@ from torch import Tensor
 
 from ._errors import InputValueError
 
-BACKENDS = ("auto", "reference", "fused", "triton")
+BACKENDS = ("auto", "reference", "eager", "fused", "triton")
 FUSED_MIN_ELEMENTS = 1 << 16
+#: below this, "auto" runs a loss's eager engine where it has one (the class-index softmax losses):
+#: on one thread the fused engine overtakes it between 2^18 and 2^19 logits (benchmarks/crossover.py)
+EAGER_MAX_ELEMENTS = 1 << 18
 _default = "auto"
 
 
@@ -31,7 +43,7 @@ def _check(name) -> str:
 
 
 def set_backend(name: str) -> None:
-    """Set the process-wide default backend (``"auto"``, ``"reference"`` or ``"fused"``)."""
+    """Set the process-wide default backend (one of :data:`BACKENDS`)."""
     global _default
     _default = _check(name)
 
@@ -51,8 +63,9 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def engine_for(backend: str | None, logits: Tensor, others=()) -> str:
-    """``"reference"``, ``"fused"`` or ``"triton"`` for this call.
+def engine_for(backend: str | None, logits: Tensor, others=(), eager: bool = False) -> str:
+    """``"reference"``, ``"eager"``, ``"fused"`` or ``"triton"`` for this call; ``eager`` says whether
+    the caller has an eager engine (otherwise ``"eager"`` means the reference, also uncompiled).
 
     The fused engine differentiates the logits only: when another input (a soft target, a
     weight) needs a gradient, ``"auto"`` takes the reference engine and a forced fused engine
@@ -62,6 +75,9 @@ def engine_for(backend: str | None, logits: Tensor, others=()) -> str:
     if name == "reference" or torch.compiler.is_compiling():
         return "reference"
     other_grad = any(isinstance(t, Tensor) and t.requires_grad for t in _flatten(others))
+    small = logits.numel() < (EAGER_MAX_ELEMENTS if eager else FUSED_MIN_ELEMENTS)
+    if name == "eager" or (name == "auto" and not other_grad and small):
+        return "eager" if eager and not other_grad else "reference"
     if name != "auto":
         if other_grad:
             raise InputValueError(f"backend={name!r} differentiates `logits` only, but another input requires a "
@@ -69,9 +85,8 @@ def engine_for(backend: str | None, logits: Tensor, others=()) -> str:
         return name
     from . import _fused, _triton  # noqa: PLC0415 (the fused engine loads torch.compile lazily)
 
-    needs_grad = logits.requires_grad and torch.is_grad_enabled()
-    if other_grad or not (needs_grad and logits.numel() >= FUSED_MIN_ELEMENTS and _fused.available()):
-        return "reference"
+    if other_grad or not (logits.requires_grad and torch.is_grad_enabled() and _fused.available()):
+        return "eager" if eager and not other_grad else "reference"
     return "triton" if logits.is_cuda and _triton.available() else "fused"
 
 
@@ -86,4 +101,4 @@ def _flatten(values):
 
 
 def wants_fused(backend: str | None, logits: Tensor, others=()) -> bool:
-    return engine_for(backend, logits, others) != "reference"
+    return engine_for(backend, logits, others) not in ("reference", "eager")

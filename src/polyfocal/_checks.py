@@ -111,6 +111,10 @@ def check_index_range(target: Tensor, num_classes: int, ignore_index: int, name:
                       allow_background: bool = False) -> None:
     """Class indices in [0, C) (or [0, C] with a background class C), or ignore_index."""
     high = num_classes + 1 if allow_background else num_classes
+    if target.numel():
+        low_high = torch.aminmax(target)  # the common case in one pass
+        if int(low_high.min) >= 0 and int(low_high.max) < high:
+            return
     bad = ((target < 0) | (target >= high)) & (target != ignore_index)
     if bool(bad.any()):
         value = int(target[bad][0])

@@ -18,7 +18,7 @@ SOFTMAX_ARGS = """logits: ``(N, C, *)`` unnormalised scores, C >= 2.
         validate: check target values (costs a host sync). ``None``: on CPU outside
             ``torch.compile``; ``True``: always; ``False``: never.
         backend: ``"auto"`` (the default set by :func:`polyfocal.set_backend`), ``"reference"``,
-            ``"fused"`` or ``"triton"``; see the README's Engines section."""
+            ``"eager"``, ``"fused"`` or ``"triton"``; see the README's Engines section."""
 
 SIGMOID_ARGS = """logits: any shape; ``(N, C, *)`` when ``target`` holds class indices.
         target: float in [0, 1] with the shape of ``logits`` (binary or soft); or class indices
@@ -34,7 +34,7 @@ SIGMOID_ARGS = """logits: any shape; ``(N, C, *)`` when ``target`` holds class i
         validate: check target values (costs a host sync). ``None``: on CPU outside
             ``torch.compile``; ``True``: always; ``False``: never.
         backend: ``"auto"`` (the default set by :func:`polyfocal.set_backend`), ``"reference"``,
-            ``"fused"`` or ``"triton"``; see the README's Engines section."""
+            ``"eager"``, ``"fused"`` or ``"triton"``; see the README's Engines section."""
 
 RETURNS = """Returns:
         The loss: a scalar, or the per-element loss for ``reduction="none"``, in the dtype of

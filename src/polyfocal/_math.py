@@ -40,16 +40,51 @@ def poly_series(prob: Probability, *, coefficients: Sequence[float] = (), gamma:
     return loss if is_constant(gamma, 0) else loss * power(prob.q, prob.log1m, gamma)
 
 
+def poly_series_slope(prob: Probability, *, coefficients: Sequence[float] = (), gamma: float = 0.0,
+                      keep_tail: bool = True) -> Tensor:
+    """:func:`poly_series`'s derivative in the margin ``z`` (``p = sigmoid(z)``: ``dp/dz = p (1-p)``,
+    ``d log p / dz = 1-p``). With ``L = B M``, ``M = (1-p)^gamma``: ``dL/dz = M (dB/dz - gamma p B)``."""
+    base = -prob.logp if keep_tail else torch.zeros_like(prob.logp)
+    d_base = -prob.q if keep_tail else torch.zeros_like(prob.q)
+    for j, a in enumerate(coefficients, start=1):
+        c = a - 1.0 / j if keep_tail else a
+        if not is_constant(c, 0):
+            term = c * power(prob.q, prob.log1m, j)
+            base, d_base = base + term, d_base - j * term * prob.p
+    if is_constant(gamma, 0):
+        return d_base
+    return (d_base - gamma * prob.p * base) * power(prob.q, prob.log1m, gamma)
+
+
 def soft_truncation(prob: Probability, *, k: float) -> Tensor:
     """Su's softened truncation ``sigmoid(-k m) * (-log p)`` with the margin ``m = logit(p)``."""
     margin = prob.logp - prob.log1m
     return torch.exp(F.logsigmoid(-k * margin)) * -prob.logp
 
 
+def soft_truncation_slope(prob: Probability, *, k: float) -> Tensor:
+    """:func:`soft_truncation`'s derivative in the margin ``z``, which is its ``m``."""
+    margin = prob.logp - prob.log1m
+    return -torch.exp(F.logsigmoid(-k * margin)) * (k * torch.sigmoid(k * margin) * -prob.logp + prob.q)
+
+
+def _log(value):
+    return torch.log(value) if isinstance(value, Tensor) else math.log(value)
+
+
 def hard_truncation(prob: Probability, *, margin: float) -> Tensor:
     """Su's hard truncation: ``-log p`` while ``p <= margin``, then no loss and no gradient."""
-    log_margin = torch.log(margin) if isinstance(margin, Tensor) else math.log(margin)
-    return torch.where(prob.logp > log_margin, torch.zeros_like(prob.logp), -prob.logp)
+    return torch.where(prob.logp > _log(margin), torch.zeros_like(prob.logp), -prob.logp)
+
+
+def hard_truncation_slope(prob: Probability, *, margin: float) -> Tensor:
+    return torch.where(prob.logp > _log(margin), torch.zeros_like(prob.q), -prob.q)
+
+
+#: written-out derivatives in the margin ``z`` of the functions of p_t, for the eager row engine
+#: (``_fused.log_slope`` takes the same derivative by autograd; the tests hold them equal)
+SLOPES: dict[Callable, Callable] = {poly_series: poly_series_slope, soft_truncation: soft_truncation_slope,
+                                    hard_truncation: hard_truncation_slope}
 
 
 # --- functions of (p, target) with p = sigmoid(logit) (sigmoid family) ----------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -21,6 +22,13 @@ def output_dtype(x: Tensor) -> torch.dtype:
     if x.dtype in _LOW_PRECISION and torch.is_autocast_enabled(x.device.type):
         return torch.float32
     return x.dtype
+
+
+def no_autocast(x: Tensor):
+    """A context in which autocast is off on ``x``'s device (a no-op, and free, where it is off)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def log_softmax_and_log1m(logits: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]:

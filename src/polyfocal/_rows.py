@@ -17,10 +17,12 @@ import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ._fused import (as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, sigmoid_parts,
                      with_saved_gradient)
+from ._math import SLOPES
 from ._numerics import Probability, class_sum, is_class
 
 
@@ -113,30 +115,79 @@ def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tenso
     return rows, exp_other, other_coef, target_grad
 
 
+def _eager_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
+    """:func:`_row_statistics` in a few eager ops, for small inputs: the target masked in a copy
+    that becomes ``exp(x_k - m)`` in place (``exp(-inf) = 0`` on the target)."""
+    at = t.unsqueeze(1)
+    exp_other = x.to(dtype).scatter(1, at, float("-inf"))
+    m_other = exp_other.amax(1, keepdim=True)
+    shifted_t = (x.gather(1, at).to(dtype) - m_other).squeeze(1)
+    exp_other.sub_(m_other).exp_()
+    return shifted_t, class_sum(exp_other), exp_other
+
+
+def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
+    """:func:`_row_partials` with the loss's written-out slope (``_math.SLOPES``) where it has one:
+    on a few hundred rows autograd's bookkeeping costs more than the whole pass over the logits."""
+    slope = SLOPES.get(phi)
+    if slope is None:
+        return _row_partials(phi, shifted_t, s_other, factor, scale, params)
+    prob = _margin_parts(shifted_t - torch.log(s_other))
+    target_grad = slope(prob, **params) * (factor * scale)
+    return phi(prob, **params) * factor, -target_grad / s_other, target_grad
+
+
+def _margin_parts(z: Tensor) -> Probability:
+    """``p = sigmoid(z)`` in its four parts in five eager ops (:func:`sigmoid_parts` takes fewer
+    exponentials, which counts in a compiled pass over every element, but twice the ops). Each part
+    is exact to the rounding that ``z`` itself carries."""
+    logp, log1m = F.logsigmoid(z), F.logsigmoid(-z)
+    return Probability(logp, log1m, logp.exp(), log1m.exp())
+
+
+def _eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor):
+    shifted_t, s_other, exp_other = _eager_statistics(x, t, dtype)
+    rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
+    grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
+    return rows, grad.to(x.dtype)
+
+
 def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
                  scale: Tensor, summed: bool, reference: Callable[[Tensor], Tensor],
-                 use_triton: bool = False) -> Tensor:
+                 engine: str = "fused") -> Tensor:
     """A softmax loss ``factor * phi(p_t)`` per row, with its saved gradient.
 
     With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
     ``log p_t`` follow exactly. The row loss ``L`` depends on the logits through ``p_t`` alone; with
     ``g = dL/dx_t`` (:func:`log_slope`, autograd of ``phi`` on the N rows) the other classes get
     ``-g p_k / (1-p_t) = -g exp(x_k - m) / s``: one exponential per element, no overflow, and no
-    cancellation for losses that fall as p_t rises. On CPU one compiled pass computes the statistics and writes
-    ``exp(x_k - m)`` into the buffer that becomes the gradient, then one in-place multiply
-    by the row coefficient (a vectorised eager op) finishes it: one exponential per element
-    in all. The Triton kernels make two passes (statistics, then gradient); they compute in
-    fp32, so with ``use_triton`` an fp64 loss still takes the compiled passes. ``reference(logits)``
-    is the same loss by autograd, for second derivatives.
+    cancellation for losses that fall as p_t rises. ``engine`` says how the passes run:
+
+    * ``"fused"``: one compiled pass computes the statistics and writes ``exp(x_k - m)`` into the
+      buffer that becomes the gradient, then one in-place multiply by the row coefficient (a
+      vectorised eager op) finishes it: one exponential per element in all;
+    * ``"triton"``: the Triton kernels make two passes (statistics, then gradient); they compute
+      in fp32, so an fp64 loss still takes the compiled passes;
+    * ``"eager"``: the same passes as a handful of eager ops, with the loss's written-out slope
+      on the rows (no compilation, no per-call compiled-code overhead: small inputs).
+
+    ``reference(logits)`` is the same loss by autograd, for second derivatives.
     """
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
-    params = as_tensors(params, scale)
+    if engine != "eager":
+        params = as_tensors(params, scale)
+    elif not (logits.requires_grad and torch.is_grad_enabled()):  # the values alone
+        shifted_t, s_other, _ = _eager_statistics(x, t, dtype)
+        rows = phi(_margin_parts(shifted_t - torch.log(s_other)), **params) * factor
+        return rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
 
     def compute():
-        if use_triton:
+        if engine == "triton":
             from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
-        if use_triton and _triton.handles(dtype):
+        if engine == "eager":
+            rows, grad = _eager_rows(phi, params, x, t, factor, dtype, scale)
+        elif engine == "triton" and _triton.handles(dtype):
             shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
             rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
             grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)

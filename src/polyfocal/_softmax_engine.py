@@ -16,12 +16,14 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from . import _checks, _fused, _rows
+from . import _checks, _fused, _math, _rows
 from ._backend import engine_for
 from ._errors import InputTypeError, InputValueError
-from ._numerics import Probability, class_sum, compute_dtype, from_logs, is_class, log_softmax_and_log1m, output_dtype
+from ._numerics import (Probability, class_sum, compute_dtype, from_logs, is_class, log_softmax_and_log1m, no_autocast,
+                        output_dtype)
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Probability], Tensor]
@@ -83,10 +85,14 @@ def _per_class_view(vector, ndim: int):
 def _at(vector, index: Tensor):
     """A per-class factor at the target class (None or a number: the same for every class)."""
     if vector is None:
-        return 1.0
+        return None
     if not isinstance(vector, Tensor):
         return vector
     return vector[index]
+
+
+def _times(x: Tensor, factor):
+    return x if factor is None else x * factor
 
 
 # --- dense targets, built where they are used: inside a fused kernel, never materialised ----------
@@ -123,6 +129,29 @@ def index_rows(x: Tensor, t: Tensor, factor, phi: PerClass, **params) -> Tensor:
     return phi(from_logs(logp, log1m), **params) * factor
 
 
+def _is_torch_cross_entropy(phi: PerClass, params: dict, logits: Tensor, alpha, row_weight) -> bool:
+    """Plain (weighted, label-smoothed) cross-entropy on class indices: ``F.cross_entropy``, torch's
+    own fused kernel, is the exact eager engine for ``(N, C)`` rows (its sum, times the contract's
+    scale); not for ``(N, C, *)``, whose softmax along an inner dimension torch sums sequentially
+    in fp32 (16x its rows' gradient error with label smoothing at C = 1,000)."""
+    return (phi is _math.poly_series and not params and alpha is None and row_weight is None
+            and logits.dtype == compute_dtype(logits) and logits.ndim == 2)
+
+
+def _torch_cross_entropy(logits: Tensor, target: Tensor, w, ignore_index: int, smoothing: float, reduction: str,
+                         normalizer) -> Tensor:
+    summed = reduction != "none"
+    loss = F.cross_entropy(logits, target, w, ignore_index=ignore_index, label_smoothing=smoothing,
+                           reduction="sum" if summed else "none")
+    if reduction != "mean":
+        return loss
+    count = None
+    if normalizer is None:  # torch's own count; but an all-ignored batch gives 0, not 0 / 0
+        valid = target != ignore_index
+        count = valid.sum() if w is None else w[target.masked_fill(~valid, 0)].mul(valid).sum()
+    return loss * reduction_scale(reduction, count, normalizer, loss)
+
+
 def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *, weight=None, alpha=None,
                  ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                  normalizer=None, validate: bool | None = None, sample_weight: Tensor | None = None,
@@ -135,18 +164,21 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
     index = check_target(logits, target, ignore_index, validate)
 
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
-    with torch.autocast(logits.device.type, enabled=False):
+    with no_autocast(logits):
         like = torch.empty((), dtype=dtype, device=logits.device)
         w = _checks.class_vector(weight, "weight", num_classes, like)
         a = class_factor(alpha, num_classes, like)
+        engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params), eager=index)
+        if engine == "eager" and index and _is_torch_cross_entropy(phi, params, logits, a, sample_weight):
+            return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer)
         rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
         row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(rows_shape)
         dense = None  # (builder, its arguments) of a dense target: probabilities, or smoothed labels
         if index:
             valid = target != ignore_index
-            t = torch.where(valid, target, torch.zeros_like(target)).long()
+            t = target.masked_fill(~valid, 0).long()
             count = valid.sum() if w is None else (w[t] * valid).sum()
-            row_factor = valid.to(dtype) * _at(w, t) * _at(a, t)
+            row_factor = _times(_times(valid.to(dtype), _at(w, t)), _at(a, t))
             if row_weight is not None:
                 row_factor = row_factor * row_weight
             if smoothing:  # the class factors apply per class of the smoothed target, not at t
@@ -158,7 +190,8 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         scale = reduction_scale(reduction, count, normalizer, like)
         summed = reduction != "none"
         by_index = index and not smoothing
-        engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params))
+        if engine == "eager" and not by_index:
+            engine = "reference"  # the eager engine has the row form only
 
         def reference(x: Tensor) -> Tensor:
             x = x.to(dtype)
@@ -169,7 +202,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
             try:
                 if by_index:
                     loss = _rows.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
-                                               summed=summed, reference=reference, use_triton=engine == "triton")
+                                               summed=summed, reference=reference, engine=engine)
                 else:
                     loss = _fused_soft_rows(phi, params, logits, dense, dtype=dtype, scale=scale,
                                             summed=summed, loss_shape=rows_shape, reference=reference)

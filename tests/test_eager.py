@@ -1,0 +1,135 @@
+"""The eager engine: the class-index softmax losses at ordinary sizes, with a written-out gradient.
+
+It is what ``backend="auto"`` runs below ``EAGER_MAX_ELEMENTS`` logits, so the rest of the suite
+runs it too; here it is held to the reference engine directly, and its pieces (the written-out
+slopes, the choice of engine, plain cross-entropy as ``F.cross_entropy``) are checked one by one.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import polyfocal as pf
+from polyfocal import _backend, _fused, _math
+from test_numerics import FORMS, GAMMA_LOSSES
+
+SOFTMAX = sorted(name for name, (family, _, _) in FORMS.items() if family == "softmax")
+
+
+def is_saved_gradient(loss):
+    return "SavedGradient" in type(loss.grad_fn).__name__
+
+
+@pytest.mark.parametrize("phi, params", [
+    *[(_math.poly_series, dict(gamma=g, coefficients=c, keep_tail=k)) for g in (0.0, 0.5, 2.0, 3.0)
+      for c in ((), (2.0,), (1.0, 0.5), (2.0, 0.3, 0.1)) for k in (True, False)],
+    *[(_math.soft_truncation, dict(k=k)) for k in (0.3, 1.0, 2.0)],
+    *[(_math.hard_truncation, dict(margin=m)) for m in (0.5, 0.9)],
+])
+def test_written_out_slopes_equal_autograd(phi, params):
+    z = torch.cat([torch.linspace(-40, 40, 401), torch.tensor([-1e4, 1e4, 0.0])]).double()
+    prob = _fused.sigmoid_parts(z)
+    want = _fused.log_slope(lambda p: phi(p, **params), prob, torch.ones_like(z))[1]
+    got = _math.SLOPES[phi](prob, **params)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
+
+
+OPTIONS = [{}, {"weight": True}, {"alpha": True}, {"normalizer": 7.0}, {"ignore_all": True}]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(9, 5), (4, 5, 3)])
+@pytest.mark.parametrize("name", SOFTMAX)
+def test_eager_equals_the_reference(name, shape, reduction, options):
+    g = torch.Generator().manual_seed(len(name) + shape[0])
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    t.view(-1)[0] = -100
+    if options.get("ignore_all"):
+        t.fill_(-100)
+    kwargs = dict(FORMS[name][2], reduction=reduction)
+    if name in GAMMA_LOSSES:
+        kwargs["gamma"] = 0.5
+    if options.get("weight"):
+        kwargs["weight"] = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
+    if options.get("alpha"):
+        if name not in ("focal_loss", "poly_loss"):
+            pytest.skip(f"{name} takes no alpha")
+        kwargs["alpha"] = torch.rand(shape[1], generator=g, dtype=torch.float64)
+    if "normalizer" in options:
+        if reduction != "mean":
+            pytest.skip("a normalizer replaces the mean's count")
+        kwargs["normalizer"] = options["normalizer"]
+    f = pf.get_loss_function(name)
+    results = []
+    for engine in ("reference", "eager"):
+        xin = x.clone().requires_grad_()
+        loss = f(xin, t, backend=engine, **kwargs)
+        results.append((loss, torch.autograd.grad(loss.sum(), xin)[0]))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+    if options.get("ignore_all"):
+        assert results[1][1].abs().max() == 0 and results[1][0].abs().max() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("gamma", [0.25, 2.0])
+def test_low_precision_and_saturated_logits(dtype, gamma):
+    x = torch.where(torch.rand(64, 7) < 0.5, 1e4, -1e4)
+    x[::2] = torch.randn(32, 7) * 8
+    t = torch.randint(0, 7, (64,))
+    results = []
+    for engine in ("reference", "eager"):
+        xin = x.to(dtype).requires_grad_()
+        loss = pf.focal_loss(xin, t, gamma=gamma, backend=engine)
+        (grad,) = torch.autograd.grad(loss, xin)
+        assert loss.dtype == dtype and torch.isfinite(loss) and torch.isfinite(grad).all()
+        results.append((loss, grad))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_values_without_a_gradient_take_no_gradient_pass():
+    x, t = torch.randn(16, 5), torch.randint(0, 5, (16,))
+    with torch.no_grad():
+        loss = pf.focal_loss(x, t, backend="eager", reduction="none")
+    assert loss.grad_fn is None
+    torch.testing.assert_close(loss, pf.focal_loss(x, t, backend="reference", reduction="none"))
+
+
+def test_second_derivatives_through_the_eager_engine():
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3, 0, -100])
+    loss = pf.focal_loss(x, t, gamma=1.5, backend="eager")
+    assert is_saved_gradient(loss)
+    assert torch.autograd.gradgradcheck(lambda z: pf.focal_loss(z, t, gamma=1.5, backend="eager"), (x,))
+
+
+def test_auto_takes_eager_below_the_crossover_and_fused_above(monkeypatch):
+    monkeypatch.setattr(_backend, "EAGER_MAX_ELEMENTS", 100)
+    t = torch.randint(0, 10, (9,))
+    small, large = torch.randn(9, 10, requires_grad=True), torch.randn(11, 10, requires_grad=True)
+    engine = _backend.engine_for
+    assert engine("auto", small, eager=True) == "eager"
+    assert engine("auto", large, eager=True) == ("fused" if _fused.available() else "eager")
+    assert engine("auto", large.detach(), eager=True) == "eager"  # no gradient: no gradient pass
+    assert engine("auto", small) == "reference"  # a loss without an eager engine
+    assert engine("eager", small) == "reference"
+    assert engine("auto", small, (torch.rand(9, 10, requires_grad=True),), eager=True) == "reference"
+    assert is_saved_gradient(pf.focal_loss(small, t))
+
+
+def test_plain_cross_entropy_is_torchs_own_kernel():
+    x, t = torch.randn(12, 5, requires_grad=True), torch.randint(0, 5, (12,))
+    w = torch.rand(5) + 0.5
+    loss = pf.cross_entropy(x, t, weight=w, label_smoothing=0.1, backend="eager")
+    assert loss.grad_fn is not None and not is_saved_gradient(loss)
+    torch.testing.assert_close(loss, F.cross_entropy(x, t, weight=w, label_smoothing=0.1))
+    everything_ignored = torch.full((12,), -100)
+    loss = pf.cross_entropy(x, everything_ignored, backend="eager")
+    (grad,) = torch.autograd.grad(loss, x)
+    assert loss == 0 and grad.abs().max() == 0  # torch gives NaN
+    with pytest.raises(pf.InputValueError, match="outside"):
+        pf.cross_entropy(x, torch.full((12,), 5), backend="eager")
