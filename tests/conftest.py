@@ -14,7 +14,8 @@ if _everywhere:  # "auto" takes the fused engine at every size; with "triton", a
     if _everywhere not in ("1", "triton", "eager"):
         raise ValueError(f"POLYFOCAL_FUSED_EVERYWHERE must be 1, triton or eager; got {_everywhere!r}")
     # "eager": the eager engine at every size, where a loss has one (the reference elsewhere)
-    backend.FUSED_MIN_ELEMENTS = backend.EAGER_MAX_ELEMENTS = 1 << 62 if _everywhere == "eager" else 0
+    backend.FUSED_MIN_ELEMENTS = 1 << 62 if _everywhere == "eager" else 0
+    backend.EAGER_MAX_ELEMENTS = dict.fromkeys(backend.EAGER_MAX_ELEMENTS, backend.FUSED_MIN_ELEMENTS)
     if _everywhere == "triton":
         def _as_on_a_gpu(requested, logits, others=()):
             name = backend.engine_for(requested, logits, others)

@@ -38,7 +38,7 @@ def engines(name, form):
     if name in SINGLE_ENGINE:
         return ("reference", "auto")
     triton = FORMS[name][0] == "softmax" and form in ("index", "smoothed")
-    return ("reference", "fused", "auto") + (("triton",) if triton else ())
+    return ("reference", "eager", "fused", "auto") + (("triton",) if triton else ())
 
 
 def cuda_cases():
@@ -67,7 +67,7 @@ def test_every_engine_on_cuda_matches_float64(name, form, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("engine", ["reference", "fused", "triton"])
+@pytest.mark.parametrize("engine", ["reference", "eager", "fused", "triton"])
 @pytest.mark.parametrize("name", ["cross_entropy", "focal_loss", "poly1_cross_entropy", "sigmoid_focal_loss"])
 def test_half_precision_and_saturated_logits_on_cuda(name, engine, dtype):
     g = torch.Generator().manual_seed(0)
@@ -101,7 +101,7 @@ def test_a_compiled_model_with_the_loss_in_it_matches_eager(name):
 
 
 def test_auto_takes_the_triton_row_kernels_at_large_sizes():
-    x = torch.randn(1024, 1000, device=CUDA, requires_grad=True)
+    x = torch.randn(1024, 1000, device=CUDA, requires_grad=True)  # above the eager crossover
     t = torch.randint(0, 1000, (1024,), device=CUDA)
     loss = pf.focal_loss(x, t)
     assert "SavedGradient" in type(loss.grad_fn).__name__

@@ -1,4 +1,5 @@
-"""The eager engine: the class-index softmax losses at ordinary sizes, with a written-out gradient.
+"""The eager engine: class-index targets at ordinary sizes, with a written-out gradient (the
+softmax family; the sigmoid family's labels without scores).
 
 It is what ``backend="auto"`` runs below ``EAGER_MAX_ELEMENTS`` logits, so the rest of the suite
 runs it too; here it is held to the reference engine directly, and its pieces (the written-out
@@ -33,6 +34,24 @@ def test_written_out_slopes_equal_autograd(phi, params):
     prob = _fused.sigmoid_parts(z)
     want = _fused.log_slope(lambda p: phi(p, **params), prob, torch.ones_like(z))[1]
     got = _math.SLOPES[phi](prob, **params)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("math, params", [
+    *[(_math.FOCAL, dict(gamma=g, alpha=a, epsilon=e)) for g in (0.0, 0.5, 2.0) for a in (None, 0.25)
+      for e in (0.0, 1.0, 2.0)],
+    (_math.BCE, dict(pos_weight=None)), (_math.BCE, dict(pos_weight=torch.tensor(3.0, dtype=torch.float64))),
+    *[(_math.QUALITY_FOCAL, dict(beta=b)) for b in (0.5, 2.0)],
+    *[(_math.VARIFOCAL, dict(alpha=0.75, gamma=g, iou_weighted=True)) for g in (0.5, 2.0)],
+    (_math.SOFT_TRUNCATION, dict(k=2.0)), (_math.HARD_TRUNCATION, dict(margin=0.5)),
+])
+def test_written_out_binary_slopes_equal_autograd(math, params):
+    z = torch.cat([torch.linspace(-40, 40, 401), torch.tensor([-1e4, 1e4, 0.0])]).double()
+    y = (torch.arange(z.numel()) % 2).double()
+    prob = _fused.sigmoid_parts(z)
+    want = _fused.log_slope(lambda p: math.binary(p, y, **params), prob, torch.ones_like(z))[1]
+    got = math.binary_slope(prob, y, **params)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-300)
 
@@ -75,20 +94,55 @@ def test_eager_equals_the_reference(name, shape, reduction, options):
         assert results[1][1].abs().max() == 0 and results[1][0].abs().max() == 0
 
 
+SIGMOID = sorted(name for name, (family, _, _) in FORMS.items() if family == "sigmoid" and name != "ghm_c_loss")
+
+
+@pytest.mark.parametrize("options", [{}, {"weight": True}, {"normalizer": 3.0}, {"ignore_all": True}], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(9, 5), (4, 5, 3)])
+@pytest.mark.parametrize("name", SIGMOID)
+def test_sigmoid_eager_equals_the_reference(name, shape, reduction, options):
+    """Class labels (C is background) on the eager engine of the sigmoid family."""
+    g = torch.Generator().manual_seed(len(name) + shape[0])
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, shape[1] + 1, (shape[0], *shape[2:]), generator=g)
+    t.view(-1)[0] = -100
+    if options.get("ignore_all"):
+        t.fill_(-100)
+    kwargs = dict(FORMS[name][2], reduction=reduction)
+    if name in GAMMA_LOSSES:
+        kwargs["gamma"] = 0.5
+    if options.get("weight"):
+        kwargs["weight"] = torch.rand(shape, generator=g, dtype=torch.float64)
+    if "normalizer" in options:
+        if reduction != "mean":
+            pytest.skip("a normalizer replaces the mean's count")
+        kwargs["normalizer"] = options["normalizer"]
+    f = pf.get_loss_function(name)
+    results = []
+    for engine in ("reference", "eager"):
+        xin = x.clone().requires_grad_()
+        loss = f(xin, t, backend=engine, **kwargs)
+        results.append((loss, torch.autograd.grad(loss.sum(), xin)[0]))
+    assert is_saved_gradient(loss)
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("gamma", [0.25, 2.0])
 def test_low_precision_and_saturated_logits(dtype, gamma):
     x = torch.where(torch.rand(64, 7) < 0.5, 1e4, -1e4)
     x[::2] = torch.randn(32, 7) * 8
     t = torch.randint(0, 7, (64,))
-    results = []
-    for engine in ("reference", "eager"):
-        xin = x.to(dtype).requires_grad_()
-        loss = pf.focal_loss(xin, t, gamma=gamma, backend=engine)
-        (grad,) = torch.autograd.grad(loss, xin)
-        assert loss.dtype == dtype and torch.isfinite(loss) and torch.isfinite(grad).all()
-        results.append((loss, grad))
-    torch.testing.assert_close(results[1], results[0])
+    for loss_fn in (pf.focal_loss, pf.sigmoid_focal_loss):
+        results = []
+        for engine in ("reference", "eager"):
+            xin = x.to(dtype).requires_grad_()
+            loss = loss_fn(xin, t, gamma=gamma, backend=engine)
+            (grad,) = torch.autograd.grad(loss, xin)
+            assert loss.dtype == dtype and torch.isfinite(loss) and torch.isfinite(grad).all()
+            results.append((loss, grad))
+        torch.testing.assert_close(results[1], results[0])
 
 
 def test_values_without_a_gradient_take_no_gradient_pass():
@@ -108,16 +162,17 @@ def test_second_derivatives_through_the_eager_engine():
 
 
 def test_auto_takes_eager_below_the_crossover_and_fused_above(monkeypatch):
-    monkeypatch.setattr(_backend, "EAGER_MAX_ELEMENTS", 100)
+    monkeypatch.setitem(_backend.EAGER_MAX_ELEMENTS, "softmax", 100)
     t = torch.randint(0, 10, (9,))
     small, large = torch.randn(9, 10, requires_grad=True), torch.randn(11, 10, requires_grad=True)
     engine = _backend.engine_for
-    assert engine("auto", small, eager=True) == "eager"
-    assert engine("auto", large, eager=True) == ("fused" if _fused.available() else "eager")
-    assert engine("auto", large.detach(), eager=True) == "eager"  # no gradient: no gradient pass
+    assert engine("auto", small, eager="softmax") == "eager"
+    assert engine("auto", large, eager="softmax") == ("fused" if _fused.available() else "eager")
+    assert engine("auto", large.detach(), eager="softmax") == "eager"  # no gradient: no gradient pass
     assert engine("auto", small) == "reference"  # a loss without an eager engine
+    assert engine("auto", small, eager="sigmoid") == "eager"  # below FUSED_MIN_ELEMENTS
     assert engine("eager", small) == "reference"
-    assert engine("auto", small, (torch.rand(9, 10, requires_grad=True),), eager=True) == "reference"
+    assert engine("auto", small, (torch.rand(9, 10, requires_grad=True),), eager="softmax") == "reference"
     assert is_saved_gradient(pf.focal_loss(small, t))
 
 

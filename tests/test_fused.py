@@ -14,7 +14,7 @@ import torch
 
 import polyfocal as pf
 import reference as ref
-from polyfocal import _fused
+from polyfocal import _fused, _rows
 from polyfocal._backend import use_backend
 
 SHAPE = (5, 4, 3)
@@ -265,11 +265,13 @@ def test_new_hyperparameters_do_not_recompile():
     assert counters["stats"]["unique_graphs"] == before
 
 
-def test_auto_backend_picks_fused_for_large_inputs_with_gradients():
-    big = torch.randn(256, 300, requires_grad=True)
-    t = torch.randint(0, 300, (256,))
-    assert is_fused(pf.focal_loss(big, t))
-    assert not is_fused(pf.focal_loss(big[:8], t[:8]))  # too small to be worth compiling
+def test_auto_backend_picks_fused_for_large_inputs_with_gradients(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(_rows, "run", lambda *args: compiled.append(args[0]) or _fused.run(*args))
+    big = torch.randn(512, 600, requires_grad=True)  # above the softmax family's eager crossover
+    t = torch.randint(0, 600, (512,))
+    assert is_fused(pf.focal_loss(big, t)) and len(compiled) == 1
+    assert is_fused(pf.focal_loss(big[:8], t[:8])) and len(compiled) == 1  # the eager engine: no compiling
     assert pf.focal_loss(big.detach(), t).grad_fn is None  # no gradient wanted
     with use_backend("reference"):
         assert not is_fused(pf.focal_loss(big, t))

@@ -22,6 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
+from polyfocal.ghm import scatter_counts
 
 F64 = torch.float64
 TIGHT = {"rtol": 1e-10, "atol": 1e-12}
@@ -735,3 +736,15 @@ def test_distributed_ranks_add_up_to_single_process(tmp_path):
         x, t, w = (a[rank * 4:(rank + 1) * 4] for a in data["c"][0])
         torch.testing.assert_close(r["local_only"], pf.ghm_c_loss(x, t, weight=w, bins=7), **TIGHT)
         assert not torch.allclose(r["local_only"], r["ghm_c_loss"][0][0])
+
+
+@pytest.mark.parametrize("lanes", [1, 8, 64])
+def test_histogram_in_lanes_equals_one_scatter(lanes):
+    """CUDA's histogram splits the elements into lanes (atomic adds to 11 addresses serialise); the
+    counts are the same as one scatter-add, empty input included."""
+    g = torch.Generator().manual_seed(lanes)
+    index, weight = torch.randint(0, 11, (64 * 45,), generator=g), torch.rand(64 * 45, generator=g, dtype=F64)
+    want = torch.zeros(11, dtype=F64).index_add_(0, index, weight)
+    torch.testing.assert_close(scatter_counts(index, weight, 11, lanes=lanes), want)
+    empty = scatter_counts(index[:0], weight[:0], 11, lanes=lanes)
+    assert empty.shape == (11,) and not empty.any()

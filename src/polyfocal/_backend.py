@@ -4,10 +4,10 @@ with a written-out gradient, or a compiled (fused) one.
 ``"auto"`` (default) picks, when the call is not already inside ``torch.compile`` (whose own
 fusion then applies to the reference math):
 
-* for a loss with an eager engine (the class-index softmax losses), that engine below
-  ``EAGER_MAX_ELEMENTS`` logits or when no gradient is needed, the fused one above: a measured
-  crossover (``benchmarks/crossover.py``). Plain cross-entropy's eager engine is
-  ``F.cross_entropy`` itself;
+* for a loss with an eager engine (class-index targets: the softmax family, and the sigmoid
+  family's labels without scores), that engine below its family's ``EAGER_MAX_ELEMENTS`` logits
+  or when no gradient is needed, the fused one above: a measured crossover
+  (``benchmarks/crossover.py``). Plain cross-entropy's eager engine is ``F.cross_entropy`` itself;
 * for the others, the fused engine when a gradient is needed and the logits have at least
   ``FUSED_MIN_ELEMENTS`` elements (below that the first call's compilation costs more than it
   can save), the reference otherwise.
@@ -30,9 +30,11 @@ from ._errors import InputValueError
 
 BACKENDS = ("auto", "reference", "eager", "fused", "triton")
 FUSED_MIN_ELEMENTS = 1 << 16
-#: below this, "auto" runs a loss's eager engine where it has one (the class-index softmax losses):
-#: on one thread the fused engine overtakes it between 2^18 and 2^19 logits (benchmarks/crossover.py)
-EAGER_MAX_ELEMENTS = 1 << 18
+#: per family, below this "auto" runs its eager engine where a loss has one: where the fused engine
+#: overtakes it on one thread (benchmarks/crossover.py): the class-index softmax losses between 2^18
+#: and 2^19 logits; the sigmoid family's before 2^14 already, so there the eager engine only takes
+#: the reference engine's place below FUSED_MIN_ELEMENTS (the first call's compilation)
+EAGER_MAX_ELEMENTS = {"softmax": 1 << 18, "sigmoid": FUSED_MIN_ELEMENTS}
 _default = "auto"
 
 
@@ -63,9 +65,10 @@ def use_backend(name: str):
         set_backend(previous)
 
 
-def engine_for(backend: str | None, logits: Tensor, others=(), eager: bool = False) -> str:
-    """``"reference"``, ``"eager"``, ``"fused"`` or ``"triton"`` for this call; ``eager`` says whether
-    the caller has an eager engine (otherwise ``"eager"`` means the reference, also uncompiled).
+def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None = None) -> str:
+    """``"reference"``, ``"eager"``, ``"fused"`` or ``"triton"`` for this call; ``eager`` names the
+    family whose eager engine the caller has, if it has one (otherwise ``"eager"`` means the
+    reference, also uncompiled).
 
     The fused engine differentiates the logits only: when another input (a soft target, a
     weight) needs a gradient, ``"auto"`` takes the reference engine and a forced fused engine
@@ -75,7 +78,7 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: bool = Fal
     if name == "reference" or torch.compiler.is_compiling():
         return "reference"
     other_grad = any(isinstance(t, Tensor) and t.requires_grad for t in _flatten(others))
-    small = logits.numel() < (EAGER_MAX_ELEMENTS if eager else FUSED_MIN_ELEMENTS)
+    small = logits.numel() < (EAGER_MAX_ELEMENTS[eager] if eager else FUSED_MIN_ELEMENTS)
     if name == "eager" or (name == "auto" and not other_grad and small):
         return "eager" if eager and not other_grad else "reference"
     if name != "auto":

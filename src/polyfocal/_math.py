@@ -146,8 +146,24 @@ def binary_focal(prob: Probability, y: Tensor, *, gamma, alpha=None, epsilon=0.0
     return _focal_terms(-prob.logp, prob.q, prob.log1m, y, gamma, alpha, epsilon)
 
 
+def binary_focal_slope(prob: Probability, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
+    """:func:`binary_focal`'s derivative in the margin ``z`` (``p_t = sigmoid(z)``): with
+    ``B = alpha_t (-log p_t) + epsilon (1-p_t)`` and ``M = (1-p_t)^gamma``, ``M (dB/dz - gamma p_t B)``."""
+    a = alpha_t(y, alpha)
+    base, d_base = a * -prob.logp, -prob.q * a
+    if not is_constant(epsilon, 0):
+        base, d_base = base + epsilon * prob.q, d_base - epsilon * prob.p * prob.q
+    if is_constant(gamma, 0):
+        return d_base
+    return (d_base - gamma * prob.p * base) * power(prob.q, prob.log1m, gamma)
+
+
 def binary_bce(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
     return -prob.logp if pos_weight is None else -prob.logp * (1 + (pos_weight - 1) * y)
+
+
+def binary_bce_slope(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
+    return -prob.q if pos_weight is None else -prob.q * (1 + (pos_weight - 1) * y)
 
 
 def binary_quality_focal(prob: Probability, y: Tensor, *, beta) -> Tensor:
@@ -160,9 +176,25 @@ def binary_varifocal(prob: Probability, y: Tensor, *, alpha, gamma, iou_weighted
     return -prob.logp * (y + (1 - y) * alpha * power(prob.q, prob.log1m, gamma))
 
 
+def binary_quality_focal_slope(prob: Probability, y: Tensor, *, beta) -> Tensor:
+    del y
+    return poly_series_slope(prob, gamma=beta)
+
+
+def binary_varifocal_slope(prob: Probability, y: Tensor, *, alpha, gamma, iou_weighted) -> Tensor:
+    del iou_weighted
+    negative = (1 - y) * alpha * power(prob.q, prob.log1m, gamma)
+    return -prob.q * (y + negative) + prob.logp * gamma * prob.p * negative
+
+
 def binary_soft_truncation(prob: Probability, y: Tensor, *, k) -> Tensor:
     del y
     return soft_truncation(prob, k=k)
+
+
+def binary_soft_truncation_slope(prob: Probability, y: Tensor, *, k) -> Tensor:
+    del y
+    return soft_truncation_slope(prob, k=k)
 
 
 def binary_hard_truncation(prob: Probability, y: Tensor, *, margin) -> Tensor:
@@ -170,18 +202,27 @@ def binary_hard_truncation(prob: Probability, y: Tensor, *, margin) -> Tensor:
     return hard_truncation(prob, margin=margin)
 
 
+def binary_hard_truncation_slope(prob: Probability, y: Tensor, *, margin) -> Tensor:
+    del y
+    return hard_truncation_slope(prob, margin=margin)
+
+
 @dataclass(frozen=True)
 class SigmoidMath:
     """A sigmoid-family loss: its form for soft targets ``f(P, y)`` with ``P`` the probability
-    ``sigmoid(x)``, and for hard ones ``f(P_t, y)`` with ``P_t`` that of the target's side."""
+    ``sigmoid(x)``, and for hard ones ``f(P_t, y)`` with ``P_t`` that of the target's side (and
+    that form's written-out derivative, for the eager engine; the tests hold it to autograd's)."""
 
     soft: Callable
     binary: Callable
+    binary_slope: Callable  # ``binary``'s derivative in the margin ``z`` (``P_t = sigmoid(z)``)
 
 
-BCE = SigmoidMath(weighted_binary_cross_entropy, binary_bce)
-FOCAL = SigmoidMath(sigmoid_focal, binary_focal)
-QUALITY_FOCAL = SigmoidMath(quality_focal, binary_quality_focal)
-VARIFOCAL = SigmoidMath(varifocal, binary_varifocal)
-SOFT_TRUNCATION = SigmoidMath(partial(expected_over_binary, soft_truncation), binary_soft_truncation)
-HARD_TRUNCATION = SigmoidMath(partial(expected_over_binary, hard_truncation), binary_hard_truncation)
+BCE = SigmoidMath(weighted_binary_cross_entropy, binary_bce, binary_bce_slope)
+FOCAL = SigmoidMath(sigmoid_focal, binary_focal, binary_focal_slope)
+QUALITY_FOCAL = SigmoidMath(quality_focal, binary_quality_focal, binary_quality_focal_slope)
+VARIFOCAL = SigmoidMath(varifocal, binary_varifocal, binary_varifocal_slope)
+SOFT_TRUNCATION = SigmoidMath(partial(expected_over_binary, soft_truncation), binary_soft_truncation,
+                              binary_soft_truncation_slope)
+HARD_TRUNCATION = SigmoidMath(partial(expected_over_binary, hard_truncation), binary_hard_truncation,
+                              binary_hard_truncation_slope)

@@ -17,13 +17,12 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._fused import (as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, sigmoid_parts,
                      with_saved_gradient)
 from ._math import SLOPES
-from ._numerics import Probability, class_sum, is_class
+from ._numerics import Probability, class_sum, is_class, sigmoid_probability
 
 
 # --- softmax losses with probability targets (and label smoothing) ------------------------------
@@ -132,17 +131,9 @@ def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, s
     slope = SLOPES.get(phi)
     if slope is None:
         return _row_partials(phi, shifted_t, s_other, factor, scale, params)
-    prob = _margin_parts(shifted_t - torch.log(s_other))
+    prob = sigmoid_probability(shifted_t - torch.log(s_other))
     target_grad = slope(prob, **params) * (factor * scale)
     return phi(prob, **params) * factor, -target_grad / s_other, target_grad
-
-
-def _margin_parts(z: Tensor) -> Probability:
-    """``p = sigmoid(z)`` in its four parts in five eager ops (:func:`sigmoid_parts` takes fewer
-    exponentials, which counts in a compiled pass over every element, but twice the ops). Each part
-    is exact to the rounding that ``z`` itself carries."""
-    logp, log1m = F.logsigmoid(z), F.logsigmoid(-z)
-    return Probability(logp, log1m, logp.exp(), log1m.exp())
 
 
 def _eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor):
@@ -179,7 +170,7 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
         params = as_tensors(params, scale)
     elif not (logits.requires_grad and torch.is_grad_enabled()):  # the values alone
         shifted_t, s_other, _ = _eager_statistics(x, t, dtype)
-        rows = phi(_margin_parts(shifted_t - torch.log(s_other)), **params) * factor
+        rows = phi(sigmoid_probability(shifted_t - torch.log(s_other)), **params) * factor
         return rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
 
     def compute():

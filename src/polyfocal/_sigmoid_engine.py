@@ -21,10 +21,10 @@ import torch
 from torch import Tensor
 
 from . import _checks, _fused
-from ._backend import wants_fused
+from ._backend import engine_for
 from ._errors import InputTypeError, InputValueError
 from ._math import SigmoidMath
-from ._numerics import compute_dtype, is_class, output_dtype, sigmoid_probability
+from ._numerics import compute_dtype, is_class, no_autocast, output_dtype, sigmoid_probability
 from ._reduce import reduce_loss, reduction_scale
 
 
@@ -123,6 +123,25 @@ def elements_and_gradient(x: Tensor, scale: Tensor, labels, scores, y, ignore_in
     return loss, slope if flipped is None else torch.where(flipped, -slope, slope)
 
 
+def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels: Tensor, ignore_index: int, weight, *,
+                    dtype: torch.dtype, scale: Tensor, summed: bool, reference) -> Tensor:
+    """Class labels without scores on the eager engine: the binary form and its written-out slope
+    in a few eager ops per element, the gradient saved (no autograd graph through the elements)."""
+    def compute(gradient: bool = True):
+        z, flipped, y, form, valid = element_inputs(logits.to(dtype), labels, None, None, ignore_index, math)
+        prob = sigmoid_probability(z)
+        loss = _masked(form(prob, y, **params), valid, weight)
+        loss = loss.sum() * scale if summed else loss
+        if not gradient:
+            return loss
+        slope = _masked(math.binary_slope(prob, y, **params), valid, weight) * scale
+        return loss, torch.where(flipped, -slope, slope).to(logits.dtype)
+
+    if not (logits.requires_grad and torch.is_grad_enabled()):
+        return compute(gradient=False)
+    return _fused.with_saved_gradient(logits, compute, reference)
+
+
 def check_weight(weight, logits: Tensor, name: str = "weight"):
     """``weight`` must be None or a tensor that broadcasts to the shape of ``logits``."""
     if weight is None:
@@ -149,7 +168,7 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
     _checks.integer(ignore_index, "ignore_index", low=-(2**63))
     weight = check_weight(weight, logits)
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
-    with torch.autocast(logits.device.type, enabled=False):
+    with no_autocast(logits):
         labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
         weight = None if weight is None else weight.to(dtype)
         scale = reduction_scale(reduction, count, normalizer, torch.empty((), dtype=dtype, device=logits.device))
@@ -158,7 +177,12 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
             return reduce_loss(elements(x.to(dtype), labels, scores, y, ignore_index, weight, math, **params),
                                reduction, scale)
 
-        if wants_fused(backend, logits, (target, weight, params)):
+        has_eager = labels is not None and scores is None
+        engine = engine_for(backend, logits, (target, weight, params), eager="sigmoid" if has_eager else None)
+        if engine == "eager":
+            return _eager_elements(math, params, logits, labels, ignore_index, weight, dtype=dtype, scale=scale,
+                                   summed=reduction != "none", reference=reference).to(out_dtype)
+        if engine != "reference":
             try:
                 shape = logits.shape
                 args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), _fused.full_3d(y, shape),

@@ -168,7 +168,8 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         like = torch.empty((), dtype=dtype, device=logits.device)
         w = _checks.class_vector(weight, "weight", num_classes, like)
         a = class_factor(alpha, num_classes, like)
-        engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params), eager=index)
+        engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params),
+                            eager="softmax" if index else None)
         if engine == "eager" and index and _is_torch_cross_entropy(phi, params, logits, a, sample_weight):
             return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer)
         rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])

@@ -18,6 +18,8 @@ does; ``False`` keeps the classic behaviour of the reference implementation.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -114,9 +116,19 @@ def gradient_histogram(statistic: Tensor, weight: Tensor, edges: Tensor) -> Tens
         inside += [low & high.logical_not() for low, high in zip(reached, reached[1:])] + reached[-1:]
         counts = torch.stack([torch.where(mask, weight, torch.zeros_like(weight)).sum() for mask in inside])
     else:
-        counts = torch.zeros(edges.numel() + 1, dtype=weight.dtype, device=weight.device)
-        counts = counts.index_add(0, bin_index(statistic, edges).flatten(), weight.flatten())
+        counts = scatter_counts(bin_index(statistic, edges).flatten(), weight.flatten(), edges.numel() + 1)
     return torch.cat([counts, weight.sum().reshape(1)])
+
+
+def scatter_counts(index: Tensor, weight: Tensor, bins: int, lanes: int | None = None) -> Tensor:
+    """``weight`` summed per ``index`` into ``bins`` counts. On CUDA every element's atomic add
+    would go to one of a few addresses (16M elements: 6.5 ms on an H200); there the elements are
+    split into up to 1,024 lanes (a divisor of their number) with counts of their own, then summed."""
+    if lanes is None:
+        lanes = math.gcd(index.numel(), 1024) if index.is_cuda else 1
+    counts = torch.zeros(lanes, bins, dtype=weight.dtype, device=weight.device)
+    counts.scatter_add_(1, index.view(lanes, -1), weight.view(lanes, -1))
+    return counts.sum(0)
 
 
 @torch.no_grad()
