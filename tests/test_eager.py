@@ -59,22 +59,21 @@ def test_written_out_binary_slopes_equal_autograd(math, params):
 OPTIONS = [{}, {"weight": True}, {"alpha": True}, {"normalizer": 7.0}, {"ignore_all": True}]
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=str)
-@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-@pytest.mark.parametrize("shape", [(9, 5), (4, 5, 3)])
-@pytest.mark.parametrize("name", SOFTMAX)
-def test_eager_equals_the_reference(name, shape, reduction, options):
+def eager_and_reference(name, shape, reduction, options):
+    """Value and gradient of loss ``name`` on both engines, float64, class indices (with the
+    sigmoid family's background class C) and one ignored entry, under the test's ``options``."""
+    family = FORMS[name][0]
     g = torch.Generator().manual_seed(len(name) + shape[0])
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
-    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    t = torch.randint(0, shape[1] + (family == "sigmoid"), (shape[0], *shape[2:]), generator=g)
     t.view(-1)[0] = -100
     if options.get("ignore_all"):
         t.fill_(-100)
     kwargs = dict(FORMS[name][2], reduction=reduction)
     if name in GAMMA_LOSSES:
         kwargs["gamma"] = 0.5
-    if options.get("weight"):
-        kwargs["weight"] = torch.rand(shape[1], generator=g, dtype=torch.float64) + 0.5
+    if options.get("weight"):  # per class (softmax) or per element (sigmoid)
+        kwargs["weight"] = torch.rand(shape[1] if family == "softmax" else shape, generator=g, dtype=torch.float64)
     if options.get("alpha"):
         if name not in ("focal_loss", "poly_loss"):
             pytest.skip(f"{name} takes no alpha")
@@ -89,9 +88,18 @@ def test_eager_equals_the_reference(name, shape, reduction, options):
         xin = x.clone().requires_grad_()
         loss = f(xin, t, backend=engine, **kwargs)
         results.append((loss, torch.autograd.grad(loss.sum(), xin)[0]))
-    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+    return results
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(9, 5), (4, 5, 3)])
+@pytest.mark.parametrize("name", SOFTMAX)
+def test_eager_equals_the_reference(name, shape, reduction, options):
+    want, got = eager_and_reference(name, shape, reduction, options)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     if options.get("ignore_all"):
-        assert results[1][1].abs().max() == 0 and results[1][0].abs().max() == 0
+        assert got[1].abs().max() == 0 and got[0].abs().max() == 0
 
 
 SIGMOID = sorted(name for name, (family, _, _) in FORMS.items() if family == "sigmoid" and name != "ghm_c_loss")
@@ -103,29 +111,9 @@ SIGMOID = sorted(name for name, (family, _, _) in FORMS.items() if family == "si
 @pytest.mark.parametrize("name", SIGMOID)
 def test_sigmoid_eager_equals_the_reference(name, shape, reduction, options):
     """Class labels (C is background) on the eager engine of the sigmoid family."""
-    g = torch.Generator().manual_seed(len(name) + shape[0])
-    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3
-    t = torch.randint(0, shape[1] + 1, (shape[0], *shape[2:]), generator=g)
-    t.view(-1)[0] = -100
-    if options.get("ignore_all"):
-        t.fill_(-100)
-    kwargs = dict(FORMS[name][2], reduction=reduction)
-    if name in GAMMA_LOSSES:
-        kwargs["gamma"] = 0.5
-    if options.get("weight"):
-        kwargs["weight"] = torch.rand(shape, generator=g, dtype=torch.float64)
-    if "normalizer" in options:
-        if reduction != "mean":
-            pytest.skip("a normalizer replaces the mean's count")
-        kwargs["normalizer"] = options["normalizer"]
-    f = pf.get_loss_function(name)
-    results = []
-    for engine in ("reference", "eager"):
-        xin = x.clone().requires_grad_()
-        loss = f(xin, t, backend=engine, **kwargs)
-        results.append((loss, torch.autograd.grad(loss.sum(), xin)[0]))
-    assert is_saved_gradient(loss)
-    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+    want, got = eager_and_reference(name, shape, reduction, options)
+    assert is_saved_gradient(got[0])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
