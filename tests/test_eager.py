@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import polyfocal as pf
-from polyfocal import _backend, _fused, _math
+from polyfocal import _backend, _fused, _math, _softmax_engine
 from test_numerics import FORMS, GAMMA_LOSSES
 
 SOFTMAX = sorted(name for name, (family, _, _) in FORMS.items() if family == "softmax")
@@ -176,3 +176,13 @@ def test_plain_cross_entropy_is_torchs_own_kernel():
     assert loss == 0 and grad.abs().max() == 0  # torch gives NaN
     with pytest.raises(pf.InputValueError, match="outside"):
         pf.cross_entropy(x, torch.full((12,), 5), backend="eager")
+
+
+def test_plain_cross_entropy_on_cuda_is_torchs_kernel_at_every_size(monkeypatch):
+    """Where "auto" would take the Triton row kernels (CUDA, large inputs), plain cross-entropy is
+    F.cross_entropy; forced, the row kernels still run. Shown on CPU with the engine choice of a GPU."""
+    monkeypatch.setattr(_softmax_engine, "engine_for", lambda requested, *args, **kwargs: "triton")
+    x, t = torch.randn(12, 5, requires_grad=True), torch.randint(0, 5, (12,))
+    assert not is_saved_gradient(pf.cross_entropy(x, t))
+    assert is_saved_gradient(pf.focal_loss(x, t))
+    assert is_saved_gradient(pf.cross_entropy(x, t, backend="triton"))

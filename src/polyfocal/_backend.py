@@ -77,7 +77,7 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
     name = _check(backend if backend is not None else _default)
     if name == "reference" or torch.compiler.is_compiling():
         return "reference"
-    other_grad = any(isinstance(t, Tensor) and t.requires_grad for t in _flatten(others))
+    other_grad = _requires_grad(others)
     small = logits.numel() < (EAGER_MAX_ELEMENTS[eager] if eager else FUSED_MIN_ELEMENTS)
     if name == "eager" or (name == "auto" and not other_grad and small):
         return "eager" if eager and not other_grad else "reference"
@@ -93,14 +93,17 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
     return "triton" if logits.is_cuda and _triton.available() else "fused"
 
 
-def _flatten(values):
+def _requires_grad(values) -> bool:
+    """Whether any tensor among ``values`` (nested in tuples, lists and dicts) requires a gradient."""
     for value in values:
-        if isinstance(value, (tuple, list)):
-            yield from _flatten(value)
-        elif isinstance(value, dict):
-            yield from _flatten(list(value.values()))
-        else:
-            yield value
+        if isinstance(value, Tensor):
+            if value.requires_grad:
+                return True
+        elif isinstance(value, (tuple, list)) and _requires_grad(value):
+            return True
+        elif isinstance(value, dict) and _requires_grad(value.values()):
+            return True
+    return False
 
 
 def wants_fused(backend: str | None, logits: Tensor, others=()) -> bool:

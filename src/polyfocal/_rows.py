@@ -180,7 +180,8 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
             rows, grad = _eager_rows(phi, params, x, t, factor, dtype, scale)
         elif engine == "triton" and _triton.handles(dtype):
             shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
-            rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
+            # eager work on the N rows: the written-out slope's few ops, not autograd's dozens of launches
+            rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
             grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
         else:
             classes = class_indices(x.shape[1], x.device)
