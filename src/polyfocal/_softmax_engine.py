@@ -153,6 +153,20 @@ def _torch_cross_entropy(logits: Tensor, target: Tensor, w, ignore_index: int, s
     return loss * reduction_scale(reduction, w[target.masked_fill(~valid, 0)].mul(valid).sum(), None, loss)
 
 
+def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing: float, dtype: torch.dtype):
+    """Class indices: ``(t, row_factor, count, dense)`` with ``t`` the labels (ignored ones at 0),
+    the rows' factor (0 where ignored), the mean's count and, with label smoothing, the dense
+    target's builder and arguments (None without)."""
+    valid = target != ignore_index
+    t = target.masked_fill(~valid, 0).long()
+    count = valid.sum() if w is None else (w[t] * valid).sum()
+    row_factor = _times(_times(_times(valid.to(dtype), _at(w, t)), _at(a, t)), row_weight)
+    dense = None
+    if smoothing:  # the class factors apply per class of the smoothed target, not at t
+        dense = (smoothed_index_target, (t, smoothing, w, a, _times(valid.to(dtype), row_weight)))
+    return t, row_factor, count, dense
+
+
 def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *, weight=None, alpha=None,
                  ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                  normalizer=None, validate: bool | None = None, sample_weight: Tensor | None = None,
@@ -179,18 +193,10 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
             return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer)
         rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
         row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(rows_shape)
-        dense = None  # (builder, its arguments) of a dense target: probabilities, or smoothed labels
         if index:
-            valid = target != ignore_index
-            t = target.masked_fill(~valid, 0).long()
-            count = valid.sum() if w is None else (w[t] * valid).sum()
-            row_factor = _times(_times(valid.to(dtype), _at(w, t)), _at(a, t))
-            if row_weight is not None:
-                row_factor = row_factor * row_weight
-            if smoothing:  # the class factors apply per class of the smoothed target, not at t
-                rows = valid.to(dtype) if row_weight is None else valid.to(dtype) * row_weight
-                dense = (smoothed_index_target, (t, smoothing, w, a, rows))
+            t, row_factor, count, dense = _index_target(target, ignore_index, w, a, row_weight, smoothing, dtype)
         else:
+            t = row_factor = None
             count = target.numel() // num_classes
             dense = (probability_target, (target.to(dtype), smoothing, w, a, row_weight))
         scale = reduction_scale(reduction, count, normalizer, like)
