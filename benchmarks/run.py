@@ -63,6 +63,13 @@ def sigmoid_cases(n: int, c: int) -> list[Case]:
         Case("ghm_c_loss", "sigmoid", n, c, {
             "composition (mmdet loop over bins)": lambda x, d: comp.mmdet_ghm_c(x, d["one_hot"]),
             "polyfocal": fused(pf.ghm_c_loss)}),
+        # the target form torchvision, kornia and mmdet users pass: a float one-hot tensor
+        Case("sigmoid_focal_loss, float one-hot", "sigmoid", n, c, {
+            "composition (torchvision-style)": lambda x, d: comp.torchvision_sigmoid_focal(x, d["one_hot"]),
+            "polyfocal": lambda x, d: pf.sigmoid_focal_loss(x, d["one_hot"])}),
+        Case("ghm_c_loss, float one-hot", "sigmoid", n, c, {
+            "composition (mmdet loop over bins)": lambda x, d: comp.mmdet_ghm_c(x, d["one_hot"]),
+            "polyfocal": lambda x, d: pf.ghm_c_loss(x, d["one_hot"])}),
     ]
 
 

@@ -125,6 +125,10 @@ def check_index_range(target: Tensor, num_classes: int, ignore_index: int, name:
 
 
 def check_unit_interval(values: Tensor, name: str) -> None:
+    if values.numel():
+        low_high = torch.aminmax(values)  # one pass in the common case (NaN fails both compares)
+        if float(low_high.min) >= 0 and float(low_high.max) <= 1:
+            return
     bad = ~((values >= 0) & (values <= 1))
     if bool(bad.any()):
         value = float(values[bad][0])

@@ -161,7 +161,7 @@ def _check_bins(bins) -> int:
 # GHM-C: g = |sigmoid(x) - y| and BCE; GHM-R: g = |d| / sqrt(d^2 + mu^2) and sqrt(d^2 + mu^2) - mu.
 
 def _classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
-    return sigmoid_target_gap(sigmoid_probability(x), y)
+    return sigmoid_target_gap(_fused.sigmoid_parts(x), y)  # one exponential and one division
 
 
 def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -223,6 +223,19 @@ def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, we
     return value, torch.where(positive, slope, -slope)
 
 
+def _soft_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, weight, ignore_index: int,
+                                  edges: Tensor, statistic, loss, density, n, mu,
+                                  classes=None) -> tuple[Tensor, Tensor]:
+    """:func:`_harmonized` of GHM-C with float targets (same arguments), and the gradient of its sum
+    times ``scale``, written out: ``beta (p - y)`` with ``p - y = (1-y) p - y (1-p)`` (no
+    cancellation, no logarithm of the target)."""
+    del loss  # BCE, written out here
+    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
+    prob = _fused.sigmoid_parts(x)
+    beta = w * per_bin(statistic(x, y, mu), n / density, edges)
+    return beta * binary_cross_entropy(prob, y), beta * ((1 - y) * prob.p - y * prob.q) * scale
+
+
 @dataclass(frozen=True)
 class _Variant:
     """A GHM loss: the statistic its elements are binned by (g, or an increasing function of g with
@@ -234,7 +247,7 @@ class _Variant:
     with_gradient: Callable | None = None
 
 
-_CLASSIFICATION = _Variant(_classification_gap, unit_edges, _classification_loss)
+_CLASSIFICATION = _Variant(_classification_gap, unit_edges, _classification_loss, _soft_harmonized_and_gradient)
 _HARD_CLASSIFICATION = _Variant(_negative_margin, margin_edges, _hard_classification_loss,
                                 _hard_harmonized_and_gradient)
 _REGRESSION = _Variant(_regression_gap, unit_edges, _regression_loss)
