@@ -49,28 +49,25 @@ class Case:
 
 
 def sigmoid_cases(n: int, c: int) -> list[Case]:
-    fused = lambda fn, **kw: lambda x, d: fn(x, d["labels"], **kw)  # noqa: E731
-    return [
+    on = lambda fn, key: lambda x, d: fn(x, d[key])  # noqa: E731
+    cases = [
         Case("sigmoid_focal_loss", "sigmoid", n, c, {
-            "composition (torchvision-style)": lambda x, d: comp.torchvision_sigmoid_focal(x, d["one_hot"]),
-            "polyfocal": fused(pf.sigmoid_focal_loss)}),
+            "composition (torchvision-style)": on(comp.torchvision_sigmoid_focal, "one_hot"),
+            "polyfocal": on(pf.sigmoid_focal_loss, "labels")}),
         Case("poly1_focal_loss", "sigmoid", n, c, {
-            "composition (PolyLoss listing)": lambda x, d: comp.poly1_focal_listing(x, d["one_hot"]),
-            "polyfocal": fused(pf.poly1_focal_loss)}),
+            "composition (PolyLoss listing)": on(comp.poly1_focal_listing, "one_hot"),
+            "polyfocal": on(pf.poly1_focal_loss, "labels")}),
         Case("quality_focal_loss", "sigmoid", n, c, {
-            "composition (mmdet-style)": lambda x, d: comp.mmdet_quality_focal(x, d["soft"]),
+            "composition (mmdet-style)": on(comp.mmdet_quality_focal, "soft"),
             "polyfocal": lambda x, d: pf.quality_focal_loss(x, (d["labels"], d["scores"]))}),
         Case("ghm_c_loss", "sigmoid", n, c, {
-            "composition (mmdet loop over bins)": lambda x, d: comp.mmdet_ghm_c(x, d["one_hot"]),
-            "polyfocal": fused(pf.ghm_c_loss)}),
-        # the target form torchvision, kornia and mmdet users pass: a float one-hot tensor
-        Case("sigmoid_focal_loss, float one-hot", "sigmoid", n, c, {
-            "composition (torchvision-style)": lambda x, d: comp.torchvision_sigmoid_focal(x, d["one_hot"]),
-            "polyfocal": lambda x, d: pf.sigmoid_focal_loss(x, d["one_hot"])}),
-        Case("ghm_c_loss, float one-hot", "sigmoid", n, c, {
-            "composition (mmdet loop over bins)": lambda x, d: comp.mmdet_ghm_c(x, d["one_hot"]),
-            "polyfocal": lambda x, d: pf.ghm_c_loss(x, d["one_hot"])}),
+            "composition (mmdet loop over bins)": on(comp.mmdet_ghm_c, "one_hot"),
+            "polyfocal": on(pf.ghm_c_loss, "labels")}),
     ]
+    # the target form torchvision, kornia and mmdet users pass: a float one-hot tensor
+    return cases + [Case(f"{case.loss}, float one-hot", "sigmoid", n, c,
+                         {**case.impls, "polyfocal": on(getattr(pf, case.loss), "one_hot")})
+                    for case in cases if case.loss in ("sigmoid_focal_loss", "ghm_c_loss")]
 
 
 def softmax_cases(n: int, c: int) -> list[Case]:

@@ -93,6 +93,8 @@ SWEEP = ["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:
     ("bogus://x", "unknown database 'bogus' in bogus://x"),
     ("runs/x.db", "expected a database URL such as sqlite:///runs/sweep.db"),
     ("sqlite:///missing/x.db", "the directory of 'sqlite:///missing/x.db' does not exist"),
+    ("journal:", "expected journal:PATH with PATH a file in an existing directory; got 'journal:'"),
+    ("journal:missing/x.log", "expected journal:PATH with PATH a file in an existing directory"),
 ])
 def test_a_storage_mistake_is_named_before_any_trial(place, capsys, url, message):
     assert main(SWEEP + [url]) == 2

@@ -16,10 +16,25 @@ optuna = pytest.importorskip("optuna")
 pytest.importorskip("sklearn")
 from optuna.trial import TrialState  # noqa: E402
 
+from polyfocal.experiments import liveness  # noqa: E402 (needs optuna)
+
+
+def _url(db) -> str:
+    """A ``.journal`` file is a journal storage, anything else SQLite."""
+    return f"journal:{db}" if str(db).endswith(".journal") else f"sqlite:///{db}"
+
+
+def _storage(db):
+    if str(db).endswith(".journal"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(db)))
+    return _url(db)
+
 
 def _argv(db, *extra, trials=2, epochs="1"):
     return ["sweep", "--task", "digits-lt", "--loss", "poly1", "--param", "epsilon=-1:4",
-            "--trials", str(trials), "--epochs", epochs, "--storage", f"sqlite:///{db}", "--study", "s",
+            "--trials", str(trials), "--epochs", epochs, "--storage", _url(db), "--study", "s",
             "--heartbeat", "1", "--quiet", *extra]
 
 
@@ -32,7 +47,7 @@ def _spawn(db, out, trials, epochs):
 
 def _complete(db):
     try:
-        study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+        study = optuna.load_study(study_name="s", storage=_storage(db))
     except Exception:  # not created yet
         return []
     return study.get_trials(states=(TrialState.COMPLETE,))
@@ -59,8 +74,9 @@ def test_sweep_writes_json_and_png(tmp_path, capsys):
         assert trial["value"] == trial["metrics"]["balanced_accuracy"]
 
 
-def test_rerun_resumes_up_to_trials(tmp_path):
-    db = tmp_path / "r.db"
+@pytest.mark.parametrize("name", ["r.db", "r.journal"])
+def test_rerun_resumes_up_to_trials(tmp_path, name):
+    db = tmp_path / name
     assert main(_argv(db, "--out", str(tmp_path / "o"), trials=2)) == 0
     first = _key(_complete(db))
     assert main(_argv(db, "--out", str(tmp_path / "o"), trials=4)) == 0
@@ -71,8 +87,11 @@ def test_rerun_resumes_up_to_trials(tmp_path):
     assert _key(_complete(db)) == _key(trials)
 
 
-def test_killed_sweep_resumes_without_losing_trials(tmp_path):
-    db = tmp_path / "k.db"
+@pytest.mark.parametrize("name", ["k.db", "k.journal"])
+def test_killed_sweep_resumes_without_losing_trials(tmp_path, name):
+    """kill -9 in the middle of a trial: the next worker fails it after three silent heartbeats
+    and completes the sweep, on an RDB storage and on a journal file alike."""
+    db = tmp_path / name
     # a trial must outlast several polls of the study (each loads it anew); at 40 epochs one
     # fresh-clone run saw all six trials finish before its first successful poll
     worker = _spawn(db, tmp_path / "o", trials=6, epochs="200")
@@ -86,7 +105,7 @@ def test_killed_sweep_resumes_without_losing_trials(tmp_path):
     assert main(_argv(db, "--out", str(tmp_path / "o"), trials=6, epochs="200")) == 0
     after = _complete(db)
     assert len(after) == 6 and set(before) <= set(_key(after))
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name="s", storage=_storage(db))
     assert not study.get_trials(states=(TrialState.RUNNING,))  # the killed trial was failed, not left
 
 
@@ -106,6 +125,23 @@ def test_a_trial_left_running_without_any_heartbeat_is_failed_not_awaited(tmp_pa
     assert worker.returncode == 0, err
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{db}")
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_silent_trial_is_failed_after_three_heartbeats_and_a_beating_one_is_not(tmp_path):
+    storage = _storage(tmp_path / "l.journal")
+    study = optuna.create_study(storage=storage, study_name="s")
+    study_id = storage.get_study_id_from_name("s")
+    silent, alive, unstamped = study.ask(), study.ask(), study.ask()
+    ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number) for t in (silent, alive)]
+    storage.set_trial_system_attr(ids[0], liveness.KEY, time.time() - 3.5)
+    with liveness.beating(storage, ids[1], 0.05):
+        time.sleep(0.5)
+        assert liveness.fail_lapsed(storage, study_id, period=1.0) == [silent.number]
+        # silent for 0.3 s: the one that never beat (started 0.5 s ago), not the one stamped every 0.05 s
+        assert liveness.fail_lapsed(storage, study_id, period=0.1) == [unstamped.number]
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.RUNNING, TrialState.FAIL]
+    time.sleep(0.4)  # no more stamps: now it lapses too
+    assert liveness.fail_lapsed(storage, study_id, period=0.1) == [alive.number]
 
 
 def test_two_workers_share_one_study(tmp_path):

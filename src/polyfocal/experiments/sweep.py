@@ -4,12 +4,13 @@
     polyfocal sweep --task digits-lt --loss poly1_focal --param epsilon=-1:4 --param gamma=0,1,2
 
 Each trial trains one model per seed (:func:`~polyfocal.experiments.train.train_run`) and
-scores the mean of the task's primary metric over the seeds. Trials live in an Optuna RDB
-storage (SQLite by default), so a sweep that was stopped resumes where it stopped when run
-again with the same ``--study`` and ``--storage``, and several processes running the same
-command share one study: ``--trials`` is the total of finished trials over all of them.
-A trial whose process died is marked failed once its heartbeat is older than the grace
-period, and its place is taken by a new trial. Needs ``pip install optuna``.
+scores the mean of the task's primary metric over the seeds. Trials live in an Optuna storage
+(an RDB, SQLite by default, or a journal file for a shared filesystem), so a sweep that was
+stopped resumes where it stopped when run again with the same ``--study`` and ``--storage``,
+and several processes running the same command share one study: ``--trials`` is the total of
+finished trials over all of them. A trial whose process died is marked failed once it has been
+silent for three heartbeats (:mod:`polyfocal.experiments.liveness`), and its place is taken by
+a new trial. Needs ``pip install optuna``.
 """
 
 from __future__ import annotations
@@ -88,8 +89,7 @@ def _optuna():
         raise InputValueError("`sweep` needs Optuna: pip install optuna "
                               "(or pip install 'polyfocal[sweep]')") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # heartbeats and fail_stale_trials are marked experimental; they are what makes resuming safe
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # e.g. JournalStorage's
     return optuna
 
 
@@ -101,9 +101,20 @@ def _redact(url: str) -> str:
 _DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}
 
 
+JOURNAL = "journal:"
+
+
 def storage_url(text: str) -> str:
     """An RDB storage URL that names a known database whose driver is installed (and, for SQLite,
-    a file in an existing directory); checked when the command line is parsed."""
+    a file in an existing directory), or ``journal:PATH``, a journal file in an existing directory
+    (for a shared filesystem); checked when the command line is parsed."""
+    if text.startswith(JOURNAL):
+        path = text[len(JOURNAL):]
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if not path or not os.path.isdir(folder):
+            raise argparse.ArgumentTypeError(f"expected journal:PATH with PATH a file in an existing directory; "
+                                             f"got {text!r}")
+        return text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -128,37 +139,27 @@ def storage_url(text: str) -> str:
     return text
 
 
-def _storage(optuna, url: str, heartbeat: int):
+def _storage(optuna, url: str):
+    if url.startswith(JOURNAL):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len(JOURNAL):]))
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
-                                      grace_period=3 * heartbeat)
-
-
-def _give_heartbeats(study, trials, given: set) -> None:
-    """One heartbeat, once, for each running trial. optuna fails a dead worker's trial when its
-    last heartbeat is stale, but a worker killed before its trial's first heartbeat leaves none,
-    and this worker would wait for that trial forever. A live worker's own heartbeats keep its
-    trial running; a dead one's lapses and is failed."""
-    storage = study._storage  # optuna's Study has no public handle on its storage
-    study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in trials:
-        if trial.state.name == "RUNNING" and trial.number not in given:
-            storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
-            given.add(trial.number)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
 def _open_study(optuna, args, config: dict, direction: str):
     """Create or load the study; several processes may race here, so retry a few times."""
     for attempt in range(5):
         try:
-            storage = _storage(optuna, args.storage, args.heartbeat)
+            storage = _storage(optuna, args.storage)
             study = optuna.create_study(storage=storage, study_name=args.study, direction=direction,
                                         load_if_exists=True)
             break
         except ValueError:
             raise
         except Exception as error:  # e.g. two processes creating the SQLite tables at once
-            if not args.storage.startswith("sqlite"):  # a refused connection or a wrong password: no retries
+            if not args.storage.startswith(("sqlite", JOURNAL)):  # a refused connection, a wrong password
                 raise InputValueError(f"cannot open the storage {_redact(args.storage)}: {error}") from None
             if attempt == 4:
                 raise
@@ -171,12 +172,14 @@ def _open_study(optuna, args, config: dict, direction: str):
         raise InputValueError(f"`--study` {args.study!r} in {_redact(args.storage)} was started with other "
                               f"settings ({', '.join(changed)} differ); resume it with the same options "
                               f"or give another `--study`")
-    return study
+    return study, storage, storage.get_study_id_from_name(study.study_name)
 
 
-def _objective(args, task, base: LossSpec, space, total: int):
+def _objective(args, task, base: LossSpec, space, total: int, storage, study_id: int):
     optuna = _optuna()
     from optuna.trial import TrialState
+
+    from .liveness import beating
 
     def objective(trial):
         # the first `total` live or finished trials are the sweep; a later one (two workers that
@@ -188,8 +191,10 @@ def _objective(args, task, base: LossSpec, space, total: int):
             raise optuna.TrialPruned("--trials already reached by other workers")
         params = {p.name: p.suggest(trial) for p in space}
         spec = LossSpec(base.label, base.name, {**base.params, **params})
-        runs = [train_run(task, spec, seed, args.epochs, args.batch_size, args.lr, args.backend)
-                for seed in args.seeds]
+        with beating(storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                     args.heartbeat):
+            runs = [train_run(task, spec, seed, args.epochs, args.batch_size, args.lr, args.backend)
+                    for seed in args.seeds]
         metrics = {m: float(np.mean([r["metrics"][m] for r in runs])) for m in task.metrics}
         trial.set_user_attr("params", params)
         trial.set_user_attr("metrics", json_safe(metrics))
@@ -207,6 +212,8 @@ def run_sweep(args) -> dict:
     """Run (or resume, or join) the sweep of ``args``; the completed trials as a JSON-ready dict."""
     optuna = _optuna()
     from optuna.trial import TrialState
+
+    from .liveness import fail_lapsed
 
     names = [p.name for p in args.param]
     if len(set(names)) != len(names):
@@ -231,15 +238,15 @@ def run_sweep(args) -> dict:
               "epochs": task.epochs if args.epochs is None else args.epochs,
               "batch_size": args.batch_size or task.batch_size, "lr": args.lr or task.lr,
               "backend": args.backend, "primary": task.primary}
-    study = _open_study(optuna, args, config, direction)
-    objective = _objective(args, task, base, args.param, args.trials)
+    study, storage, study_id = _open_study(optuna, args, config, direction)
+    objective = _objective(args, task, base, args.param, args.trials, storage, study_id)
     before = torch.get_num_threads()
-    waited, given = False, set()
+    waited = False
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
         while True:
-            optuna.storages.fail_stale_trials(study)  # trials of processes that died
+            fail_lapsed(storage, study_id, args.heartbeat)  # trials of processes that died
             live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             complete = sum(t.state == TrialState.COMPLETE for t in live)
             if complete >= args.trials:
@@ -250,7 +257,6 @@ def run_sweep(args) -> dict:
                           f"(a dead worker's trial is dropped after {3 * args.heartbeat} s)",
                           file=sys.stderr, flush=True)
                 waited = True
-                _give_heartbeats(study, live, given)
                 time.sleep(min(1.0, args.heartbeat))
                 continue
             study.optimize(objective, n_trials=1)
@@ -375,7 +381,8 @@ def add_sweep(commands) -> None:
                    help="completed trials in the study, over all runs and workers (default 20)")
     p.add_argument("--seeds", type=_seeds, default=[0], help="a count (1 = seed 0) or a list 0,4,7 (default 1)")
     p.add_argument("--storage", type=storage_url, default="sqlite:///polyfocal.db",
-                   help="Optuna RDB storage URL (default sqlite:///polyfocal.db)")
+                   help="Optuna RDB storage URL, or journal:PATH for a journal file on a shared filesystem "
+                        "(default sqlite:///polyfocal.db)")
     p.add_argument("--study", default=None, help="study name (default: TASK:LOSS:PARAMS)")
     add_training_arguments(p)
     p.add_argument("--heartbeat", type=positive_int, default=10,
