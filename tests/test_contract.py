@@ -321,3 +321,28 @@ def test_module_takes_per_call_weight_and_normalizer(name):
     for kwargs in ({"normalizer": 7.0}, {"weight": weight}, {"weight": weight, "normalizer": torch.tensor(3.0)}):
         torch.testing.assert_close(module(x, t, **kwargs), call(name, x, t, **kwargs))
     torch.testing.assert_close(module(x, t), call(name, x, t))  # and the next call is back to the Module's own
+
+
+#: a value each Module must reject when it is built, before any logits exist
+BAD_OPTIONS = [("reduction", "avg"), ("gamma", -1.0), ("label_smoothing", 2.0), ("epsilon", "x"), ("k", -1.0),
+               ("margin", 1.5), ("beta", -1.0), ("alpha", -1.0), ("ignore_index", 0.5)]
+
+
+@pytest.mark.parametrize("name", sorted(set(ALL) - {"ghm_c_loss", "ghm_r_loss"}))
+def test_a_module_rejects_a_bad_hyperparameter_when_built(name):
+    """The Module checks its number-valued options with a call on a tiny example; tensor options,
+    which must fit the caller's logits, are left to the first call (and not rejected here)."""
+    takes = set(pf.get_loss_function(name).__kwdefaults__)
+    checked = 0
+    for option, value in BAD_OPTIONS:
+        if option in takes:
+            with pytest.raises(pf.InputError, match=f"`{option}`"):
+                pf.build_loss(name, **{**ALL[name], option: value})
+            checked += 1
+    assert checked >= 1
+    x, t = inputs(name)
+    weight = torch.rand(x.shape[1]) + 0.5 if name in SOFTMAX else torch.rand(x.shape) + 0.5
+    if name in DISTRIBUTION:
+        weight = torch.rand(t.shape) + 0.5
+    module = pf.build_loss(name, **ALL[name], weight=weight)  # fits these logits, not the check's example
+    torch.testing.assert_close(module(x, t), call(name, x, t, weight=weight))

@@ -991,10 +991,10 @@ def test_module_rejects_unknown_arguments(module):
         module(bogus_arg=1.0)
 
 
-def test_module_hyperparameter_errors_surface_on_call():
-    m = pf.QualityFocalLoss(beta=-1.0)
+def test_module_hyperparameter_errors_surface_when_built():
+    """A bad value is an error where the Module is made (issue 14), not at its first call."""
     with pytest.raises(ValueError, match="beta"):
-        m(torch.randn(3), torch.rand(3))
+        pf.QualityFocalLoss(beta=-1.0)
 
 
 # --- extra: label dtypes, decode in low precision ---------------------------------------------------

@@ -10,9 +10,11 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
+import torch
 from torch import Tensor, nn
 
 from . import gfl, sigmoid, softmax
+from ._backend import use_backend
 from ._errors import InputTypeError
 
 
@@ -20,6 +22,7 @@ class LossModule(nn.Module):
     """Base of the stateless loss Modules: ``forward(logits, target)`` calls ``function``."""
 
     function: Callable
+    example: Callable | None = None  # classes -> (logits, target) of the construction-time check
 
     def __init__(self, **kwargs):
         super().__init__()
@@ -39,6 +42,19 @@ class LossModule(nn.Module):
                 self._tensor_names.append(name)
             else:
                 self._options[name] = value
+        self._probe()
+
+    def _probe(self) -> None:
+        """Call the loss once on a tiny example of its kind, with the number-valued options, so that
+        a value it rejects (``gamma=-1``, ``reduction="avg"``) is an error here, not at the first
+        training step. Tensor options are left out: they must fit the caller's logits, not the
+        example's. The example has as many classes as a per-class tuple option (``alpha=(0.2, 0.8)``)."""
+        if self.example is None:
+            return
+        per_class = [len(v) for k, v in self._options.items() if k in PER_CLASS and isinstance(v, (tuple, list))]
+        logits, target = self.example(per_class[0] if per_class else 3)
+        with use_backend("reference"):
+            self.function(logits, target, **self._options)
 
     def options(self) -> dict:
         """The keyword arguments passed to the function, tensors on the Module's device."""
@@ -57,31 +73,50 @@ class LossModule(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
 
 
-def _module(name: str, function: Callable) -> type[LossModule]:
+#: options that hold one value per class
+PER_CLASS = ("weight", "alpha", "pos_weight")
+
+
+def _softmax_example(classes: int):
+    return torch.zeros(2, classes), torch.tensor([0, classes - 1])
+
+
+def _sigmoid_example(classes: int):
+    return torch.zeros(2, classes), torch.zeros(2, classes)
+
+
+def _distribution_example(classes: int):
+    return torch.zeros(2, max(classes, 2)), torch.tensor([0.5, 1.0])
+
+
+def _module(name: str, function: Callable, example: Callable | None) -> type[LossModule]:
+    """A Module class for ``function``; ``example(classes)`` makes the logits and target of the
+    construction-time check (:meth:`LossModule._probe`)."""
     doc = (f"Module form of :func:`polyfocal.{function.__name__}`: "
            f"``{name}(**kwargs)(logits, target) == {function.__name__}(logits, target, **kwargs)``.")
-    return type(name, (LossModule,), {"function": staticmethod(function), "__doc__": doc,
-                                      "__module__": __name__})
+    return type(name, (LossModule,), {"function": staticmethod(function), "example": staticmethod(example),
+                                      "__doc__": doc, "__module__": __name__})
 
 
-CrossEntropyLoss = _module("CrossEntropyLoss", softmax.cross_entropy)
-FocalLoss = _module("FocalLoss", softmax.focal_loss)
-Poly1CrossEntropyLoss = _module("Poly1CrossEntropyLoss", softmax.poly1_cross_entropy)
-PolyNCrossEntropyLoss = _module("PolyNCrossEntropyLoss", softmax.polyn_cross_entropy)
-PolyLoss = _module("PolyLoss", softmax.poly_loss)
-TruncatedCrossEntropyLoss = _module("TruncatedCrossEntropyLoss", softmax.truncated_cross_entropy)
-SoftTruncatedLoss = _module("SoftTruncatedLoss", softmax.soft_truncated_loss)
-HardTruncatedLoss = _module("HardTruncatedLoss", softmax.hard_truncated_loss)
-BinaryCrossEntropyLoss = _module("BinaryCrossEntropyLoss", sigmoid.binary_cross_entropy)
-SigmoidFocalLoss = _module("SigmoidFocalLoss", sigmoid.sigmoid_focal_loss)
-Poly1FocalLoss = _module("Poly1FocalLoss", sigmoid.poly1_focal_loss)
-Poly1BinaryCrossEntropyLoss = _module("Poly1BinaryCrossEntropyLoss", sigmoid.poly1_binary_cross_entropy)
-SigmoidSoftTruncatedLoss = _module("SigmoidSoftTruncatedLoss", sigmoid.sigmoid_soft_truncated_loss)
-SigmoidHardTruncatedLoss = _module("SigmoidHardTruncatedLoss", sigmoid.sigmoid_hard_truncated_loss)
-QualityFocalLoss = _module("QualityFocalLoss", gfl.quality_focal_loss)
-VarifocalLoss = _module("VarifocalLoss", gfl.varifocal_loss)
-DistributionFocalLoss = _module("DistributionFocalLoss", gfl.distribution_focal_loss)
-GeneralizedFocalLoss = _module("GeneralizedFocalLoss", gfl.generalized_focal_loss)
+CrossEntropyLoss = _module("CrossEntropyLoss", softmax.cross_entropy, _softmax_example)
+FocalLoss = _module("FocalLoss", softmax.focal_loss, _softmax_example)
+Poly1CrossEntropyLoss = _module("Poly1CrossEntropyLoss", softmax.poly1_cross_entropy, _softmax_example)
+PolyNCrossEntropyLoss = _module("PolyNCrossEntropyLoss", softmax.polyn_cross_entropy, _softmax_example)
+PolyLoss = _module("PolyLoss", softmax.poly_loss, _softmax_example)
+TruncatedCrossEntropyLoss = _module("TruncatedCrossEntropyLoss", softmax.truncated_cross_entropy, _softmax_example)
+SoftTruncatedLoss = _module("SoftTruncatedLoss", softmax.soft_truncated_loss, _softmax_example)
+HardTruncatedLoss = _module("HardTruncatedLoss", softmax.hard_truncated_loss, _softmax_example)
+BinaryCrossEntropyLoss = _module("BinaryCrossEntropyLoss", sigmoid.binary_cross_entropy, _sigmoid_example)
+SigmoidFocalLoss = _module("SigmoidFocalLoss", sigmoid.sigmoid_focal_loss, _sigmoid_example)
+Poly1FocalLoss = _module("Poly1FocalLoss", sigmoid.poly1_focal_loss, _sigmoid_example)
+Poly1BinaryCrossEntropyLoss = _module("Poly1BinaryCrossEntropyLoss", sigmoid.poly1_binary_cross_entropy,
+                                      _sigmoid_example)
+SigmoidSoftTruncatedLoss = _module("SigmoidSoftTruncatedLoss", sigmoid.sigmoid_soft_truncated_loss, _sigmoid_example)
+SigmoidHardTruncatedLoss = _module("SigmoidHardTruncatedLoss", sigmoid.sigmoid_hard_truncated_loss, _sigmoid_example)
+QualityFocalLoss = _module("QualityFocalLoss", gfl.quality_focal_loss, _sigmoid_example)
+VarifocalLoss = _module("VarifocalLoss", gfl.varifocal_loss, _sigmoid_example)
+DistributionFocalLoss = _module("DistributionFocalLoss", gfl.distribution_focal_loss, _distribution_example)
+GeneralizedFocalLoss = _module("GeneralizedFocalLoss", gfl.generalized_focal_loss, _distribution_example)
 
 __all__ = [
     "LossModule", "CrossEntropyLoss", "FocalLoss", "Poly1CrossEntropyLoss", "PolyNCrossEntropyLoss",
