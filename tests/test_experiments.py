@@ -321,3 +321,26 @@ def test_progress_uses_tqdm_when_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
     ex.compare(ex.make_task("dense-toy", n_train=4), ex.parse_losses("bce"), seeds=[3], epochs=1, progress=True)
     assert seen[0] == ("total", 1) and seen[1].startswith("bce seed 3: map=") and seen[-1] == "closed"
+
+
+def test_compare_figure_is_a_readable_grid_of_dots_that_keeps_a_collapsed_seed_in_view():
+    pytest.importorskip("matplotlib")
+    from polyfocal.experiments.report import compare_figure, summarize
+
+    metrics = ["balanced_accuracy", "accuracy", "macro_f1", "ece"]
+    runs = []
+    for loss, level in (("ce", 0.90), ("focal", 0.91), ("poly1", 0.88)):
+        for seed in range(3):
+            value = 0.05 if (loss, seed) == ("poly1", 2) else level + 0.01 * seed  # one seed collapsed
+            runs.append({"loss": loss, "seed": seed, "metrics": {m: value for m in metrics},
+                         "curves": {"epoch": [1, 2], "train_loss": [1.0, 0.5], "test_balanced_accuracy": [0.5, value]}})
+    results = {"metrics": metrics, "runs": runs, "primary": "balanced_accuracy",
+               "config": {"task": "toy", "seeds": [0, 1, 2]}}
+    fig = compare_figure(results, summarize(results))
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == len(metrics) + 2
+    assert fig.get_figwidth() <= 3 * 4.2 + 1e-9  # at most three panels a row
+    for ax, metric in zip(visible, metrics):
+        assert not ax.patches, f"{metric}: bars (a zoomed axis would exaggerate them)"
+        low, high = ax.get_ylim()
+        assert low < 0.05 < high and low < 0.93 < high  # every seed in view, the collapsed one too

@@ -112,6 +112,14 @@ def test_report_files(tiny_report):
     assert "| qfl+dfl - sigmoid_focal+l1 (loc_error) |" in text and "loc_error mean [95% interval]" in text
 
 
+def test_each_metric_of_a_finding_gets_its_own_difference_axis(tiny_report):
+    """GFL's finding compares mAP and the edge error in pixels: never on one axis."""
+    _, results = tiny_report
+    fig = R.finding_figure("qfl_dfl", results["findings"]["qfl_dfl"])
+    labels = [ax.get_xlabel() for ax in fig.axes[1:]]
+    assert labels == [f"paired difference in {m} (95% interval)" for m in ("map_box", "loc_error", "map")]
+
+
 def test_html_is_self_contained(tiny_report):
     paths, _ = tiny_report
     page = open(paths["html"]).read()

@@ -85,29 +85,34 @@ def json_safe(value):
     return value
 
 
-def _plot(results: dict, summary: dict, path: str) -> None:
+def compare_figure(results: dict, summary: dict):
+    """The figure of a comparison: per metric, each loss's mean and 95% interval with its seeds
+    (dots, not bars, so the axis may zoom without exaggerating), then the training curves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     metrics, losses = results["metrics"], list(summary)
-    ncols = len(metrics) + 2
-    fig = Figure(figsize=(3.6 * ncols, 3.4), layout="constrained")
+    panels = len(metrics) + 2  # a grid at most three panels wide, each at a readable size
+    ncols = min(3, panels)
+    fig = Figure(figsize=(4.2 * ncols, 3.5 * math.ceil(panels / ncols)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    axes = fig.subplots(math.ceil(panels / ncols), ncols, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
     x = np.arange(len(losses))
     colors = [f"C{i % 10}" for i in range(len(losses))]
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics):  # dots and intervals, not bars: the axis need not start at 0
         means = np.array([summary[l][metric]["mean"] for l in losses])
         low = np.array([summary[l][metric]["low"] for l in losses])
         high = np.array([summary[l][metric]["high"] for l in losses])
         err = np.vstack([means - low, high - means])
         err = np.where(np.isnan(err), 0.0, err)
-        ax.bar(x, means, color=colors, alpha=0.35)
-        ax.errorbar(x, means, yerr=err, fmt="o", color="k", capsize=4, lw=1)
         for i, loss in enumerate(losses):
+            ax.errorbar([i], means[i:i + 1], yerr=err[:, i:i + 1], fmt="o", color=colors[i], capsize=4, lw=1.2)
             values = [r["metrics"][metric] for r in results["runs"] if r["loss"] == loss]
-            ax.plot(np.full(len(values), i) + 0.15, values, ".", color=colors[i], alpha=0.8)
-        finite = np.concatenate([means, low, high])
+            ax.plot(np.full(len(values), i) + 0.15, values, ".", color=colors[i], alpha=0.5)
+        seeds = [r["metrics"][metric] for r in results["runs"] if r["loss"] in summary]
+        finite = np.concatenate([means, low, high, np.asarray(seeds, dtype=float)])  # a collapsed seed stays in view
         finite = finite[np.isfinite(finite)]
         if finite.size:
             pad = 0.15 * max(finite.max() - finite.min(), 1e-3)
@@ -115,7 +120,7 @@ def _plot(results: dict, summary: dict, path: str) -> None:
         ax.set_xticks(x, losses, rotation=30, ha="right", fontsize=8)
         ax.set_title(metric + (" (lower better)" if metric in LOWER_IS_BETTER else ""), fontsize=10)
     curve_keys = ("train_loss", f"test_{results['primary']}")
-    for ax, key in zip(axes[len(metrics):], curve_keys):
+    for ax, key in zip(axes[len(metrics):panels], curve_keys):
         for i, loss in enumerate(losses):
             curves = [r["curves"] for r in results["runs"] if r["loss"] == loss and r["curves"][key]]
             if not curves:
@@ -129,10 +134,10 @@ def _plot(results: dict, summary: dict, path: str) -> None:
         ax.set_title(key.replace("_", " ") + " (mean, min-max over seeds)", fontsize=10)
         if key == "train_loss":
             ax.set_yscale("log")
-    axes[-1].legend(fontsize=7)
+    axes[panels - 1].legend(fontsize=7)
     fig.suptitle(f"{results['config']['task']}: {len(results['config']['seeds'])} seeds, "
                  f"95% t-intervals", fontsize=11)
-    fig.savefig(path, dpi=110)
+    return fig
 
 
 def write_report(results: dict, out: str) -> dict[str, str]:
@@ -145,7 +150,7 @@ def write_report(results: dict, out: str) -> dict[str, str]:
     image = None
     try:
         image = os.path.join(out, "report.png")
-        _plot(results, summary, image)
+        compare_figure(results, summary).savefig(image, dpi=110)
         paths["png"] = image
     except ImportError:
         image = None

@@ -416,8 +416,8 @@ def _seed_dots(ax, x, results, labels, metric, color):
         ax.plot(np.full(len(values), xi, dtype=float), values, ".", color=color, alpha=0.35)
 
 
-def _difference_axis(ax, finding):
-    diffs = finding["differences"]
+def _difference_axis(ax, diffs: list, metric: str):
+    """The paired differences of one metric (each metric gets its own axis: px and mAP never share one)."""
     y = np.arange(len(diffs))
     for i, d in enumerate(diffs):
         color = {"reproduced": "tab:green", "not reproduced": "tab:red"}.get(_word(d["verdict"]), "tab:gray")
@@ -430,24 +430,14 @@ def _difference_axis(ax, finding):
         ax.axvline(-margin, color="k", lw=0.8, ls="--", label=f"-margin ({margin:g})")
     if margins:
         ax.legend(fontsize=8)
-    ax.set_yticks(y, [_difference_name(d, finding["metric"]).replace(" - ", "\n- ") for d in diffs], fontsize=7)
+    ax.set_yticks(y, [_difference_name(d, metric).replace(" - ", "\n- ") for d in diffs], fontsize=7)
     ax.invert_yaxis()
-    metrics = sorted({d["metric"] for d in diffs})
-    ax.set_xlabel(f"paired difference in {metrics[0] if len(metrics) == 1 else ', '.join(metrics)} (95% interval)")
+    ax.set_xlabel(f"paired difference in {metric} (95% interval)")
     ax.set_title("difference (green: as claimed, red: opposite)", fontsize=9)
 
 
-def _figure(key: str, finding: dict, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    results, metric = finding["results"], finding["metric"]
-    summary = summarize(results)
-    ncols = 3 if key == "poly1_epsilon" else 2
-    axes = fig.subplots(1, ncols)
-    ax = axes[0]
+def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> None:
+    """The finding's metric per variant: mean, 95% interval and seeds, against N or epsilon where it has one."""
     if key == "truncation":
         ns = [int(l.split("=")[1]) for l in summary if l.startswith("truncated")]
         labels = [f"truncated:n_terms={n}" for n in ns]
@@ -478,9 +468,27 @@ def _figure(key: str, finding: dict, path: str) -> None:
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{metric}: mean and 95% interval over {len(results['config']['seeds'])} seeds "
                  f"(dots: seeds)", fontsize=9)
-    _difference_axis(axes[1], finding)
+
+
+def finding_figure(key: str, finding: dict):
+    """A finding's figure: its metric per variant, then its paired differences, one axis per metric."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results, metric = finding["results"], finding["metric"]
+    summary = summarize(results)
+    by_metric: dict[str, list] = {}
+    for d in finding["differences"]:
+        by_metric.setdefault(d["metric"], []).append(d)
+    ncols = 1 + len(by_metric) + (key == "poly1_epsilon")
+    fig = Figure(figsize=(max(11, 4.2 * ncols), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols)
+    _variants_axis(axes[0], key, results, summary, metric)
+    for ax, (name, diffs) in zip(axes[1:], by_metric.items()):
+        _difference_axis(ax, diffs, name)
     if key == "poly1_epsilon":
-        ax = axes[2]
+        ax = axes[-1]
         for i, (label, rows) in enumerate(finding["extra"]["shares"].items()):
             values = np.array(rows, dtype=float)
             steps = np.arange(values.shape[1])
@@ -493,7 +501,7 @@ def _figure(key: str, finding: dict, path: str) -> None:
         ax.set_title("gradient share (mean, min-max over seeds)", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(FINDINGS[key], fontsize=11)
-    fig.savefig(path, dpi=100)
+    return fig
 
 
 def _md_table(header, rows) -> list[str]:
@@ -571,7 +579,7 @@ def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
                 section.append(f"<p>{html.escape(text)}</p>")
             try:
                 image = os.path.join(out, f"{key}.png")
-                _figure(key, finding, image)
+                finding_figure(key, finding).savefig(image, dpi=100)
                 paths[f"png_{key}"] = image
                 md += [f"![{key}]({key}.png)", ""]
                 with open(image, "rb") as handle:
