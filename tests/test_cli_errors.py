@@ -3,6 +3,7 @@ before any work starts (no training, no files written), never in a traceback."""
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -103,15 +104,59 @@ def test_a_storage_mistake_is_named_before_any_trial(place, capsys, url, message
     assert not (place / "polyfocal.db").exists()
 
 
-def test_a_missing_database_driver_gets_its_install_hint_and_no_password(place, capsys):
+@pytest.mark.parametrize("url, package", [("postgresql+psycopg2://me:secret@localhost/db", "psycopg2-binary"),
+                                          ("mysql://me:secret@localhost/db", "mysqlclient"),
+                                          ("mysql+pymysql://me:secret@localhost/db", "pymysql")])
+def test_a_missing_database_driver_gets_its_install_hint_and_no_password(place, capsys, url, package):
+    from sqlalchemy.engine import make_url
+
     try:
-        import psycopg2  # noqa: F401
-        pytest.skip("psycopg2 is installed here")
+        make_url(url).get_dialect().import_dbapi()
+        pytest.skip(f"the driver of {url} is installed here")
     except ImportError:
         pass
-    assert main(SWEEP + ["postgresql://me:secret@localhost/db"]) == 2
+    assert main(SWEEP + [url]) == 2
     err = capsys.readouterr().err
-    assert "pip install psycopg2-binary" in err and "secret" not in err and "me:***@" in err
+    assert f"pip install {package}" in err and "secret" not in err and "me:***@" in err
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (pgserver's binaries) on a Unix socket, with a password-checked role."""
+    pgserver = pytest.importorskip("pgserver")
+    pytest.importorskip("psycopg")  # SQLAlchemy's driver for postgresql:// (from 2.1)
+    folder = tmp_path_factory.mktemp("postgres")
+    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server.psql("create role me login password 'right' createdb; create database sweeps owner me;")
+    (folder / "pg_hba.conf").write_text("local all all scram-sha-256\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    server.psql("select pg_reload_conf();")
+    yield server.get_uri().split("host=")[1]
+    server.cleanup()
+
+
+def _postgres_error(capsys, url):
+    start = time.monotonic()
+    assert main(SWEEP + [url, "--trials", "1", "--epochs", "1", *NO_TRAINING]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("polyfocal: error: ") and "Traceback" not in err, err
+    assert time.monotonic() - start < 20, "no retries for what retrying cannot cure"
+    return err
+
+
+def test_a_wrong_postgres_password_is_one_line_with_the_password_masked(place, capsys, postgres):
+    err = _postgres_error(capsys, f"postgresql://me:wrong@/sweeps?host={postgres}")
+    assert "password authentication failed" in err and "wrong" not in err and "me:***@" in err
+
+
+def test_a_refused_postgres_port_is_one_line(place, capsys, postgres):
+    err = _postgres_error(capsys, "postgresql://me:right@127.0.0.1:9/sweeps")
+    assert "refused" in err and "right" not in err
+
+
+def test_a_sweep_runs_on_postgres(place, capsys, postgres):
+    assert main(SWEEP + [f"postgresql://me:right@/sweeps?host={postgres}", "--trials", "1", "--epochs", "1",
+                         *NO_TRAINING, "--out", str(place / "pg")]) == 0
+    assert "1 completed trial" in capsys.readouterr().out
 
 
 def test_an_unknown_loss_suggests_close_names_in_one_short_line(capsys):

@@ -112,6 +112,17 @@ def test_report_files(tiny_report):
     assert "| qfl+dfl - sigmoid_focal+l1 (loc_error) |" in text and "loc_error mean [95% interval]" in text
 
 
+def test_every_verdict_states_its_numbers(tiny_report):
+    paths, results = tiny_report
+    verdicts = [line for line in open(paths["markdown"]).read().splitlines() if line.startswith("**Verdict: ")]
+    assert len(verdicts) == len(R.FINDINGS)
+    for line in verdicts:
+        assert re.search(r" - .+: -?\d+\.\d+ \[-?\d+\.\d+, -?\d+\.\d+\] \w+", line), line
+    summary = [line for line in open(paths["markdown"]).read().splitlines() if line.startswith("| ") and
+               any(line.startswith(f"| {title} |") for title in R.FINDINGS.values())]
+    assert len(summary) == len(R.FINDINGS) and all("[" in line for line in summary)  # the overview too
+
+
 def test_each_metric_of_a_finding_gets_its_own_difference_axis(tiny_report):
     """GFL's finding compares mAP and the edge error in pixels: never on one axis."""
     _, results = tiny_report

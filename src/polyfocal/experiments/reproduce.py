@@ -382,6 +382,14 @@ def _fmt(mean, low, high, digits=4) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _verdict_numbers(finding: dict) -> str:
+    """The differences a verdict rests on, with their intervals: ``(a - b: mean [low, high] metric)``."""
+    metric = finding.get("metric")
+    shown = [f"{d['a']} - {d['b']}: {_fmt(d['mean'], d['low'], d['high'])} {d['metric']}"
+             for d in finding.get("differences", []) if d["metric"] == metric]
+    return f"({'; '.join(shown)})" if shown else ""
+
+
 def _difference_name(d: dict, metric: str) -> str:
     """``a - b``, with the metric when it is not the finding's own."""
     return f"{d['a']} - {d['b']}" + (f" ({d['metric']})" if d["metric"] != metric else "")
@@ -532,6 +540,48 @@ def _verdict_class(text: str) -> str:
     return {"reproduced": "reproduced", "not reproduced": "not", "not run yet": "pending"}.get(word, "inconclusive")
 
 
+def _finding_section(key: str, finding: dict, out: str, paths: dict) -> tuple[list[str], str, dict]:
+    """One finding's Markdown lines, HTML section and JSON entry (its figure written under ``out``)."""
+    md = [f"## {FINDINGS[key]}", ""]
+    section = [f"<section><h2>{html.escape(FINDINGS[key])}</h2>"]
+    numbers = _verdict_numbers(finding)
+    for label, text in (("Paper's claim", finding.get("claim")), ("Setting", finding.get("setting"))):
+        if text:
+            md += [f"**{label}.** {text}", ""]
+            section.append(f"<p><b>{label}.</b> {html.escape(text)}</p>")
+    md += [f"**Verdict: {finding['verdict']}** {numbers}".rstrip(), ""]
+    section.append(f"<p><b>Verdict:</b> <span class='verdict {_verdict_class(finding['verdict'])}'>"
+                   f"{html.escape(finding['verdict'])}</span> {html.escape(numbers)}</p>")
+    for note in finding.get("notes", []):
+        md += [f"Note: {note}", ""]
+        section.append(f"<p><i>Note:</i> {html.escape(note)}</p>")
+    if "results" not in finding:
+        return md, "".join(section) + "</section>", finding
+    for header, rows in _tables(finding):
+        md += _md_table(header, rows) + [""]
+        section.append(_html_table(header, rows))
+    if key == "poly1_epsilon":
+        s = finding["extra"]["share_stats"]
+        text = (f"First term's share of CE's gradient over the last epoch (CE run): "
+                f"{_fmt(s['final_mean'], s['final_low'], s['final_high'], 3)}; first step above 0.5 "
+                f"per seed: {s['first_step_over_half']}.")
+        md += [text, ""]
+        section.append(f"<p>{html.escape(text)}</p>")
+    try:
+        image = os.path.join(out, f"{key}.png")
+        finding_figure(key, finding).savefig(image, dpi=100)
+        paths[f"png_{key}"] = image
+        md += [f"![{key}]({key}.png)", ""]
+        with open(image, "rb") as handle:
+            data = base64.b64encode(handle.read()).decode("ascii")
+        section.append(f"<img alt='{key}' src='data:image/png;base64,{data}'>")
+    except ImportError:
+        md += ["(no figure: matplotlib is not installed)", ""]
+    saved = {k: v for k, v in finding.items() if k != "task"}
+    saved["task"] = finding["task"].summary()
+    return md, "".join(section) + "</section>", saved
+
+
 def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
     """Write ``report.md``, ``report.html`` (figures inlined), one PNG per finding and ``results.json``."""
     os.makedirs(out, exist_ok=True)
@@ -545,55 +595,17 @@ def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
              f"These are toy-sized settings (8x8 digits, 32x32 synthetic images), not the papers' ImageNet "
              f"and COCO runs: a 'not reproduced' here says the effect does not carry over to this scale. "
              f"Total time {results['seconds']:.0f} s.")
-    md = ["# polyfocal reproduce: the papers' findings at small scale", "", intro, "",
-          "| finding | verdict |", "|---|---|"]
-    md += [f"| {FINDINGS[k]} | {f['verdict']} |" for k, f in results["findings"].items()]
-    md.append("")
+    overview = [[FINDINGS[k], f["verdict"], _verdict_numbers(f).strip("()")] for k, f in results["findings"].items()]
+    header = ["finding", "verdict", "difference, mean [95% interval]"]
+    md = ["# polyfocal reproduce: the papers' findings at small scale", "", intro, ""]
+    md += _md_table(header, overview) + [""]
     page = [f"<h1>polyfocal reproduce: the papers' findings at small scale</h1><p>{html.escape(intro)}</p>",
-            _html_table(["finding", "verdict"], [[FINDINGS[k], f["verdict"]] for k, f in results["findings"].items()])]
+            _html_table(header, overview)]
     saved = {}
     for key, finding in results["findings"].items():
-        md += [f"## {FINDINGS[key]}", ""]
-        section = [f"<section><h2>{html.escape(FINDINGS[key])}</h2>"]
-        verdict_html = (f"<p><b>Verdict:</b> <span class='verdict {_verdict_class(finding['verdict'])}'>"
-                        f"{html.escape(finding['verdict'])}</span></p>")
-        for label, text in (("Paper's claim", finding.get("claim")), ("Setting", finding.get("setting"))):
-            if text:
-                md += [f"**{label}.** {text}", ""]
-                section.append(f"<p><b>{label}.</b> {html.escape(text)}</p>")
-        md += [f"**Verdict: {finding['verdict']}**", ""]
-        section.append(verdict_html)
-        for note in finding.get("notes", []):
-            md += [f"Note: {note}", ""]
-            section.append(f"<p><i>Note:</i> {html.escape(note)}</p>")
-        if "results" in finding:
-            for header, rows in _tables(finding):
-                md += _md_table(header, rows) + [""]
-                section.append(_html_table(header, rows))
-            if key == "poly1_epsilon":
-                s = finding["extra"]["share_stats"]
-                text = (f"First term's share of CE's gradient over the last epoch (CE run): "
-                        f"{_fmt(s['final_mean'], s['final_low'], s['final_high'], 3)}; first step above 0.5 "
-                        f"per seed: {s['first_step_over_half']}.")
-                md += [text, ""]
-                section.append(f"<p>{html.escape(text)}</p>")
-            try:
-                image = os.path.join(out, f"{key}.png")
-                finding_figure(key, finding).savefig(image, dpi=100)
-                paths[f"png_{key}"] = image
-                md += [f"![{key}]({key}.png)", ""]
-                with open(image, "rb") as handle:
-                    data = base64.b64encode(handle.read()).decode("ascii")
-                section.append(f"<img alt='{key}' src='data:image/png;base64,{data}'>")
-            except ImportError:
-                md += ["(no figure: matplotlib is not installed)", ""]
-            counts = finding["task"].summary()
-            saved[key] = {k: v for k, v in finding.items() if k not in ("task",)}
-            saved[key]["task"] = counts
-        else:
-            saved[key] = finding
-        section.append("</section>")
-        page.append("".join(section))
+        lines, section, saved[key] = _finding_section(key, finding, out, paths)
+        md += lines
+        page.append(section)
     foot = "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     md += [foot, ""]
     page.append(f"<p><small>{html.escape(foot)}</small></p>")

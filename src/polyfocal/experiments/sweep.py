@@ -97,8 +97,10 @@ def _redact(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-#: the package each database's default driver comes in
-_DRIVERS = {"postgresql": "psycopg2-binary", "mysql": "pymysql"}
+#: the package a database driver's module comes in (SQLAlchemy's default for postgresql:// is
+#: psycopg from 2.1 on, psycopg2 before; for mysql://, MySQLdb)
+_DRIVERS = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient",
+            "pymysql": "pymysql", "pg8000": "pg8000", "asyncpg": "asyncpg"}
 
 
 JOURNAL = "journal:"
@@ -130,7 +132,7 @@ def storage_url(text: str) -> str:
         raise argparse.ArgumentTypeError(f"unknown database {url.drivername!r} in {_redact(text)}; "
                                          "expected sqlite, postgresql, mysql, ...") from None
     except ImportError as error:
-        package = _DRIVERS.get(url.get_backend_name(), error.name or "its driver")
+        package = _DRIVERS.get(error.name, error.name or "its driver")
         raise argparse.ArgumentTypeError(f"{_redact(text)} needs a database driver: pip install {package}") from None
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         folder = os.path.dirname(os.path.abspath(url.database))
@@ -148,6 +150,14 @@ def _storage(optuna, url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
+def _storage_failure(url: str, error: Exception) -> InputValueError:
+    """A server's refusal in one line: the URL (password masked), the driver's own words, the fix;
+    retrying cannot cure it, so it is not retried."""
+    cause = " ".join(str(getattr(error, "orig", None) or error).split())
+    return InputValueError(f"cannot open the storage {_redact(url)}: {_redact(cause)}; check the host, port, "
+                           "database, user and password in --storage")
+
+
 def _open_study(optuna, args, config: dict, direction: str):
     """Create or load the study; several processes may race here, so retry a few times."""
     for attempt in range(5):
@@ -160,7 +170,7 @@ def _open_study(optuna, args, config: dict, direction: str):
             raise
         except Exception as error:  # e.g. two processes creating the SQLite tables at once
             if not args.storage.startswith(("sqlite", JOURNAL)):  # a refused connection, a wrong password
-                raise InputValueError(f"cannot open the storage {_redact(args.storage)}: {error}") from None
+                raise _storage_failure(args.storage, error) from None
             if attempt == 4:
                 raise
             time.sleep(0.5 + attempt)
