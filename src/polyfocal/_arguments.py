@@ -12,6 +12,8 @@ import os
 import sys
 import tempfile
 
+from ._compat import subparsers
+
 
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line, ``polyfocal: error: ...``, exit 2."""
@@ -69,11 +71,10 @@ def output_directory(path: str) -> str:
 
 def innermost(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
     """The (sub)command parser that ``args`` were parsed by, so that its errors name that command."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            chosen = action.choices.get(getattr(args, action.dest, None))
-            if chosen is not None:
-                return innermost(chosen, args)
+    for action in subparsers(parser):
+        chosen = action.choices.get(getattr(args, action.dest, None))
+        if chosen is not None:
+            return innermost(chosen, args)
     return parser
 
 

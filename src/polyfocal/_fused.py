@@ -24,7 +24,6 @@ the reference engine takes over. Set ``POLYFOCAL_STRICT=1`` to raise instead.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -34,14 +33,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import _compat
 from ._numerics import Probability, is_special_exponent
 
 _compiled: dict[Callable, Callable] = {}
 _broken: str | None = None
 RECOMPILE_LIMIT = 256  # compiled variants (loss, target form, dtype, ...) per kernel; more run uncompiled
-# raised at that limit under fullgraph=True (FailOnCacheLimitHit before torch 2.6)
-_LIMIT_HIT = tuple(getattr(torch._dynamo.exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
-                   if hasattr(torch._dynamo.exc, name))
 _limit_warned: set[str] = set()
 
 
@@ -53,27 +50,6 @@ def available() -> bool:
     return _broken is None
 
 
-@contextlib.contextmanager
-def _saved_tensor_hooks_suspended():
-    """Lift the caller's saved-tensor hooks (``save_on_cpu``, activation offloading) for a kernel call.
-
-    ``torch.func`` refuses to trace under them, and a first call inside such a context would
-    otherwise disable the engine. The kernels save nothing for autograd (they run in no-grad mode
-    in :class:`_SavedGradient`'s forward), so the hooks have nothing to act on there; the gradient
-    that forward saves does go through them.
-    """
-    autograd = torch._C._autograd
-    lifted = []
-    while (hooks := autograd._top_saved_tensors_default_hooks(False)) is not None:
-        autograd._pop_saved_tensors_default_hooks()
-        lifted.append(hooks)
-    try:
-        yield
-    finally:
-        for pack, unpack in reversed(lifted):
-            autograd._push_saved_tensors_default_hooks(pack, unpack)
-
-
 def run(kernel: Callable, *args):
     """Call the compiled ``kernel``; a failure disables the fused engine (or raises when strict)."""
     global _broken
@@ -81,12 +57,13 @@ def run(kernel: Callable, *args):
         _compiled[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
     try:
         # One kernel serves every loss and dtype: each is a specialisation, not a recompile storm.
-        with (torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT,
-                                         accumulated_recompile_limit=16 * RECOMPILE_LIMIT),
-              _saved_tensor_hooks_suspended()):
+        # the kernels save nothing for autograd (they run in no-grad mode in _SavedGradient's
+        # forward): a caller's saved-tensor hooks, which torch.func refuses to trace under, are
+        # lifted for the call; the gradient that forward saves does go through them
+        with _compat.recompile_limits(RECOMPILE_LIMIT), _compat.saved_tensor_hooks_suspended():
             try:
                 return _compiled[kernel](*args)
-            except _LIMIT_HIT:
+            except _compat.RECOMPILE_LIMIT_HIT:
                 return _uncompiled(kernel, *args)
     except (MemoryError, torch.OutOfMemoryError):
         raise  # the input's size, not the engine: the reference engine would need more memory still

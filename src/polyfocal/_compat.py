@@ -1,0 +1,77 @@
+"""Every private API of PyTorch and of the standard library that polyfocal uses, behind one door.
+
+Each is named in :data:`PRIVATE`, so that :func:`missing` (and ``tests/test_compat.py``) says
+loudly which one a new release removed, instead of a fused kernel or an error message failing
+somewhere far from the cause.
+
+* dynamo's recompile limits and the exceptions ``fullgraph=True`` raises at them
+  (:func:`recompile_limits`, :data:`RECOMPILE_LIMIT_HIT`);
+* autograd's stack of default saved-tensor hooks (:func:`saved_tensor_hooks_suspended`);
+* argparse's list of actions and its sub-parsers action (:func:`subparsers`).
+
+Optuna's storage is no longer reached through ``study._storage``: the sweep keeps the storage
+object it made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+
+import torch
+
+#: (module, attribute) of every private name used, for :func:`missing`
+PRIVATE = [
+    ("torch._dynamo.config", "recompile_limit"),
+    ("torch._dynamo.config", "accumulated_recompile_limit"),
+    ("torch._C._autograd", "_top_saved_tensors_default_hooks"),
+    ("torch._C._autograd", "_pop_saved_tensors_default_hooks"),
+    ("torch._C._autograd", "_push_saved_tensors_default_hooks"),
+    ("argparse", "_SubParsersAction"),
+]
+
+#: raised at a recompile limit under ``fullgraph=True`` (``FailOnCacheLimitHit`` before torch 2.6)
+RECOMPILE_LIMIT_HIT = tuple(getattr(torch._dynamo.exc, name)
+                            for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
+                            if hasattr(torch._dynamo.exc, name))
+
+
+def missing() -> list[str]:
+    """The private names of :data:`PRIVATE` that this PyTorch or Python does not have."""
+    absent = []
+    for module, name in PRIVATE:
+        try:
+            if not hasattr(importlib.import_module(module), name):
+                absent.append(f"{module}.{name}")
+        except ImportError:
+            absent.append(f"{module}.{name}")
+    if not RECOMPILE_LIMIT_HIT:
+        absent.append("torch._dynamo.exc.FailOnRecompileLimitHit")
+    return absent
+
+
+def recompile_limits(limit: int):
+    """A context in which one compiled function may have ``limit`` variants (16 x that in all)."""
+    return torch._dynamo.config.patch(recompile_limit=limit, accumulated_recompile_limit=16 * limit)
+
+
+@contextlib.contextmanager
+def saved_tensor_hooks_suspended():
+    """Lift the caller's saved-tensor hooks (``save_on_cpu``, activation offloading) for a kernel call,
+    and put them back after (``torch.func`` refuses to trace under them)."""
+    autograd = torch._C._autograd
+    lifted = []
+    while (hooks := autograd._top_saved_tensors_default_hooks(False)) is not None:
+        autograd._pop_saved_tensors_default_hooks()
+        lifted.append(hooks)
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(lifted):
+            autograd._push_saved_tensors_default_hooks(pack, unpack)
+
+
+def subparsers(parser: argparse.ArgumentParser) -> list:
+    """The parser's sub-parser actions (argparse has no public way to list them)."""
+    return [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
