@@ -346,3 +346,19 @@ def test_a_module_rejects_a_bad_hyperparameter_when_built(name):
         weight = torch.rand(t.shape) + 0.5
     module = pf.build_loss(name, **ALL[name], weight=weight)  # fits these logits, not the check's example
     torch.testing.assert_close(module(x, t), call(name, x, t, weight=weight))
+
+
+def test_the_check_at_construction_does_not_run_the_chosen_engine(monkeypatch):
+    """A Module made for CUDA logits (``backend="triton"``) or a compiled engine is checked on the
+    reference engine: building it runs no kernel and compiles nothing."""
+    from polyfocal import _rows, _triton
+
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("a kernel ran at construction")
+
+    monkeypatch.setattr(_triton, "row_statistics", no_kernel)
+    monkeypatch.setattr(_rows, "run", no_kernel)
+    for backend in ("triton", "fused"):
+        pf.FocalLoss(gamma=1.0, backend=backend)
+    with pytest.raises(pf.InputError, match="`backend`"):
+        pf.FocalLoss(backend="gpu")  # the name is checked; only the engine is not run

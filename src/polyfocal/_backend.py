@@ -38,7 +38,7 @@ EAGER_MAX_ELEMENTS = {"softmax": 1 << 18, "sigmoid": FUSED_MIN_ELEMENTS}
 _default = "auto"
 
 
-def _check(name) -> str:
+def check_backend(name) -> str:
     if name not in BACKENDS:
         raise InputValueError(f"`backend` must be one of {BACKENDS}; got {name!r}")
     return name
@@ -47,7 +47,7 @@ def _check(name) -> str:
 def set_backend(name: str) -> None:
     """Set the process-wide default backend (one of :data:`BACKENDS`)."""
     global _default
-    _default = _check(name)
+    _default = check_backend(name)
 
 
 def get_backend() -> str:
@@ -74,7 +74,7 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
     weight) needs a gradient, ``"auto"`` takes the reference engine and a forced fused engine
     is an error rather than a silently missing gradient.
     """
-    name = _check(backend if backend is not None else _default)
+    name = check_backend(backend if backend is not None else _default)
     if name == "reference" or torch.compiler.is_compiling():
         return "reference"
     other_grad = _requires_grad(others)

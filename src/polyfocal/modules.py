@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import gfl, sigmoid, softmax
-from ._backend import use_backend
+from ._backend import check_backend, use_backend
 from ._errors import InputTypeError
 
 
@@ -53,8 +53,12 @@ class LossModule(nn.Module):
             return
         per_class = [len(v) for k, v in self._options.items() if k in PER_CLASS and isinstance(v, (tuple, list))]
         logits, target = self.example(per_class[0] if per_class else 3)
+        # the engine is named, not run: a backend="triton" Module is for CUDA logits, not these
+        options = {k: v for k, v in self._options.items() if k != "backend"}
+        if self._options.get("backend") is not None:
+            check_backend(self._options["backend"])
         with use_backend("reference"):
-            self.function(logits, target, **self._options)
+            self.function(logits, target, **options)
 
     def options(self) -> dict:
         """The keyword arguments passed to the function, tensors on the Module's device."""
