@@ -125,13 +125,18 @@ def _eager_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
     return shifted_t, class_sum(exp_other), exp_other
 
 
+def _target_probability(shifted_t: Tensor, s_other: Tensor) -> Probability:
+    """``p_t = sigmoid(x_t - logsumexp of the others)`` in its four parts, by eager ops."""
+    return sigmoid_probability(shifted_t - torch.log(s_other))
+
+
 def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
     """:func:`_row_partials` with the loss's written-out slope (``_math.SLOPES``) where it has one:
     on a few hundred rows autograd's bookkeeping costs more than the whole pass over the logits."""
     slope = SLOPES.get(phi)
     if slope is None:
         return _row_partials(phi, shifted_t, s_other, factor, scale, params)
-    prob = sigmoid_probability(shifted_t - torch.log(s_other))
+    prob = _target_probability(shifted_t, s_other)
     target_grad = slope(prob, **params) * (factor * scale)
     return phi(prob, **params) * factor, -target_grad / s_other, target_grad
 
@@ -170,7 +175,7 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
         params = as_tensors(params, scale)
     elif not (logits.requires_grad and torch.is_grad_enabled()):  # the values alone
         shifted_t, s_other, _ = _eager_statistics(x, t, dtype)
-        rows = phi(sigmoid_probability(shifted_t - torch.log(s_other)), **params) * factor
+        rows = phi(_target_probability(shifted_t, s_other), **params) * factor
         return rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
 
     def compute():

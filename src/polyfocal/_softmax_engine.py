@@ -150,7 +150,13 @@ def _torch_cross_entropy(logits: Tensor, target: Tensor, w, ignore_index: int, s
     valid = target != ignore_index  # torch's own count; but an all-ignored batch gives 0, not 0 / 0
     if w is None:
         return loss / valid.sum().clamp(min=1)
-    return loss * reduction_scale(reduction, w[target.masked_fill(~valid, 0)].mul(valid).sum(), None, loss)
+    return loss * reduction_scale(reduction, _count(valid, target.masked_fill(~valid, 0), w), None, loss)
+
+
+def _count(valid: Tensor, labels: Tensor, w) -> Tensor:
+    """The mean's count of class-index targets: the non-ignored rows, weighted by ``w`` at their
+    ``labels`` (ignored rows at any in-range label)."""
+    return valid.sum() if w is None else (w[labels] * valid).sum()
 
 
 def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing: float, dtype: torch.dtype):
@@ -159,7 +165,7 @@ def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing
     target's builder and arguments (None without)."""
     valid = target != ignore_index
     t = target.masked_fill(~valid, 0).long()
-    count = valid.sum() if w is None else (w[t] * valid).sum()
+    count = _count(valid, t, w)
     row_factor = _times(_times(_times(valid.to(dtype), _at(w, t)), _at(a, t)), row_weight)
     dense = None
     if smoothing:  # the class factors apply per class of the smoothed target, not at t
