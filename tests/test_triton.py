@@ -57,6 +57,45 @@ def test_softmax_losses_match_the_reference(name, reduction):
     torch.testing.assert_close(g_got.double(), g_want, rtol=1e-5, atol=1e-6)
 
 
+class _Recorder:
+    """Wraps a Triton kernel: records the tensors each launch is given, then launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.tensors = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.tensors.append([a for a in args if isinstance(a, torch.Tensor)])
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced"])
+def test_dense_logits_are_read_in_place_and_one_gradient_buffer_is_saved(layout, monkeypatch):
+    """(N, C, H, W) logits in any layout: the kernels read them with their strides (no copy into rows),
+    and what backward keeps is one logits-sized gradient."""
+    x, t = inputs((4, 6, 5, 3))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x, t = torch.randn(4, 6, 5, 6)[..., ::2], t
+    x.requires_grad_()
+    recorders = {name: _Recorder(getattr(_triton, name)) for name in ("_row_statistics_kernel", "_row_gradient_kernel")}
+    for name, recorder in recorders.items():
+        monkeypatch.setattr(_triton, name, recorder)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda s: saved.append(s.numel() * s.element_size()) or s, lambda s: s):
+        with use_backend("triton"):
+            loss = pf.focal_loss(x, t)
+    assert all(launch[0].data_ptr() == x.data_ptr() for r in recorders.values() for launch in r.tensors)
+    assert len(recorders["_row_gradient_kernel"].tensors) == 1
+    assert saved == [x.numel() * x.element_size()]
+    (got,) = torch.autograd.grad(loss, x)
+    x64 = x.detach().double().requires_grad_()
+    (want,) = torch.autograd.grad(ref.softmax_loss(ref.focal, x64, t, gamma=2.0), x64)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_and_saturated_logits(dtype):
     x = torch.where(torch.rand(4, 6) < 0.5, 1e4, -1e4).to(dtype) if dtype == torch.bfloat16 else \
@@ -100,18 +139,10 @@ def test_float64_takes_the_compiled_row_engine(monkeypatch):
     torch.testing.assert_close(*(torch.autograd.grad(v.sum(), x64)[0] for v in (got, want)))
 
 
-# On a GPU, the sigmoid family, GHM and the softmax losses with probability targets run as the Triton
-# that inductor generates from the same math; these are their fused-engine tests.
-INDUCTOR_TRITON_TESTS = " or ".join([
-    "test_sigmoid_losses", "test_quality_losses", "test_ghm_matches", "(test_softmax_losses and probs)",
-    "test_softmax_label_smoothing", "test_saturated_logits_with_probability", "test_sigmoid_engine_at_extreme",
-    "test_low_precision_with_hand_carried",
-])
-
-
 @pytest.mark.slow
 def test_inductor_generated_triton_passes_the_fused_engine_tests():
-    """Those tests in a process where inductor writes Triton for CPU tensors, run by the interpreter
+    """test_fused's tests marked ``inductor_triton`` (on a GPU, the losses that run as the Triton inductor
+    generates) in a process where inductor writes Triton for CPU tensors, run by the interpreter
     (tests/inductor_triton.py): every kernel they compile is the Triton a GPU would run."""
     pytest.importorskip("triton.runtime.interpreter", reason="Triton's interpreter, which runs the kernels")
     for module, name in [("triton.runtime.interpreter", "GridExecutor"), ("triton.runtime.interpreter", "TensorHandle"),
@@ -120,7 +151,7 @@ def test_inductor_generated_triton_passes_the_fused_engine_tests():
             pytest.skip(f"this torch/Triton has no {module}.{name} for tests/inductor_triton.py")
     env = dict(os.environ, POLYFOCAL_INDUCTOR_TRITON="1", TRITON_INTERPRET="1")
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-W", "ignore",
-                             "-k", INDUCTOR_TRITON_TESTS, str(Path(__file__).with_name("test_fused.py"))],
+                             "-m", "inductor_triton", str(Path(__file__).with_name("test_fused.py"))],
                             env=env, capture_output=True, text=True, timeout=1200)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

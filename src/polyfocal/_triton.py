@@ -41,29 +41,37 @@ def _block(num_classes: int) -> int:
 if triton is not None:
 
     @triton.jit
-    def _row_statistics_kernel(x_ptr, t_ptr, shifted_ptr, m_ptr, s_ptr, num_classes, stride,
-                               BLOCK: tl.constexpr):
+    def _row_start(row, length, stride_n, stride_l):
+        """Offset of row ``row = n * L + l`` of ``(N, C, L)`` logits: the first class of example n at l."""
+        return (row // length) * stride_n + (row % length) * stride_l
+
+    @triton.jit
+    def _row_statistics_kernel(x_ptr, t_ptr, shifted_ptr, m_ptr, s_ptr, num_classes, length, stride_n, stride_c,
+                               stride_l, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
+        start_x = _row_start(row, length, stride_n, stride_l)
         target = tl.load(t_ptr + row)
         m = tl.full((), float("-inf"), tl.float32)
         s = tl.zeros((), tl.float32)
         for start in range(0, num_classes, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             keep = (cols < num_classes) & (cols != target)
-            x = tl.load(x_ptr + row * stride + cols, mask=keep, other=float("-inf")).to(tl.float32)
+            x = tl.load(x_ptr + start_x + cols * stride_c, mask=keep, other=float("-inf")).to(tl.float32)
             m_new = tl.maximum(m, tl.max(x, 0))
             safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             s = s * tl.exp(m - safe) + tl.sum(tl.where(keep, tl.exp(x - safe), 0.0), 0)
             m = m_new
-        x_t = tl.load(x_ptr + row * stride + target).to(tl.float32)
+        x_t = tl.load(x_ptr + start_x + target * stride_c).to(tl.float32)
         tl.store(shifted_ptr + row, x_t - m)
         tl.store(m_ptr + row, m)
         tl.store(s_ptr + row, s)
 
     @triton.jit
-    def _row_gradient_kernel(x_ptr, t_ptr, m_ptr, coef_ptr, target_grad_ptr, out_ptr, num_classes, stride,
-                             BLOCK: tl.constexpr):
+    def _row_gradient_kernel(x_ptr, t_ptr, m_ptr, coef_ptr, target_grad_ptr, out_ptr, num_classes, length,
+                             stride_n, stride_c, stride_l, out_n, out_c, out_l, BLOCK: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
+        start_x = _row_start(row, length, stride_n, stride_l)
+        start_out = _row_start(row, length, out_n, out_l)
         target = tl.load(t_ptr + row)
         m = tl.load(m_ptr + row)
         coef = tl.load(coef_ptr + row)
@@ -71,36 +79,32 @@ if triton is not None:
         for start in range(0, num_classes, BLOCK):
             cols = start + tl.arange(0, BLOCK)
             inside = cols < num_classes
-            x = tl.load(x_ptr + row * stride + cols, mask=inside, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + start_x + cols * stride_c, mask=inside, other=0.0).to(tl.float32)
             grad = tl.where(cols == target, target_grad, tl.exp(x - m) * coef)
-            tl.store(out_ptr + row * stride + cols, grad.to(out_ptr.dtype.element_ty), mask=inside)
-
-
-def _rows(x: Tensor) -> Tensor:
-    """``(N, C, L)`` logits as contiguous ``(N * L, C)`` rows (a view when L = 1)."""
-    return x.movedim(1, -1).reshape(-1, x.shape[1]).contiguous()
+            tl.store(out_ptr + start_out + cols * out_c, grad.to(out_ptr.dtype.element_ty), mask=inside)
 
 
 def row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
-    """As :func:`polyfocal._rows._row_statistics`, for ``x (N, C, L)`` and ``t (N, L)``; fp32 math."""
+    """As :func:`polyfocal._rows._row_statistics`, for ``x (N, C, L)`` (any strides: read in place, not
+    copied) and ``t (N, L)``; fp32 math."""
     if not handles(dtype):
         raise NotImplementedError(f"the Triton row engine computes in fp32; got {dtype}")
-    rows, targets = _rows(x), t.reshape(-1).contiguous()
-    out = [torch.empty(rows.shape[0], dtype=torch.float32, device=x.device) for _ in range(3)]
-    if rows.shape[0]:
-        _row_statistics_kernel[(rows.shape[0],)](rows, targets, *out, rows.shape[1], rows.stride(0),
-                                                 BLOCK=_block(rows.shape[1]))
+    n, c, length = x.shape
+    targets = t.reshape(-1).contiguous()
+    out = [torch.empty(n * length, dtype=torch.float32, device=x.device) for _ in range(3)]
+    if n * length:
+        _row_statistics_kernel[(n * length,)](x, targets, *out, c, length, *x.stride(), BLOCK=_block(c))
     return tuple(o.view(t.shape) for o in out)
 
 
 def row_gradient(x: Tensor, t: Tensor, m_other: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
     """``exp(x_k - m) * other_coef`` off the target, ``target_grad`` on it: the gradient in the logits'
-    dtype and shape (what :func:`polyfocal._rows._row_gradient_in_place` makes of the statistics pass)."""
-    rows = _rows(x)
-    out = torch.empty_like(rows)
-    if rows.shape[0]:
-        vectors = [v.reshape(-1).to(torch.float32).contiguous() for v in (m_other, other_coef, target_grad)]
-        _row_gradient_kernel[(rows.shape[0],)](rows, t.reshape(-1).contiguous(), *vectors, out, rows.shape[1],
-                                               rows.stride(0), BLOCK=_block(rows.shape[1]))
+    dtype and shape (what :func:`polyfocal._rows._row_gradient_in_place` makes of the statistics pass),
+    written straight into ``(N, C, L)`` order: the one logits-sized buffer of the call."""
     n, c, length = x.shape
-    return out.view(n, length, c).movedim(-1, 1)
+    out = torch.empty((n, c, length), dtype=x.dtype, device=x.device)
+    if n * length:
+        vectors = [v.reshape(-1).to(torch.float32).contiguous() for v in (m_other, other_coef, target_grad)]
+        _row_gradient_kernel[(n * length,)](x, t.reshape(-1).contiguous(), *vectors, out, c, length, *x.stride(),
+                                            *out.stride(), BLOCK=_block(c))
+    return out
