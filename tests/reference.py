@@ -8,6 +8,29 @@ from __future__ import annotations
 
 import torch
 
+import polyfocal as pf
+
+#: the hyperparameters the suites call a loss with where its defaults would not do (a required one,
+#: or a default that hides a term); a loss not listed here is called with its defaults
+PARAMS = {
+    "polyn_cross_entropy": {"epsilons": (1.0, 0.5)}, "poly_loss": {"coefficients": (2.0,), "gamma": 1.0},
+    "truncated_cross_entropy": {"n_terms": 3}, "soft_truncated_loss": {"k": 2.0},
+    "poly1_focal_loss": {"epsilon": -1.0}, "quality_focal_loss": {"beta": 1.5},
+    "generalized_focal_loss": {"beta": 1.5},
+}
+
+#: losses whose gradient is not their value's derivative (a stop-gradient weight): finite differences
+#: (gradcheck) cannot check them, so their own tests compare every derivative with a twin's
+STOP_GRADIENT = {"dft_cross_entropy"}
+
+
+def declared(*families: str) -> dict[str, dict]:
+    """Every declared loss of these families (all of them without one) and the hyperparameters the
+    suites call it with: the suites' lists of losses, so a new declaration is tested everywhere."""
+    return {d.name: PARAMS.get(d.name, {}) for d in pf.registry.declarations()
+            if not families or d.family in families}
+
+
 # --- softmax family: per-class functions of p -----------------------------------------------------
 
 
@@ -55,6 +78,11 @@ def su_hard(p, margin):
     return (p <= margin).to(p.dtype) * -torch.log(p)
 
 
+def dft(p):
+    """Dynamic Fine-Tuning (arXiv:2508.05629): ``-sg(p) log p``, the weight ``p`` a constant."""
+    return -p.detach() * torch.log(p)
+
+
 SOFTMAX = {
     "cross_entropy": (ce, {}),
     "focal_loss": (focal, {"gamma": 2.0}),
@@ -64,6 +92,7 @@ SOFTMAX = {
     "truncated_cross_entropy": (truncated, {"n_terms": 5}),
     "soft_truncated_loss": (su_soft, {"k": 3.0}),
     "hard_truncated_loss": (su_hard, {"margin": 0.4}),
+    "dft_cross_entropy": (dft, {}),
 }
 
 

@@ -10,25 +10,47 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import polyfocal as pf
+import reference as ref
+from reference import declared
 
 
-SOFTMAX = {
-    "cross_entropy": {}, "focal_loss": {"gamma": 2.0}, "poly1_cross_entropy": {"epsilon": 1.0},
-    "polyn_cross_entropy": {"epsilons": (1.0, 0.5)}, "poly_loss": {"coefficients": (2.0,), "gamma": 1.0},
-    "truncated_cross_entropy": {"n_terms": 3}, "soft_truncated_loss": {"k": 2.0},
-    "hard_truncated_loss": {"margin": 0.5},
-}
-SIGMOID = {
-    "binary_cross_entropy": {}, "sigmoid_focal_loss": {}, "poly1_focal_loss": {"epsilon": -1.0},
-    "poly1_binary_cross_entropy": {}, "sigmoid_soft_truncated_loss": {}, "sigmoid_hard_truncated_loss": {},
-    "quality_focal_loss": {}, "varifocal_loss": {}, "ghm_c_loss": {},
-}
-DISTRIBUTION = {"distribution_focal_loss": {}, "generalized_focal_loss": {}}
-ALL = {**SOFTMAX, **SIGMOID, **DISTRIBUTION, "ghm_r_loss": {}}
+SOFTMAX = declared("softmax")
+SIGMOID = declared("sigmoid")
+DISTRIBUTION = declared("distribution")
+ALL = declared()
 
 
-def test_registry_lists_every_loss():
+def test_every_declared_loss_is_public_registered_and_has_a_module():
+    """One declaration makes a loss everything it is: a public function, a Module twin, a registry
+    name and its short names, the command line's options."""
     assert pf.available_losses() == sorted(ALL)
+    options = {h.name for h in pf.registry.loss_hyperparameters()}
+    for d in pf.registry.declarations():
+        assert getattr(pf, d.name) is d.function and d.name in pf.__all__ and d.module in pf.__all__
+        module = pf.build_loss(d.name, **ALL[d.name])
+        assert type(module) is getattr(pf, d.module)
+        assert all(pf.get_loss_function(alias) is d.function for alias in d.aliases)
+        assert set(d.hyperparameters) <= options
+
+
+def test_every_softmax_and_sigmoid_loss_has_a_reference():
+    # QFL, VFL and GHM-C have their references in their own suites (test_gfl, test_ghm)
+    assert sorted(ref.SOFTMAX) == sorted(SOFTMAX)
+    assert sorted(ref.SIGMOID) == sorted(set(SIGMOID) - {"quality_focal_loss", "varifocal_loss", "ghm_c_loss"})
+
+
+def test_a_declaration_names_only_its_own_hyperparameters():
+    from polyfocal._declare import declare
+
+    def loss(logits, target, *, gamma=1.0):
+        return logits
+
+    with pytest.raises(ValueError, match="hyperparameter 'epsilon'"):
+        declare("softmax", "Loss", hyperparameters=("epsilon",))(loss)
+    with pytest.raises(ValueError, match="`family` must be one of"):
+        declare("multilabel", "Loss")
+    with pytest.raises(ValueError, match="already declared"):
+        declare("softmax", "FocalLoss")(pf.focal_loss)
 
 
 def inputs(name, dtype=torch.float32, scale=2.0, n=6, c=4, seed=0):

@@ -8,6 +8,8 @@ slopes, the choice of engine, plain cross-entropy as ``F.cross_entropy``) are ch
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ def is_saved_gradient(loss):
       for c in ((), (2.0,), (1.0, 0.5), (2.0, 0.3, 0.1)) for k in (True, False)],
     *[(_math.soft_truncation, dict(k=k)) for k in (0.3, 1.0, 2.0)],
     *[(_math.hard_truncation, dict(margin=m)) for m in (0.5, 0.9)],
+    *[(phi, {}) for phi in _math.SLOPES if not any(p.default is p.empty for p in inspect.signature(phi).parameters.values()
+                                                    if p.kind is p.KEYWORD_ONLY)],
 ])
 def test_written_out_slopes_equal_autograd(phi, params):
     z = torch.cat([torch.linspace(-40, 40, 401), torch.tensor([-1e4, 1e4, 0.0])]).double()

@@ -79,12 +79,39 @@ def test_cross_entropy_matches_torch(target_kind, label_smoothing, use_weight, r
 
 @pytest.mark.parametrize("name", sorted(ref.SOFTMAX))
 def test_gradcheck(name):
+    if name in ref.STOP_GRADIENT:
+        pytest.skip("its gradient is not its value's derivative: test_dft_derivatives_are_p_t_times_cross_entropys")
     _, params = ref.SOFTMAX[name]
     logits, target = make_inputs((3, 4, 2), "index", seed=4)
     fn = pf.get_loss_function(name)
     assert torch.autograd.gradcheck(lambda x: fn(x, target, **params), (logits.detach().requires_grad_(),))
     probs = torch.softmax(torch.randn(3, 4, 2, dtype=torch.float64), 1)
     assert torch.autograd.gradcheck(lambda x: fn(x, probs, **params), (logits.detach().requires_grad_(),))
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "fused"])
+@pytest.mark.parametrize("form", ["index", "soft"])
+def test_dft_derivatives_are_p_t_times_cross_entropys(form, backend):
+    """DFT's weight sg(p_t) is a constant at every order: its gradient and Hessian-vector product are
+    those of cross-entropy times a constant p_t (for a soft target, each class's term times its p_c)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, 3, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(0, 5, (6, 3), generator=g) if form == "index" else torch.softmax(torch.randn(6, 5, 3, generator=g, dtype=torch.float64), 1)
+    log_p = torch.log_softmax(x, 1)
+    if form == "index":
+        twin = lambda z: log_p.exp().gather(1, target[:, None]).squeeze(1) * pf.cross_entropy(z, target, reduction="none")
+    else:
+        twin = lambda z: -(target * log_p.exp() * torch.log_softmax(z, 1)).sum(1)
+    v, u = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(x.shape, generator=g, dtype=torch.float64)
+    results = []
+    for f in (lambda z: pf.dft_cross_entropy(z, target, reduction="none", backend=backend), twin):
+        xin = x.clone().requires_grad_()
+        loss = f(xin)
+        (grad,) = torch.autograd.grad((loss * v).sum(), xin, create_graph=True)
+        (hvp,) = torch.autograd.grad((grad * u).sum(), xin)
+        results.append((loss, grad, hvp))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
 # --- identities --------------------------------------------------------------------------------------

@@ -52,6 +52,24 @@ def at_least_one(text: str) -> float:
     return _number(text, float, 1.0, True, "a number >= 1")
 
 
+def comma_numbers(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers (``1,0.5``): a tuple of floats."""
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
+
+
+def number_or_none(text: str) -> float | None:
+    """A number, or ``none`` for None (an option switched off)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none'; got {text!r}") from None
+
+
 def output_directory(path: str) -> str:
     """A directory that exists and is writable, or can be made: its nearest existing ancestor is a
     writable directory. Nothing is created here (that waits until results are written)."""

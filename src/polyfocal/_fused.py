@@ -186,7 +186,7 @@ def log_slope(phi: Callable, prob: Probability, cotangent: Tensor):
     ``d_logp (1-p) - d_log1m p + (d_p - d_q) p (1-p)``, with ``1-p`` exact."""
     value, pullback = torch.func.vjp(lambda *parts: phi(Probability(*parts)), *prob)
     d_logp, d_log1m, d_p, d_q = pullback(cotangent)
-    p, q = prob.p, prob.q
+    p, q = prob.p, prob.one_minus_p
     return value, d_logp * q - d_log1m * p + (d_p - d_q) * (p * q)
 
 

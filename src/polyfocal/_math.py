@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._numerics import (Probability, binary_cross_entropy, is_constant, power, safe_pow,
+from ._numerics import (Probability, bernoulli_cross_entropy, is_constant, power, safe_pow,
                         sigmoid_complement_of_target, sigmoid_target_gap)
 
 
@@ -36,8 +36,8 @@ def poly_series(prob: Probability, *, coefficients: Sequence[float] = (), gamma:
     for j, a in enumerate(coefficients, start=1):
         c = a - 1.0 / j if keep_tail else a
         if not is_constant(c, 0):
-            loss = loss + c * power(prob.q, prob.log1m, j)
-    return loss if is_constant(gamma, 0) else loss * power(prob.q, prob.log1m, gamma)
+            loss = loss + c * power(prob.one_minus_p, prob.log1m, j)
+    return loss if is_constant(gamma, 0) else loss * power(prob.one_minus_p, prob.log1m, gamma)
 
 
 def poly_series_slope(prob: Probability, *, coefficients: Sequence[float] = (), gamma: float = 0.0,
@@ -45,15 +45,15 @@ def poly_series_slope(prob: Probability, *, coefficients: Sequence[float] = (), 
     """:func:`poly_series`'s derivative in the margin ``z`` (``p = sigmoid(z)``: ``dp/dz = p (1-p)``,
     ``d log p / dz = 1-p``). With ``L = B M``, ``M = (1-p)^gamma``: ``dL/dz = M (dB/dz - gamma p B)``."""
     base = -prob.logp if keep_tail else torch.zeros_like(prob.logp)
-    d_base = -prob.q if keep_tail else torch.zeros_like(prob.q)
+    d_base = -prob.one_minus_p if keep_tail else torch.zeros_like(prob.one_minus_p)
     for j, a in enumerate(coefficients, start=1):
         c = a - 1.0 / j if keep_tail else a
         if not is_constant(c, 0):
-            term = c * power(prob.q, prob.log1m, j)
+            term = c * power(prob.one_minus_p, prob.log1m, j)
             base, d_base = base + term, d_base - j * term * prob.p
     if is_constant(gamma, 0):
         return d_base
-    return (d_base - gamma * prob.p * base) * power(prob.q, prob.log1m, gamma)
+    return (d_base - gamma * prob.p * base) * power(prob.one_minus_p, prob.log1m, gamma)
 
 
 def soft_truncation(prob: Probability, *, k: float) -> Tensor:
@@ -65,7 +65,7 @@ def soft_truncation(prob: Probability, *, k: float) -> Tensor:
 def soft_truncation_slope(prob: Probability, *, k: float) -> Tensor:
     """:func:`soft_truncation`'s derivative in the margin ``z``, which is its ``m``."""
     margin = prob.logp - prob.log1m
-    return -torch.exp(F.logsigmoid(-k * margin)) * (k * torch.sigmoid(k * margin) * -prob.logp + prob.q)
+    return -torch.exp(F.logsigmoid(-k * margin)) * (k * torch.sigmoid(k * margin) * -prob.logp + prob.one_minus_p)
 
 
 def _log(value):
@@ -78,13 +78,26 @@ def hard_truncation(prob: Probability, *, margin: float) -> Tensor:
 
 
 def hard_truncation_slope(prob: Probability, *, margin: float) -> Tensor:
-    return torch.where(prob.logp > _log(margin), torch.zeros_like(prob.q), -prob.q)
+    return torch.where(prob.logp > _log(margin), torch.zeros_like(prob.one_minus_p), -prob.one_minus_p)
+
+
+def probability_weighted(prob: Probability) -> Tensor:
+    """Dynamic Fine-Tuning's ``-sg(p) log p`` (arXiv:2508.05629): cross-entropy weighted by the
+    probability, the weight held constant (``sg``, stop-gradient), so its gradient is ``p`` times
+    cross-entropy's."""
+    return prob.p.detach() * -prob.logp
+
+
+def probability_weighted_slope(prob: Probability) -> Tensor:
+    """:func:`probability_weighted`'s derivative in the margin ``z``: ``sg(p) * -(1-p)``."""
+    return prob.p.detach() * -prob.one_minus_p
 
 
 #: written-out derivatives in the margin ``z`` of the functions of p_t, for the eager row engine
 #: (``_fused.log_slope`` takes the same derivative by autograd; the tests hold them equal)
 SLOPES: dict[Callable, Callable] = {poly_series: poly_series_slope, soft_truncation: soft_truncation_slope,
-                                    hard_truncation: hard_truncation_slope}
+                                    hard_truncation: hard_truncation_slope,
+                                    probability_weighted: probability_weighted_slope}
 
 
 # --- functions of (p, target) with p = sigmoid(logit) (sigmoid family) ----------------------------
@@ -111,27 +124,27 @@ def sigmoid_focal(prob: Probability, y: Tensor, *, gamma: float, alpha: float | 
                   epsilon: float = 0.0) -> Tensor:
     """``alpha_t (1-p_t)^gamma BCE + epsilon (1-p_t)^(gamma+1)``: BCE, focal, Poly-1 BCE and Poly-1 focal."""
     one_minus_pt, log1m = sigmoid_complement_of_target(prob, y)
-    return _focal_terms(binary_cross_entropy(prob, y), one_minus_pt, log1m, y, gamma, alpha, epsilon)
+    return _focal_terms(bernoulli_cross_entropy(prob, y), one_minus_pt, log1m, y, gamma, alpha, epsilon)
 
 
 def weighted_binary_cross_entropy(prob: Probability, y: Tensor, *, pos_weight: Tensor | None) -> Tensor:
     """``-(w_pos y log p + (1-y) log(1-p))``, as ``binary_cross_entropy_with_logits``."""
     if pos_weight is None:
-        return binary_cross_entropy(prob, y)
+        return bernoulli_cross_entropy(prob, y)
     return -(pos_weight * y * prob.logp + (1 - y) * prob.log1m)
 
 
 def quality_focal(prob: Probability, y: Tensor, *, beta: float) -> Tensor:
     """QFL: ``|y - sigma|^beta * BCE(sigma, y)``."""
-    return safe_pow(sigmoid_target_gap(prob, y), beta) * binary_cross_entropy(prob, y)
+    return safe_pow(sigmoid_target_gap(prob, y), beta) * bernoulli_cross_entropy(prob, y)
 
 
-def varifocal(prob: Probability, q: Tensor, *, alpha: float, gamma: float, iou_weighted: bool) -> Tensor:
-    """VFL: ``q * BCE(p, q)`` (or ``BCE``) for q > 0, ``alpha p^gamma BCE(p, 0)`` for q = 0."""
-    positive = q > 0
-    pos_factor = q if iou_weighted else torch.ones_like(q)
+def varifocal(prob: Probability, quality: Tensor, *, alpha: float, gamma: float, iou_weighted: bool) -> Tensor:
+    """VFL: ``q * BCE(p, q)`` (or ``BCE``) for the IoU quality q > 0, ``alpha p^gamma BCE(p, 0)`` for q = 0."""
+    positive = quality > 0
+    pos_factor = quality if iou_weighted else torch.ones_like(quality)
     neg_factor = alpha * power(prob.p, prob.logp, gamma)
-    return torch.where(positive, pos_factor, neg_factor) * binary_cross_entropy(prob, q)
+    return torch.where(positive, pos_factor, neg_factor) * bernoulli_cross_entropy(prob, quality)
 
 
 def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
@@ -143,27 +156,27 @@ def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
 # With a hard target, p_t = sigmoid(z) with z = (2y-1) x: no log of the target, no mixing.
 
 def binary_focal(prob: Probability, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
-    return _focal_terms(-prob.logp, prob.q, prob.log1m, y, gamma, alpha, epsilon)
+    return _focal_terms(-prob.logp, prob.one_minus_p, prob.log1m, y, gamma, alpha, epsilon)
 
 
 def binary_focal_slope(prob: Probability, y: Tensor, *, gamma, alpha=None, epsilon=0.0) -> Tensor:
     """:func:`binary_focal`'s derivative in the margin ``z`` (``p_t = sigmoid(z)``): with
     ``B = alpha_t (-log p_t) + epsilon (1-p_t)`` and ``M = (1-p_t)^gamma``, ``M (dB/dz - gamma p_t B)``."""
     a = alpha_t(y, alpha)
-    base, d_base = a * -prob.logp, -prob.q * a
+    base, d_base = a * -prob.logp, -prob.one_minus_p * a
     if not is_constant(epsilon, 0):
-        base, d_base = base + epsilon * prob.q, d_base - epsilon * prob.p * prob.q
+        base, d_base = base + epsilon * prob.one_minus_p, d_base - epsilon * prob.p * prob.one_minus_p
     if is_constant(gamma, 0):
         return d_base
-    return (d_base - gamma * prob.p * base) * power(prob.q, prob.log1m, gamma)
+    return (d_base - gamma * prob.p * base) * power(prob.one_minus_p, prob.log1m, gamma)
 
 
-def binary_bce(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
+def hard_target_bce(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
     return -prob.logp if pos_weight is None else -prob.logp * (1 + (pos_weight - 1) * y)
 
 
-def binary_bce_slope(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
-    return -prob.q if pos_weight is None else -prob.q * (1 + (pos_weight - 1) * y)
+def hard_target_bce_slope(prob: Probability, y: Tensor, *, pos_weight=None) -> Tensor:
+    return -prob.one_minus_p if pos_weight is None else -prob.one_minus_p * (1 + (pos_weight - 1) * y)
 
 
 def binary_quality_focal(prob: Probability, y: Tensor, *, beta) -> Tensor:
@@ -173,7 +186,7 @@ def binary_quality_focal(prob: Probability, y: Tensor, *, beta) -> Tensor:
 
 def binary_varifocal(prob: Probability, y: Tensor, *, alpha, gamma, iou_weighted) -> Tensor:
     del iou_weighted  # q = 1 for a hard positive
-    return -prob.logp * (y + (1 - y) * alpha * power(prob.q, prob.log1m, gamma))
+    return -prob.logp * (y + (1 - y) * alpha * power(prob.one_minus_p, prob.log1m, gamma))
 
 
 def binary_quality_focal_slope(prob: Probability, y: Tensor, *, beta) -> Tensor:
@@ -183,8 +196,8 @@ def binary_quality_focal_slope(prob: Probability, y: Tensor, *, beta) -> Tensor:
 
 def binary_varifocal_slope(prob: Probability, y: Tensor, *, alpha, gamma, iou_weighted) -> Tensor:
     del iou_weighted
-    negative = (1 - y) * alpha * power(prob.q, prob.log1m, gamma)
-    return -prob.q * (y + negative) + prob.logp * gamma * prob.p * negative
+    negative = (1 - y) * alpha * power(prob.one_minus_p, prob.log1m, gamma)
+    return -prob.one_minus_p * (y + negative) + prob.logp * gamma * prob.p * negative
 
 
 def binary_soft_truncation(prob: Probability, y: Tensor, *, k) -> Tensor:
@@ -218,7 +231,7 @@ class SigmoidMath:
     binary_slope: Callable  # ``binary``'s derivative in the margin ``z`` (``P_t = sigmoid(z)``)
 
 
-BCE = SigmoidMath(weighted_binary_cross_entropy, binary_bce, binary_bce_slope)
+BCE = SigmoidMath(weighted_binary_cross_entropy, hard_target_bce, hard_target_bce_slope)
 FOCAL = SigmoidMath(sigmoid_focal, binary_focal, binary_focal_slope)
 QUALITY_FOCAL = SigmoidMath(quality_focal, binary_quality_focal, binary_quality_focal_slope)
 VARIFOCAL = SigmoidMath(varifocal, binary_varifocal, binary_varifocal_slope)

@@ -98,11 +98,11 @@ class Probability(NamedTuple):
     logp: Tensor
     log1m: Tensor
     p: Tensor
-    q: Tensor
+    one_minus_p: Tensor
 
     def complement(self) -> "Probability":
         """``1 - p`` as a probability."""
-        return Probability(self.log1m, self.logp, self.q, self.p)
+        return Probability(self.log1m, self.logp, self.one_minus_p, self.p)
 
 
 def from_logs(logp: Tensor, log1m: Tensor) -> Probability:
@@ -126,7 +126,7 @@ def sigmoid_complement_of_target(prob: Probability, y: Tensor) -> tuple[Tensor, 
     dtype's largest exponent) so that its products with 0 stay 0; only the derivative in a hard
     target at logits beyond that cap (about 44 in fp32) saturates.
     """
-    up, down = y * prob.q, (1 - y) * prob.p
+    up, down = y * prob.one_minus_p, (1 - y) * prob.p
     first = (up > down) | ((up == down) & (y >= 0.5))
     larger, other = torch.where(first, prob.log1m, prob.logp), torch.where(first, prob.logp, prob.log1m)
     w_larger, w_other = torch.where(first, y, 1 - y), torch.where(first, 1 - y, y)
@@ -136,14 +136,14 @@ def sigmoid_complement_of_target(prob: Probability, y: Tensor) -> tuple[Tensor, 
     return up + down, larger + torch.log(w_larger + w_other * torch.exp(d))
 
 
-def binary_cross_entropy(prob: Probability, y: Tensor) -> Tensor:
+def bernoulli_cross_entropy(prob: Probability, y: Tensor) -> Tensor:
     """``-(y log p + (1 - y) log(1 - p))``, finite for any finite logit."""
     return -(y * prob.logp + (1 - y) * prob.log1m)
 
 
 def sigmoid_target_gap(prob: Probability, y: Tensor) -> Tensor:
     """``|y - p|`` as ``|y (1 - p) - (1 - y) p|``, without the cancellation of ``1 - p`` near 1."""
-    return (y * prob.q - (1 - y) * prob.p).abs()
+    return (y * prob.one_minus_p - (1 - y) * prob.p).abs()
 
 
 def is_class(x: Tensor, labels: Tensor, classes: Tensor | None = None) -> Tensor:

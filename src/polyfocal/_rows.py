@@ -75,7 +75,7 @@ def soft_rows_and_gradient(x: Tensor, scale: Tensor, target: Callable, target_ar
     if read[2] or read[3]:
         d = d + (d_p - d_q) * prob.p
     if read[1]:
-        d = d - torch.where(prob.q > 0, d_log1m * prob.p / prob.q, torch.zeros_like(x))
+        d = d - torch.where(prob.one_minus_p > 0, d_log1m * prob.p / prob.one_minus_p, torch.zeros_like(x))
     return class_sum(value), d - prob.p * class_sum(d, keepdim=True)
 
 

@@ -32,14 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _checks, sigmoid, softmax
+from . import _checks
+from ._declare import HYPERPARAMETERS
 from ._backend import use_backend
 from ._errors import InputTypeError, InputValueError
 from ._numerics import sigmoid_probability, sigmoid_target_gap
 from ._sigmoid_engine import dense_target
 from ._softmax_engine import check_logits, check_target
 from .ghm import bin_index, harmonizing_weights, unit_edges
-from .registry import LOSS_ALIASES, canonical_name, get_loss_function
+from .registry import LOSS_ALIASES, canonical_name, declaration, declarations, get_loss_function
 
 __all__ = [
     "LOSS_ALIASES", "resolve_loss_name", "SHAPE_PARAMETERS", "loss_parameters",
@@ -63,9 +64,9 @@ def resolve_loss_name(name, argument: str = "loss") -> str:
     return canonical_name(name, argument)
 
 
-#: The keyword arguments that shape a loss's curve (not reductions, weights or masks).
-SHAPE_PARAMETERS: tuple[str, ...] = ("gamma", "alpha", "epsilon", "epsilons", "coefficients", "tail",
-                                     "n_terms", "k", "margin", "beta")
+#: The keyword arguments that shape a loss's curve (not reductions, weights or masks); each
+#: declared loss names the ones it has.
+SHAPE_PARAMETERS: tuple[str, ...] = tuple(HYPERPARAMETERS)
 
 
 def loss_parameters(name: str, given: Mapping | None = None) -> dict:
@@ -119,15 +120,9 @@ def _probabilities(p, name: str = "p", *, include_one: bool = True) -> np.ndarra
 
 # --- the coefficients of the series -----------------------------------------------------------------
 
-#: Losses with a polynomial expansion in ``(1 - p_t)``, and the parameters that shape it.
-SERIES_LOSSES: dict[str, tuple[str, ...]] = {
-    "cross_entropy": (),
-    "focal_loss": ("gamma",),
-    "poly1_cross_entropy": ("epsilon",),
-    "polyn_cross_entropy": ("epsilons",),
-    "poly_loss": ("coefficients", "gamma", "tail"),
-    "truncated_cross_entropy": ("n_terms",),
-}
+#: Losses with a polynomial expansion in ``(1 - p_t)`` (declared with a ``series``), and the
+#: parameters that shape it.
+SERIES_LOSSES: dict[str, tuple[str, ...]] = {d.name: d.series_parameters for d in declarations() if d.series}
 
 
 @dataclass(frozen=True)
@@ -229,32 +224,12 @@ def poly_coefficients(loss: str, n_terms: int, /, **params) -> PolyCoefficients:
                               f"supported: {', '.join(SERIES_LOSSES)}")
     count = _integer(n_terms, "n_terms", 1)
     params = _series_params(loss, params)
+    series = declaration(loss).series(**params)  # the loss's own series, checked as the loss checks it
+    gamma, exact_tail = series.get("gamma", 0.0), series.get("keep_tail", True)
     j = np.arange(1, count + 1, dtype=np.float64)
-    a = 1.0 / j
-    gamma, exact_tail = 0.0, True
-    if loss == "focal_loss":
-        gamma = params["gamma"] = _checks.number(params["gamma"], "gamma", low=0.0)
-    elif loss == "poly1_cross_entropy":
-        params["epsilon"] = _checks.number(params["epsilon"], "epsilon")
-        a[0] = 1.0 + params["epsilon"]
-    elif loss == "polyn_cross_entropy":
-        params["epsilons"] = _checks.numbers(params["epsilons"], "epsilons")
-        m = min(len(params["epsilons"]), count)
-        a[:m] += np.asarray(params["epsilons"])[:m]
-    elif loss == "poly_loss":
-        params["coefficients"] = _checks.numbers(params["coefficients"], "coefficients")
-        gamma = params["gamma"] = _checks.number(params["gamma"], "gamma", low=0.0)
-        if params["tail"] not in softmax.TAILS:
-            raise InputValueError(f"`tail` must be one of {softmax.TAILS}; got {params['tail']!r}")
-        exact_tail = params["tail"] == "ce"
-        if not exact_tail:
-            a[:] = 0.0
-        m = min(len(params["coefficients"]), count)
-        a[:m] = np.asarray(params["coefficients"])[:m]
-    elif loss == "truncated_cross_entropy":
-        params["n_terms"] = _integer(params["n_terms"], "n_terms", 1)
-        a[params["n_terms"]:] = 0.0
-        exact_tail = False
+    a = 1.0 / j if exact_tail else np.zeros(count)
+    given = np.asarray(series.get("coefficients", ()), dtype=np.float64)[:count]
+    a[:len(given)] = given
     powers = j + gamma
     return PolyCoefficients(loss=loss, params=params, powers=powers, coefficients=a,
                             gradient_powers=powers - 1.0, gradient_coefficients=-a * powers,
@@ -543,10 +518,8 @@ class GradientShareTracker:
 
 # --- losses as functions of p_t --------------------------------------------------------------------
 
-_SOFTMAX_CURVES = tuple(softmax.__all__)
-_SIGMOID_CURVES = tuple(sigmoid.__all__) + ("quality_focal_loss", "varifocal_loss")
 #: Losses :func:`loss_curves` can draw: one example, the target's probability ``p_t``.
-CURVE_LOSSES: tuple[str, ...] = _SOFTMAX_CURVES + _SIGMOID_CURVES
+CURVE_LOSSES: tuple[str, ...] = tuple(d.name for d in declarations() if d.curve)
 
 
 @dataclass(frozen=True)
@@ -575,7 +548,7 @@ def _curve(name: str, p: Tensor, params: dict) -> tuple[Tensor, Tensor]:
     function = get_loss_function(name)
     p = p.clone().requires_grad_()
     margin = torch.log(p) - torch.log1p(-p)
-    if name in _SOFTMAX_CURVES:
+    if declaration(name).family == "softmax":
         logits = torch.stack([margin, torch.zeros_like(margin)], dim=1)  # (P, 2), p_t = softmax[0]
         target = torch.zeros(len(p), dtype=torch.long)
     else:
@@ -585,6 +558,21 @@ def _curve(name: str, p: Tensor, params: dict) -> tuple[Tensor, Tensor]:
         loss = function(logits, target, reduction="none", **params).reshape(len(p))
     (grad,) = torch.autograd.grad(loss.sum(), p)
     return loss.detach(), grad
+
+
+def _curve_grid(p, margin) -> np.ndarray:
+    """The 1-d grid of ``p_t`` in (0, 1): ``p``, or ``sigmoid(margin)``, or 199 points from 0.005 to 0.995."""
+    if p is not None and margin is not None:
+        raise InputValueError("give `p` or `margin`, not both")
+    if margin is not None:
+        m = np.asarray(margin, dtype=np.float64)
+        if m.ndim != 1 or not np.isfinite(m).all():
+            raise InputValueError("`margin` must be a 1-d array of finite numbers")
+        return _probabilities(1.0 / (1.0 + np.exp(-m)), "margin (as p_t)", include_one=False)
+    grid = np.atleast_1d(np.linspace(0.005, 0.995, 199) if p is None else _probabilities(p, "p", include_one=False))
+    if grid.ndim != 1:
+        raise InputValueError(f"`p` must be 1-d; got shape {grid.shape}")
+    return grid
 
 
 def loss_curves(names, p=None, *, margin=None, **params) -> LossCurves:
@@ -630,19 +618,7 @@ def loss_curves(names, p=None, *, margin=None, **params) -> LossCurves:
     if extra:
         raise InputValueError(f"parameters given for {', '.join(extra)}, which {'is' if len(extra) == 1 else 'are'} "
                               f"not in `names` {given}")
-    if p is not None and margin is not None:
-        raise InputValueError("give `p` or `margin`, not both")
-    if margin is not None:
-        m = np.asarray(margin, dtype=np.float64)
-        if m.ndim != 1 or not np.isfinite(m).all():
-            raise InputValueError("`margin` must be a 1-d array of finite numbers")
-        grid = 1.0 / (1.0 + np.exp(-m))
-        grid = _probabilities(grid, "margin (as p_t)", include_one=False)
-    else:
-        grid = np.linspace(0.005, 0.995, 199) if p is None else _probabilities(p, "p", include_one=False)
-        grid = np.atleast_1d(grid)
-        if grid.ndim != 1:
-            raise InputValueError(f"`p` must be 1-d; got shape {grid.shape}")
+    grid = _curve_grid(p, margin)
     p_t = torch.as_tensor(grid, dtype=torch.float64)
     losses, grad_p, grad_m, used = {}, {}, {}, {}
     for alias, name in zip(given, canonical):

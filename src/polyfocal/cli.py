@@ -28,7 +28,7 @@ from . import __version__, analysis
 from ._arguments import Parser, fail, innermost, non_negative_int, output_directory, positive_float, positive_int
 from ._backend import use_backend
 from ._errors import InputError, InputValueError
-from .registry import get_loss_function
+from .registry import get_loss_function, loss_hyperparameters
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -39,46 +39,15 @@ class CommandError(InputValueError):
 
 # --- shared options -------------------------------------------------------------------------------
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
-
-
-def _optional_float(text: str) -> float | None:
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none'; got {text!r}") from None
-
-
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-# (flag, the loss keyword it sets, argparse options)
-_LOSS_OPTIONS = (
-    ("--gamma", "gamma", dict(type=float, help="focusing parameter (focal, poly, sigmoid_focal, ...)")),
-    ("--alpha", "alpha", dict(type=_optional_float, help="alpha of the sigmoid focal losses, or 'none'")),
-    ("--epsilon", "epsilon", dict(type=float, help="Poly-1's first-term perturbation")),
-    ("--epsilons", "epsilons", dict(type=_floats, help="Poly-N's perturbations, e.g. 1,0.5")),
-    ("--coefficients", "coefficients", dict(type=_floats, help="poly_loss's leading coefficients, e.g. 2,0.5")),
-    ("--tail", "tail", dict(choices=("ce", "drop"), help="poly_loss's tail")),
-    ("--cutoff", "n_terms", dict(type=int, help="truncated_cross_entropy's n_terms (default 5)")),
-    ("--k", "k", dict(type=float, help="steepness of the soft truncation")),
-    ("--margin", "margin", dict(type=float, help="margin of the hard truncation")),
-    ("--beta", "beta", dict(type=float, help="QFL's beta")),
-)
-_DEFAULTS = {"n_terms": 5}  # truncated_cross_entropy has no default of its own
-
-
 def _add_loss_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("loss parameters (each applies to every listed loss that has it)")
-    for flag, keyword, options in _LOSS_OPTIONS:
-        group.add_argument(flag, dest=f"param_{keyword}", default=None, **options)
+    for h in loss_hyperparameters():
+        parse = {} if h.choices else dict(type=h.parse)
+        group.add_argument(h.option, dest=f"param_{h.name}", default=None, choices=h.choices, help=h.help, **parse)
 
 
 def _add_out(parser: argparse.ArgumentParser) -> None:
@@ -88,8 +57,8 @@ def _add_out(parser: argparse.ArgumentParser) -> None:
 
 def _loss_params(args, losses: Sequence[str], accepted: Callable[[str], Sequence[str]]) -> dict[str, dict]:
     """The per-loss keyword arguments from the ``--gamma``-style flags."""
-    given = {kw: getattr(args, f"param_{kw}") for _, kw, _ in _LOSS_OPTIONS
-             if getattr(args, f"param_{kw}") is not None}
+    options = loss_hyperparameters()
+    given = {h.name: getattr(args, f"param_{h.name}") for h in options if getattr(args, f"param_{h.name}") is not None}
     params = {name: {} for name in losses}
     used = set()
     for name in losses:
@@ -98,10 +67,10 @@ def _loss_params(args, losses: Sequence[str], accepted: Callable[[str], Sequence
             if keyword in names:
                 params[name][keyword] = value
                 used.add(keyword)
-        for keyword, value in _DEFAULTS.items():
-            if keyword in names and keyword not in params[name] and _required(name, keyword):
-                params[name][keyword] = value
-    unused = [flag for flag, kw, _ in _LOSS_OPTIONS if kw in given and kw not in used]
+        for h in options:
+            if h.cli_default is not None and h.name in names and h.name not in params[name] and _required(name, h.name):
+                params[name][h.name] = h.cli_default
+    unused = [h.option for h in options if h.name in given and h.name not in used]
     if unused:
         raise CommandError(f"{', '.join(unused)} does not apply to any of: {', '.join(losses)}")
     return params

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import _checks, _math
-from ._docs import fill
+from ._declare import declare, public_names
 from ._backend import engine_for
 from ._errors import InputValueError
 from ._numerics import compute_dtype, output_dtype, safe_pow
@@ -15,13 +15,9 @@ from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, sigmoid_loss
 from ._softmax_engine import check_logits, softmax_loss
 
-__all__ = [
-    "quality_focal_loss", "varifocal_loss", "distribution_focal_loss", "generalized_focal_loss",
-    "decode_distribution",
-]
 
 
-@fill
+@declare("sigmoid", "QualityFocalLoss", aliases=("qfl",), hyperparameters=("beta",))
 def quality_focal_loss(logits: Tensor, target, *, beta: float = 2.0, weight=None,
                        ignore_index: int = -100, reduction: str = "mean", normalizer=None,
                        validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -43,7 +39,7 @@ def quality_focal_loss(logits: Tensor, target, *, beta: float = 2.0, weight=None
                         validate=validate, backend=backend)
 
 
-@fill
+@declare("sigmoid", "VarifocalLoss", aliases=("vfl",), hyperparameters=("alpha", "gamma"))
 def varifocal_loss(logits: Tensor, target, *, alpha: float = 0.75, gamma: float = 2.0,
                    iou_weighted: bool = True, weight=None, ignore_index: int = -100,
                    reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -94,6 +90,7 @@ def _two_hot_distribution(target: Tensor, num_bins: int, dtype: torch.dtype) -> 
     return hot.movedim(-1, 1)
 
 
+@declare("distribution", "DistributionFocalLoss")
 def distribution_focal_loss(logits: Tensor, target: Tensor, *, weight: Tensor | None = None,
                             reduction: str = "mean", normalizer=None, validate: bool | None = None,
                             backend: str | None = None) -> Tensor:
@@ -122,6 +119,7 @@ def distribution_focal_loss(logits: Tensor, target: Tensor, *, weight: Tensor | 
                         validate=False, sample_weight=weight, backend=backend)
 
 
+@declare("distribution", "GeneralizedFocalLoss", hyperparameters=("beta",))
 def generalized_focal_loss(logits: Tensor, target: Tensor, *, beta: float = 2.0,
                            weight: Tensor | None = None, reduction: str = "mean", normalizer=None,
                            validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -186,3 +184,6 @@ def decode_distribution(logits: Tensor, *, dim: int = 1, log_probs: bool = False
     shape = [1] * logits.ndim
     shape[dim] = -1
     return (probs * positions.view(shape)).sum(dim)
+
+
+__all__ = [*public_names(__name__), "decode_distribution"]

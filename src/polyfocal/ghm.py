@@ -29,15 +29,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _checks, _math
+from ._declare import declare, public_names
 from . import _fused
 from ._backend import wants_fused
 from ._errors import InputValueError
-from ._numerics import (binary_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_probability,
+from ._numerics import (bernoulli_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_probability,
                         sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target, prepare_target
 
-__all__ = ["ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMRLoss"]
 
 
 class _MovingCounts:
@@ -165,7 +165,7 @@ def _classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
 
 
 def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
-    return binary_cross_entropy(sigmoid_probability(x), y)
+    return bernoulli_cross_entropy(sigmoid_probability(x), y)
 
 
 def _negative_margin(x: Tensor, y: Tensor, mu) -> Tensor:
@@ -233,7 +233,7 @@ def _soft_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, we
     y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
     prob = _fused.sigmoid_parts(x)
     beta = w * per_bin(statistic(x, y, mu), n / density, edges)
-    return beta * binary_cross_entropy(prob, y), beta * ((1 - y) * prob.p - y * prob.q) * scale
+    return beta * bernoulli_cross_entropy(prob, y), beta * ((1 - y) * prob.p - y * prob.one_minus_p) * scale
 
 
 @dataclass(frozen=True)
@@ -320,6 +320,7 @@ def _ghm_r(pred: Tensor, target: Tensor, *, mu: float, bins: int, weight, reduct
                 reduction=reduction, distributed=distributed, state=state, backend=backend)
 
 
+@declare("sigmoid", "GHMCLoss", aliases=("ghm_c", "ghm"), curve=False)
 def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None = None,
                ignore_index: int = -100, reduction: str = "mean", validate: bool | None = None,
                distributed: bool | None = None, backend: str | None = None) -> Tensor:
@@ -349,6 +350,7 @@ def ghm_c_loss(logits: Tensor, target, *, bins: int = 10, weight: Tensor | None 
                   reduction=reduction, validate=validate, distributed=distributed, state=None, backend=backend)
 
 
+@declare("regression", "GHMRLoss", aliases=("ghm_r",))
 def ghm_r_loss(pred: Tensor, target: Tensor, *, mu: float = 0.02, bins: int = 10,
                weight: Tensor | None = None, reduction: str = "mean",
                distributed: bool | None = None, backend: str | None = None) -> Tensor:
@@ -445,3 +447,6 @@ class GHMRLoss(_GHMBase):
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         return _ghm_r(pred, target, mu=self.mu, bins=self.bins, weight=weight, reduction=self.reduction,
                       distributed=self.distributed, state=self._state(), backend=self.backend)
+
+
+__all__ = public_names(__name__)

@@ -13,8 +13,11 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from . import gfl, sigmoid, softmax
+import sys
+
+from . import gfl, ghm, sigmoid, softmax  # noqa: F401 (their declarations)
 from ._backend import check_backend, use_backend
+from ._declare import declarations
 from ._errors import InputTypeError
 
 
@@ -102,30 +105,21 @@ def _module(name: str, function: Callable, example: Callable | None) -> type[Los
                                       "__doc__": doc, "__module__": __name__})
 
 
-CrossEntropyLoss = _module("CrossEntropyLoss", softmax.cross_entropy, _softmax_example)
-FocalLoss = _module("FocalLoss", softmax.focal_loss, _softmax_example)
-Poly1CrossEntropyLoss = _module("Poly1CrossEntropyLoss", softmax.poly1_cross_entropy, _softmax_example)
-PolyNCrossEntropyLoss = _module("PolyNCrossEntropyLoss", softmax.polyn_cross_entropy, _softmax_example)
-PolyLoss = _module("PolyLoss", softmax.poly_loss, _softmax_example)
-TruncatedCrossEntropyLoss = _module("TruncatedCrossEntropyLoss", softmax.truncated_cross_entropy, _softmax_example)
-SoftTruncatedLoss = _module("SoftTruncatedLoss", softmax.soft_truncated_loss, _softmax_example)
-HardTruncatedLoss = _module("HardTruncatedLoss", softmax.hard_truncated_loss, _softmax_example)
-BinaryCrossEntropyLoss = _module("BinaryCrossEntropyLoss", sigmoid.binary_cross_entropy, _sigmoid_example)
-SigmoidFocalLoss = _module("SigmoidFocalLoss", sigmoid.sigmoid_focal_loss, _sigmoid_example)
-Poly1FocalLoss = _module("Poly1FocalLoss", sigmoid.poly1_focal_loss, _sigmoid_example)
-Poly1BinaryCrossEntropyLoss = _module("Poly1BinaryCrossEntropyLoss", sigmoid.poly1_binary_cross_entropy,
-                                      _sigmoid_example)
-SigmoidSoftTruncatedLoss = _module("SigmoidSoftTruncatedLoss", sigmoid.sigmoid_soft_truncated_loss, _sigmoid_example)
-SigmoidHardTruncatedLoss = _module("SigmoidHardTruncatedLoss", sigmoid.sigmoid_hard_truncated_loss, _sigmoid_example)
-QualityFocalLoss = _module("QualityFocalLoss", gfl.quality_focal_loss, _sigmoid_example)
-VarifocalLoss = _module("VarifocalLoss", gfl.varifocal_loss, _sigmoid_example)
-DistributionFocalLoss = _module("DistributionFocalLoss", gfl.distribution_focal_loss, _distribution_example)
-GeneralizedFocalLoss = _module("GeneralizedFocalLoss", gfl.generalized_focal_loss, _distribution_example)
+_EXAMPLES = {"softmax": _softmax_example, "sigmoid": _sigmoid_example, "distribution": _distribution_example}
 
-__all__ = [
-    "LossModule", "CrossEntropyLoss", "FocalLoss", "Poly1CrossEntropyLoss", "PolyNCrossEntropyLoss",
-    "PolyLoss", "TruncatedCrossEntropyLoss", "SoftTruncatedLoss", "HardTruncatedLoss",
-    "BinaryCrossEntropyLoss", "SigmoidFocalLoss", "Poly1FocalLoss", "Poly1BinaryCrossEntropyLoss",
-    "SigmoidSoftTruncatedLoss", "SigmoidHardTruncatedLoss", "QualityFocalLoss", "VarifocalLoss",
-    "DistributionFocalLoss", "GeneralizedFocalLoss",
-]
+
+def _twin(declared) -> type[nn.Module]:
+    """The declared loss's Module: the family module's own class of that name (GHM's, which hold
+    state), else one made here."""
+    own = getattr(sys.modules[declared.function.__module__], declared.module, None)
+    if isinstance(own, type):
+        return own
+    return _module(declared.module, declared.function, _EXAMPLES.get(declared.family))
+
+
+#: every declared loss's Module class, by class name
+MODULES: dict[str, type[nn.Module]] = {d.module: _twin(d) for d in declarations()}
+_MADE = {name: cls for name, cls in MODULES.items() if cls.__module__ == __name__}
+globals().update(_MADE)
+
+__all__ = ["LossModule", *_MADE]

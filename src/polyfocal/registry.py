@@ -7,34 +7,17 @@ from typing import Callable, Mapping
 
 from torch import nn
 
-from . import gfl, ghm, modules, sigmoid, softmax
+from . import modules
+from ._declare import HYPERPARAMETERS, Declaration, Hyperparameter, declarations
 from ._errors import InputTypeError, InputValueError
 
-__all__ = ["build_loss", "available_losses", "get_loss_function", "register_loss", "LOSS_ALIASES"]
+__all__ = ["build_loss", "available_losses", "get_loss_function", "register_loss", "LOSS_ALIASES",
+           "declaration", "declarations", "loss_hyperparameters"]
 
 _REGISTRY: dict[str, tuple[Callable | None, type[nn.Module]]] = {}
 
-#: Short names accepted wherever a loss name is (the CLI's ``--loss ce,focal``).
-LOSS_ALIASES: dict[str, str] = {
-    "ce": "cross_entropy",
-    "focal": "focal_loss",
-    "poly1": "poly1_cross_entropy",
-    "polyn": "polyn_cross_entropy",
-    "poly": "poly_loss",
-    "truncated": "truncated_cross_entropy",
-    "soft_truncated": "soft_truncated_loss",
-    "hard_truncated": "hard_truncated_loss",
-    "bce": "binary_cross_entropy",
-    "sigmoid_focal": "sigmoid_focal_loss",
-    "poly1_focal": "poly1_focal_loss",
-    "poly1_bce": "poly1_binary_cross_entropy",
-    "qfl": "quality_focal_loss",
-    "vfl": "varifocal_loss",
-    "ghm_c": "ghm_c_loss",
-    "ghm": "ghm_c_loss",
-    "ghm_r": "ghm_r_loss",
-}
-
+#: Short names accepted wherever a loss name is (the CLI's ``--loss ce,focal``), from the declarations.
+LOSS_ALIASES: dict[str, str] = {alias: d.name for d in declarations() for alias in d.aliases}
 
 
 def register_loss(name: str, function: Callable | None, module: type[nn.Module]) -> None:
@@ -93,15 +76,20 @@ def build_loss(config: str | Mapping, **kwargs) -> nn.Module:
     return module(**kwargs)
 
 
-for _fn in (softmax.cross_entropy, softmax.focal_loss, softmax.poly1_cross_entropy,
-            softmax.polyn_cross_entropy, softmax.poly_loss, softmax.truncated_cross_entropy,
-            softmax.soft_truncated_loss, softmax.hard_truncated_loss, sigmoid.binary_cross_entropy,
-            sigmoid.sigmoid_focal_loss, sigmoid.poly1_focal_loss, sigmoid.poly1_binary_cross_entropy,
-            sigmoid.sigmoid_soft_truncated_loss, sigmoid.sigmoid_hard_truncated_loss,
-            gfl.quality_focal_loss, gfl.varifocal_loss, gfl.distribution_focal_loss,
-            gfl.generalized_focal_loss):
-    _module_class = next(m for m in vars(modules).values()
-                         if isinstance(m, type) and getattr(m, "function", None) is _fn)
-    register_loss(_fn.__name__, _fn, _module_class)
-register_loss("ghm_c_loss", ghm.ghm_c_loss, ghm.GHMCLoss)
-register_loss("ghm_r_loss", ghm.ghm_r_loss, ghm.GHMRLoss)
+def declaration(name: str) -> Declaration:
+    """What the library declares of a loss (family, hyperparameters, series), by name or short name."""
+    name = canonical_name(name)
+    if name not in _DECLARATIONS:
+        raise InputValueError(f"loss {name!r} was registered with register_loss, not declared: it has no declaration")
+    return _DECLARATIONS[name]
+
+
+def loss_hyperparameters() -> list[Hyperparameter]:
+    """The hyperparameters of the declared losses, each once, in declaration order."""
+    names = dict.fromkeys(h for d in declarations() for h in d.hyperparameters)
+    return [HYPERPARAMETERS[name] for name in names]
+
+
+_DECLARATIONS = {d.name: d for d in declarations()}
+for _declared in declarations():
+    register_loss(_declared.name, _declared.function, modules.MODULES[_declared.module])

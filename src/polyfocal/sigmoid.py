@@ -5,13 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import _checks, _math
-from ._docs import fill
+from ._declare import declare, public_names
 from ._sigmoid_engine import check_weight, sigmoid_loss
 
-__all__ = [
-    "binary_cross_entropy", "sigmoid_focal_loss", "poly1_focal_loss", "poly1_binary_cross_entropy",
-    "sigmoid_soft_truncated_loss", "sigmoid_hard_truncated_loss",
-]
 
 
 def _alpha(alpha) -> float | None:
@@ -20,7 +16,7 @@ def _alpha(alpha) -> float | None:
     return _checks.number(alpha, "alpha", low=0.0, high=1.0)
 
 
-@fill
+@declare("sigmoid", "BinaryCrossEntropyLoss", aliases=("bce",))
 def binary_cross_entropy(logits: Tensor, target, *, pos_weight: Tensor | None = None, weight=None,
                          ignore_index: int = -100, reduction: str = "mean", normalizer=None,
                          validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -40,7 +36,7 @@ def binary_cross_entropy(logits: Tensor, target, *, pos_weight: Tensor | None = 
                         normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("sigmoid", "SigmoidFocalLoss", aliases=("sigmoid_focal",), hyperparameters=("gamma", "alpha"))
 def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: float | None = 0.25,
                        weight=None, ignore_index: int = -100, reduction: str = "mean", normalizer=None,
                        validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -70,7 +66,7 @@ def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: flo
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("sigmoid", "Poly1FocalLoss", aliases=("poly1_focal",), hyperparameters=("epsilon", "gamma", "alpha"))
 def poly1_focal_loss(logits: Tensor, target, *, epsilon: float = 1.0, gamma: float = 2.0,
                      alpha: float | None = 0.25, weight=None, ignore_index: int = -100,
                      reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -96,7 +92,7 @@ def poly1_focal_loss(logits: Tensor, target, *, epsilon: float = 1.0, gamma: flo
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("sigmoid", "Poly1BinaryCrossEntropyLoss", aliases=("poly1_bce",), hyperparameters=("epsilon",))
 def poly1_binary_cross_entropy(logits: Tensor, target, *, epsilon: float = 1.0, weight=None,
                                ignore_index: int = -100, reduction: str = "mean", normalizer=None,
                                validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -114,7 +110,7 @@ def poly1_binary_cross_entropy(logits: Tensor, target, *, epsilon: float = 1.0, 
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("sigmoid", "SigmoidSoftTruncatedLoss", hyperparameters=("k",))
 def sigmoid_soft_truncated_loss(logits: Tensor, target, *, k: float = 1.0, weight=None,
                                 ignore_index: int = -100, reduction: str = "mean", normalizer=None,
                                 validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -134,7 +130,7 @@ def sigmoid_soft_truncated_loss(logits: Tensor, target, *, k: float = 1.0, weigh
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("sigmoid", "SigmoidHardTruncatedLoss", hyperparameters=("margin",))
 def sigmoid_hard_truncated_loss(logits: Tensor, target, *, margin: float = 0.5, weight=None,
                                 ignore_index: int = -100, reduction: str = "mean", normalizer=None,
                                 validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -153,3 +149,6 @@ def sigmoid_hard_truncated_loss(logits: Tensor, target, *, margin: float = 0.5, 
     f, params = _math.HARD_TRUNCATION, dict(margin=margin)
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
+
+
+__all__ = public_names(__name__)

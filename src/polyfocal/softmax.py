@@ -7,19 +7,47 @@ from typing import Sequence
 from torch import Tensor
 
 from . import _checks, _math
-from ._docs import fill
+from ._declare import declare, public_names
 from ._errors import InputValueError
 from ._softmax_engine import softmax_loss
-
-__all__ = [
-    "cross_entropy", "focal_loss", "poly1_cross_entropy", "polyn_cross_entropy", "poly_loss",
-    "truncated_cross_entropy", "soft_truncated_loss", "hard_truncated_loss",
-]
 
 TAILS = ("ce", "drop")
 
 
-@fill
+# --- the series in (1 - p_t): each loss's hyperparameters -> _math.poly_series' arguments ----------
+# (the losses call these, and so does polyfocal.analysis.poly_coefficients: one source for each series)
+
+def cross_entropy_series() -> dict:
+    return {}
+
+
+def focal_series(gamma) -> dict:
+    return dict(gamma=_checks.number(gamma, "gamma", low=0.0))
+
+
+def poly1_series(epsilon) -> dict:
+    return dict(coefficients=(1.0 + _checks.number(epsilon, "epsilon"),))
+
+
+def polyn_series(epsilons) -> dict:
+    epsilons = _checks.numbers(epsilons, "epsilons")
+    return dict(coefficients=tuple(1.0 / j + e for j, e in enumerate(epsilons, start=1)))
+
+
+def general_series(coefficients, gamma, tail) -> dict:
+    coefficients = _checks.numbers(coefficients, "coefficients")
+    gamma = _checks.number(gamma, "gamma", low=0.0)
+    if tail not in TAILS:
+        raise InputValueError(f"`tail` must be one of {TAILS}; got {tail!r}")
+    return dict(coefficients=coefficients, gamma=gamma, keep_tail=tail == "ce")
+
+
+def truncated_series(n_terms) -> dict:
+    n_terms = _checks.integer(n_terms, "n_terms", low=1)
+    return dict(coefficients=tuple(1.0 / j for j in range(1, n_terms + 1)), keep_tail=False)
+
+
+@declare("softmax", "CrossEntropyLoss", aliases=("ce",), series=cross_entropy_series)
 def cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: int = -100,
                   label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
                   validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -38,12 +66,12 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: 
         >>> pf.cross_entropy(torch.randn(8, 5), torch.randint(0, 5, (8,))).shape
         torch.Size([])
     """
-    return softmax_loss(_math.poly_series, {}, logits, target, weight=weight,
+    return softmax_loss(_math.poly_series, cross_entropy_series(), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "FocalLoss", aliases=("focal",), hyperparameters=("alpha",), series=focal_series)
 def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None, weight=None,
                ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                normalizer=None, validate: bool | None = None, backend: str | None = None) -> Tensor:
@@ -67,13 +95,12 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None
         >>> bool(pf.focal_loss(logits, target, gamma=0.0).isclose(pf.cross_entropy(logits, target)))
         True
     """
-    gamma = _checks.number(gamma, "gamma", low=0.0)
-    return softmax_loss(_math.poly_series, dict(gamma=gamma), logits, target, weight=weight,
+    return softmax_loss(_math.poly_series, focal_series(gamma), logits, target, weight=weight,
                         alpha=alpha, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "Poly1CrossEntropyLoss", aliases=("poly1",), series=poly1_series)
 def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0, weight=None,
                         ignore_index: int = -100, label_smoothing: float = 0.0,
                         reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -91,13 +118,12 @@ def poly1_cross_entropy(logits: Tensor, target: Tensor, *, epsilon: float = 1.0,
 
     {returns}
     """
-    epsilon = _checks.number(epsilon, "epsilon")
-    return softmax_loss(_math.poly_series, dict(coefficients=(1.0 + epsilon,)), logits, target,
+    return softmax_loss(_math.poly_series, poly1_series(epsilon), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "PolyNCrossEntropyLoss", aliases=("polyn",), series=polyn_series)
 def polyn_cross_entropy(logits: Tensor, target: Tensor, *, epsilons: Sequence[float] = (1.0,),
                         weight=None, ignore_index: int = -100, label_smoothing: float = 0.0,
                         reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -112,14 +138,12 @@ def polyn_cross_entropy(logits: Tensor, target: Tensor, *, epsilons: Sequence[fl
 
     {returns}
     """
-    epsilons = _checks.numbers(epsilons, "epsilons")
-    coefficients = tuple(1.0 / j + e for j, e in enumerate(epsilons, start=1))
-    return softmax_loss(_math.poly_series, dict(coefficients=coefficients), logits, target,
+    return softmax_loss(_math.poly_series, polyn_series(epsilons), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "PolyLoss", aliases=("poly",), hyperparameters=("alpha",), series=general_series)
 def poly_loss(logits: Tensor, target: Tensor, *, coefficients: Sequence[float] = (1.0,),
               gamma: float = 0.0, tail: str = "ce", alpha=None, weight=None, ignore_index: int = -100,
               label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
@@ -143,17 +167,13 @@ def poly_loss(logits: Tensor, target: Tensor, *, coefficients: Sequence[float] =
 
     {returns}
     """
-    coefficients = _checks.numbers(coefficients, "coefficients")
-    gamma = _checks.number(gamma, "gamma", low=0.0)
-    if tail not in TAILS:
-        raise InputValueError(f"`tail` must be one of {TAILS}; got {tail!r}")
-    params = dict(coefficients=coefficients, gamma=gamma, keep_tail=tail == "ce")
+    params = general_series(coefficients, gamma, tail)
     return softmax_loss(_math.poly_series, params, logits, target, weight=weight, alpha=alpha,
                         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
                         normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "TruncatedCrossEntropyLoss", aliases=("truncated",), series=truncated_series)
 def truncated_cross_entropy(logits: Tensor, target: Tensor, *, n_terms: int, weight=None,
                             ignore_index: int = -100, label_smoothing: float = 0.0,
                             reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -170,15 +190,12 @@ def truncated_cross_entropy(logits: Tensor, target: Tensor, *, n_terms: int, wei
 
     {returns}
     """
-    n_terms = _checks.integer(n_terms, "n_terms", low=1)
-    coefficients = tuple(1.0 / j for j in range(1, n_terms + 1))
-    params = dict(coefficients=coefficients, keep_tail=False)
-    return softmax_loss(_math.poly_series, params, logits, target, weight=weight,
+    return softmax_loss(_math.poly_series, truncated_series(n_terms), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
                         normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "SoftTruncatedLoss", aliases=("soft_truncated",), hyperparameters=("k",))
 def soft_truncated_loss(logits: Tensor, target: Tensor, *, k: float = 1.0, weight=None,
                         ignore_index: int = -100, label_smoothing: float = 0.0,
                         reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -202,7 +219,7 @@ def soft_truncated_loss(logits: Tensor, target: Tensor, *, k: float = 1.0, weigh
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
-@fill
+@declare("softmax", "HardTruncatedLoss", aliases=("hard_truncated",), hyperparameters=("margin",))
 def hard_truncated_loss(logits: Tensor, target: Tensor, *, margin: float = 0.5, weight=None,
                         ignore_index: int = -100, label_smoothing: float = 0.0,
                         reduction: str = "mean", normalizer=None, validate: bool | None = None,
@@ -222,3 +239,36 @@ def hard_truncated_loss(logits: Tensor, target: Tensor, *, margin: float = 0.5, 
     return softmax_loss(_math.hard_truncation, dict(margin=margin), logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
+
+
+
+@declare("softmax", "DFTCrossEntropyLoss", aliases=("dft",))
+def dft_cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: int = -100,
+                      label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
+                      validate: bool | None = None, backend: str | None = None) -> Tensor:
+    """Dynamic Fine-Tuning's cross-entropy ``-sg(p_t) log p_t`` (Wu et al., arXiv:2508.05629).
+
+    Each example's cross-entropy weighted by its own probability, the weight held constant
+    (``sg``: stop-gradient), so the gradient is ``p_t`` times cross-entropy's: examples the
+    model finds unlikely count less. The paper uses it for supervised fine-tuning of language
+    models in place of cross-entropy.
+
+    Args:
+        {softmax_args}
+
+    {returns}
+
+    Example:
+        >>> import torch, polyfocal as pf
+        >>> logits, target = torch.randn(8, 5), torch.randint(0, 5, (8,))
+        >>> p_t = logits.softmax(1).gather(1, target[:, None]).squeeze(1)
+        >>> want = (p_t * pf.cross_entropy(logits, target, reduction="none")).mean()
+        >>> bool(pf.dft_cross_entropy(logits, target).isclose(want))
+        True
+    """
+    return softmax_loss(_math.probability_weighted, {}, logits, target, weight=weight,
+                        ignore_index=ignore_index, label_smoothing=label_smoothing,
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
+
+
+__all__ = public_names(__name__)

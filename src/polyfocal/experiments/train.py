@@ -31,16 +31,13 @@ import torch
 from .. import __version__, analysis
 from .._backend import use_backend
 from .._errors import InputValueError
-from ..registry import build_loss, get_loss_function
+from ..registry import build_loss, declaration, get_loss_function
 from . import boxes
 from .distributed import current
 from .tasks import Task
 
 __all__ = ["LossSpec", "parse_losses", "loss_family", "train_run", "compare", "versions"]
 
-_SIGMOID = ("binary_cross_entropy", "sigmoid_focal_loss", "poly1_focal_loss", "poly1_binary_cross_entropy",
-            "sigmoid_soft_truncated_loss", "sigmoid_hard_truncated_loss", "quality_focal_loss",
-            "varifocal_loss", "ghm_c_loss")
 # keywords that the experiment sets itself, not the user
 _RESERVED = ("reduction", "normalizer", "validate", "backend", "weight", "ignore_index", "pos_weight",
              "distributed")
@@ -60,9 +57,8 @@ class LossSpec:
 
 def loss_family(name: str) -> str | None:
     """``"softmax"`` or ``"sigmoid"`` for classification losses; None for the others (DFL, GHM-R)."""
-    if name in _SIGMOID:
-        return "sigmoid"
-    return "softmax" if get_loss_function(name).__module__.endswith(".softmax") else None
+    family = declaration(name).family
+    return family if family in ("softmax", "sigmoid") else None
 
 
 def parse_value(text: str):
