@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
+from _gloo import needs_gloo, run_ranks
 from polyfocal.ghm import scatter_counts
 
 F64 = torch.float64
@@ -687,38 +684,10 @@ def _single_process(data):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
-                    reason="needs torch.distributed with gloo")
+@needs_gloo
 def test_distributed_ranks_add_up_to_single_process(tmp_path):
-    world = 2
     data = _dist_data()
-    torch.save(data, tmp_path / "data.pt")
-    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo" if sys.platform.startswith("linux") else "lo0",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), str(rank), str(world), str(tmp_path / "store"),
-                          str(tmp_path / "data.pt"), str(tmp_path / f"out{rank}.pt")],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        for rank in range(world)
-    ]
-    logs = []
-    deadline = time.monotonic() + 90  # the process group itself times out after 30 s
-    try:
-        for proc in procs:
-            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            logs.append(out.decode(errors="replace"))
-    except subprocess.TimeoutExpired:
-        pytest.fail("the distributed workers did not finish within 90 s")
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    for rank, proc in enumerate(procs):
-        assert proc.returncode == 0, f"rank {rank} failed:\n{logs[rank]}"
-
-    ranks = [torch.load(tmp_path / f"out{rank}.pt") for rank in range(world)]
+    ranks = run_ranks(WORKER, data, tmp_path)
     single = _single_process(data)
     for key in ("ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMCLoss_sum_nobc", "GHMRLoss"):
         for step, (want_loss, want_grad) in enumerate(single[key]):

@@ -15,15 +15,19 @@ from ._backend import get_backend, set_backend, use_backend
 from ._errors import InputError, InputTypeError, InputValueError
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)
 from .ghm import *  # noqa: F401,F403 (GHM-C, GHM-R and their Modules)
+from .linear import LinearLoss, linear_loss
 from .modules import *  # noqa: F401,F403 (LossModule and every stateless loss's Module)
 from .registry import *  # noqa: F401,F403 (build_loss, available_losses, LOSS_ALIASES, ...)
 from .sigmoid import *  # noqa: F401,F403 (BCE, sigmoid focal, Poly-1 focal, Su's truncations)
 from .softmax import *  # noqa: F401,F403 (cross-entropy and its polynomial family)
+from .vocab_parallel import vocab_parallel_linear_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     *softmax.__all__, *sigmoid.__all__, *gfl.__all__, *ghm.__all__, *modules.__all__, *registry.__all__,
+    # the fused linear head
+    "linear_loss", "LinearLoss", "vocab_parallel_linear_loss",
     # engines
     "set_backend", "get_backend", "use_backend",
     # a caller's mistakes (ValueError / TypeError subclasses)

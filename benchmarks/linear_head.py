@@ -1,0 +1,153 @@
+"""The fused linear head against the unfused path and torch's checkpointed chunks, side by side.
+
+    python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--out benchmarks/results/linear-head-cpu.json]
+
+For each shape, every implementation takes ``hidden (N, H)``, ``head_weight (V, H)`` and class
+indices (1 in 8 ignored) and runs forward + backward to the gradients of both inputs:
+
+* ``unfused F.cross_entropy``: ``F.cross_entropy(hidden @ W.T, target)``, the baseline of every ratio;
+* ``unfused pf.focal_loss``: the same logits through polyfocal's focal loss;
+* ``torch checkpointed chunks``: ``torch.utils.checkpoint`` over chunks of matmul + cross-entropy
+  (torchtune's recipe), chunks of the same rows as ``linear_loss``'s;
+* ``pf.linear_loss`` with CE, focal, Poly-1 and DFT.
+
+Time: the median over interleaved rounds in this process, as a ratio to the baseline. Memory: the
+peak resident memory of one forward + backward in a fresh process, beyond the inputs and their
+gradients (``VmHWM`` after ``clear_refs``, less the resident memory before the call and the
+gradients' bytes), as a ratio to the baseline's. Then how that peak grows with N at V = 128,256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import polyfocal as pf
+
+SHAPES = [(8192, 1024, 32000), (2048, 1024, 128256)]
+GROWTH = [(1024, 1024, 128256), (2048, 1024, 128256), (4096, 1024, 128256)]
+
+
+def chunk_rows(vocabulary: int) -> int:
+    return max(1, pf.linear.CHUNK_ELEMENTS // vocabulary)
+
+
+def checkpointed_chunks(h, w, t):
+    total, rows = 0, chunk_rows(w.shape[0])
+    for hc, tc in zip(h.split(rows), t.split(rows)):
+        total = total + checkpoint(lambda a, b: F.cross_entropy(a @ w.T, b, reduction="sum"), hc, tc,
+                                   use_reentrant=False)
+    return total / (t != -100).sum()
+
+
+IMPLEMENTATIONS = {
+    "unfused F.cross_entropy": lambda h, w, t: F.cross_entropy(h @ w.T, t),
+    "unfused pf.focal_loss": lambda h, w, t: pf.focal_loss(h @ w.T, t),
+    "torch checkpointed chunks": checkpointed_chunks,
+    "pf.linear_loss cross_entropy": lambda h, w, t: pf.linear_loss(h, w, t),
+    "pf.linear_loss focal_loss": lambda h, w, t: pf.linear_loss(h, w, t, loss="focal_loss"),
+    "pf.linear_loss poly1_cross_entropy": lambda h, w, t: pf.linear_loss(h, w, t, loss="poly1_cross_entropy"),
+    "pf.linear_loss dft_cross_entropy": lambda h, w, t: pf.linear_loss(h, w, t, loss="dft_cross_entropy"),
+}
+BASELINE = "unfused F.cross_entropy"
+
+
+def inputs(n: int, h: int, v: int):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, h, generator=g).requires_grad_()
+    weight = (torch.randn(v, h, generator=g) / h ** 0.5).requires_grad_()
+    target = torch.randint(0, v, (n,), generator=g)
+    target[::8] = -100
+    return hidden, weight, target
+
+
+def step(name: str, hidden, weight, target) -> None:
+    loss = IMPLEMENTATIONS[name](hidden, weight, target)
+    torch.autograd.grad(loss, (hidden, weight))
+
+
+def times(shape, rounds: int) -> dict[str, float]:
+    data = inputs(*shape)
+    for name in IMPLEMENTATIONS:  # warm up: first-call work, allocator
+        step(name, *data)
+    samples = {name: [] for name in IMPLEMENTATIONS}
+    for _ in range(rounds):
+        for name in IMPLEMENTATIONS:
+            start = time.perf_counter()
+            step(name, *data)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+def peak_in_this_process(name: str, shape) -> int:
+    """Bytes of resident memory one forward + backward adds at its peak, beyond inputs and gradients."""
+    data = inputs(*shape)
+    step(name, *data)  # warm up
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident size
+    before = _status("VmRSS:")
+    step(name, *data)
+    gradients = sum(t.numel() * t.element_size() for t in data[:2])
+    return _status("VmHWM:") - before - gradients
+
+
+def peak(name: str, shape) -> int:
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import linear_head as b; "
+            f"print(b.peak_in_this_process({name!r}, {tuple(shape)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    return int(out.stdout.split()[-1])
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| shape (N, H, V) | implementation | time / unfused F.cross_entropy | peak memory beyond inputs "
+             "and gradients / unfused F.cross_entropy's | (MiB) |", "|---|---|---|---|---|"]
+    for r in results:
+        base_t, base_m = r["time"][BASELINE], r["peak"][BASELINE]
+        for name in IMPLEMENTATIONS:
+            lines.append(f"| {r['shape']} | {name} | {r['time'][name] / base_t:.2f}x | "
+                         f"{r['peak'][name] / base_m:.3f} | {r['peak'][name] / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = []
+    for shape in SHAPES:
+        results.append({"shape": shape, "time": times(shape, args.rounds),
+                        "peak": {name: peak(name, shape) for name in IMPLEMENTATIONS}})
+        print(table(results[-1:]), flush=True)
+    growth = [{"shape": shape, "peak": {name: peak(name, shape) for name in (BASELINE, "pf.linear_loss focal_loss")}}
+              for shape in GROWTH]
+    print("\n| N (H = 1024, V = 128,256) | unfused F.cross_entropy (MiB) | pf.linear_loss focal_loss (MiB) |\n|---|---|---|")
+    for row in growth:
+        print(f"| {row['shape'][0]} | {row['peak'][BASELINE] / 2**20:.0f} | "
+              f"{row['peak']['pf.linear_loss focal_loss'] / 2**20:.0f} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"machine": platform.processor() or platform.machine(), "threads": args.threads,
+                       "torch": torch.__version__, "results": results, "growth": growth}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""A fused linear head: any softmax-family loss over ``hidden @ head_weight.T (+ head_bias)`` without the
+logits ever existing for more than one chunk of rows.
+
+Every softmax-family loss is a function of the logits of one row, so its gradient in the logits of a
+chunk of rows needs only that chunk: :func:`linear_loss` computes a chunk's logits (one matmul),
+runs the named polyfocal loss on them (its own engine: eager, fused or Triton, with the whole
+contract: ``weight``, ``alpha``, ``ignore_index``, ``label_smoothing``, reductions, ``normalizer``),
+turns the chunk's logit gradient into the gradients of ``hidden``, ``head_weight`` and
+``head_bias`` (three matmuls), and drops the chunk. Peak extra memory is about two chunks of
+logits, however many rows there are.
+
+* ``reduction="mean"`` or ``"sum"``: the upstream gradient is one number, so the input gradients
+  are computed in the forward pass and scaled in backward (no second pass over the head).
+* ``reduction="none"``: the upstream gradient differs per token, so backward recomputes each
+  chunk's logits and applies it (the per-token weights reach ``head_weight`` exactly).
+
+The mean's denominator is the whole batch's (the sum of ``weight[target]`` over non-ignored rows,
+or ``normalizer``), so chunking never changes the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks
+from ._errors import InputTypeError, InputValueError
+from ._reduce import reduction_scale
+from ._softmax_engine import _count
+from .registry import canonical_name, declaration, get_loss_function
+
+__all__ = ["linear_loss", "LinearLoss"]
+
+#: logits per chunk when ``chunk_size`` is not given: 2^25 values (128 MiB in fp32), so that a chunk has
+#: hundreds of rows at V = 32k-128k (a matmul of fewer rows runs slower: 1.2-1.5x per row at 32 rows)
+CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass(frozen=True)
+class _Head:
+    """One call's settings: the loss (a softmax-family function and its keyword arguments) and the head's."""
+
+    loss: Callable
+    params: dict
+    target: Tensor  # (N,) class indices
+    ignore_index: int
+    reduction: str
+    scale: Tensor  # the mean's 1 / denominator (1 for sum and none)
+    chunk: int
+    z_loss: float | None
+    softcap: float | None
+
+    def logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        x = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
+        return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+    def rows(self, x: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
+        """The chunk's loss (per row, or summed) and z-loss, from logits ``x`` that may require a gradient."""
+        if self.softcap is not None:
+            x = self.softcap * torch.tanh(x / self.softcap)
+        loss = self.loss(x, target, reduction=reduction, ignore_index=self.ignore_index, **self.params)
+        if self.z_loss is None:
+            return loss, torch.zeros_like(loss)
+        z = self.z_loss * torch.logsumexp(x, 1).square() * (target != self.ignore_index)
+        return loss, z if reduction == "none" else z.sum()
+
+
+def _chunk(head: _Head, h: Tensor, t: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
+    """One chunk: its loss (per row, or summed) and z-loss, and with ``seed`` (the upstream gradient:
+    per row, or the mean's scale) the gradient in the chunk's logits, in the head's dtype."""
+    x = head.logits(h, weight, bias).requires_grad_(seed is not None)
+    with torch.enable_grad():
+        loss, z = head.rows(x, t, "none" if head.reduction == "none" else "sum")
+        if seed is None:
+            return loss.detach(), z.detach(), None
+        total = loss + z
+        if head.reduction == "none":
+            (g,) = torch.autograd.grad(total, x, seed.to(total.dtype))
+        else:  # a seed of 1 hands back the engine's saved gradient itself, scaled here in place: no copy
+            (g,) = torch.autograd.grad(total, x)
+            g.mul_(seed.to(g.dtype))
+    return loss.detach(), z.detach(), g.to(weight.dtype)
+
+
+def _chunk_gradients(head: _Head, hidden: Tensor, weight: Tensor, bias: Tensor | None, upstream: Tensor | None,
+                     needs: tuple[bool, bool, bool]):
+    """The loss (summed and scaled, or per row), the z-loss, and the gradients of hidden, weight and
+    bias, a chunk of rows at a time; ``upstream`` is the upstream gradient (per row for ``reduction="none"``)."""
+    n, per_row = hidden.shape[0], head.reduction == "none"
+    accumulate = torch.float32 if weight.dtype != torch.float64 else weight.dtype
+    grad_hidden = torch.zeros_like(hidden) if needs[0] else None
+    grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs[1] else None
+    grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if needs[2] else None
+    losses, z_losses = [head.scale.new_zeros(0)], [head.scale.new_zeros(0)]
+    for start in range(0, n, head.chunk):
+        rows = slice(start, min(start + head.chunk, n))
+        h = hidden[rows]
+        seed = None if not any(needs) else upstream[rows] if per_row else head.scale * (
+            1 if upstream is None else upstream)
+        loss, z, g = _chunk(head, h, head.target[rows], weight, bias, seed)
+        losses.append(loss.reshape(-1))
+        z_losses.append(z.reshape(-1))
+        if needs[0]:
+            grad_hidden[rows] = g @ weight
+        if needs[1]:
+            grad_weight.addmm_(g.T.to(accumulate), h.to(accumulate))
+        if needs[2]:
+            grad_bias += g.sum(0).to(accumulate)
+        del g  # before the next chunk's logits exist: two chunk-sized buffers at a time, not three
+    loss, z_loss = torch.cat(losses), torch.cat(z_losses)
+    if not per_row:
+        loss, z_loss = loss.sum() * head.scale, z_loss.sum() * head.scale
+    return loss, z_loss, (grad_hidden, grad_weight, grad_bias)
+
+
+def hand_out(ctx, grad_loss: Tensor, recompute: Callable[[], list]) -> list:
+    """The input gradients the forward pass computed (``ctx.grads``), handed out once and scaled in place
+    by ``grad_loss`` (no copy of ``head_weight``'s gradient, and no reference kept, so autograd can take
+    them as they are); a second backward through the same graph (``retain_graph``) recomputes them."""
+    grads, ctx.grads = ctx.grads, None
+    if grads is None:
+        return recompute()
+    if not (grad_loss.device.type == "cpu" and float(grad_loss) == 1.0):
+        for g in grads:
+            if g is not None:
+                g.mul_(grad_loss.to(g.dtype))
+    return grads
+
+
+def no_second_derivatives(name: str) -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"polyfocal.{name} has no second derivatives (create_graph=True); use the unfused "
+                           "loss on materialised logits for those")
+
+
+class _FusedLinearLoss(torch.autograd.Function):
+    """``(loss, z_loss)`` of a :class:`_Head` over ``hidden @ weight.T + bias``; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, head: _Head):
+        ctx.head, ctx.grads = head, None
+        needs = (False, False, False) if head.reduction == "none" else tuple(ctx.needs_input_grad[:3])
+        loss, z, grads = _chunk_gradients(head, hidden, weight, bias, None, needs)
+        if any(needs):
+            ctx.grads = list(grads)
+        ctx.save_for_backward(hidden, weight, bias)
+        ctx.mark_non_differentiable(z)
+        return loss + z, z
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, grad_z: Tensor):
+        del grad_z  # the z-loss is returned for logging; its gradient is in the loss's
+        no_second_derivatives("linear_loss")
+        hidden, weight, bias = ctx.saved_tensors
+        recompute = lambda: list(_chunk_gradients(ctx.head, hidden, weight, bias, grad_loss,  # noqa: E731
+                                                  tuple(ctx.needs_input_grad[:3]))[2])
+        grads = recompute() if ctx.head.reduction == "none" else hand_out(ctx, grad_loss, recompute)
+        return (*grads, None)
+
+
+def _check_head(hidden, head_weight, head_bias, target) -> None:
+    hidden = _checks.float_tensor(hidden, "hidden")
+    head_weight = _checks.float_tensor(head_weight, "head_weight")
+    if hidden.dim() not in (2, 3):
+        raise InputValueError(f"`hidden` must have shape (N, H) or (B, T, H); got {tuple(hidden.shape)}")
+    if head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[-1]:
+        raise InputValueError(f"`head_weight` must have shape (V, H) with H = {hidden.shape[-1]} (hidden's last "
+                              f"dimension); got {tuple(head_weight.shape)}")
+    if head_weight.dtype != hidden.dtype or head_weight.device != hidden.device:
+        raise InputValueError(f"`head_weight` must have hidden's dtype and device ({hidden.dtype}, {hidden.device}); "
+                              f"got {head_weight.dtype}, {head_weight.device}")
+    if head_bias is not None and (not isinstance(head_bias, Tensor) or head_bias.shape != head_weight.shape[:1]
+                                  or head_bias.dtype != hidden.dtype):
+        got = tuple(head_bias.shape) if isinstance(head_bias, Tensor) else type(head_bias).__name__
+        raise InputValueError(f"`head_bias` must be None or a ({head_weight.shape[0]},) tensor of hidden's dtype; got {got}")
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
+        raise InputTypeError(f"`target` must be a tensor of class indices; got "
+                             f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise InputValueError(f"`target` must have shape {tuple(hidden.shape[:-1])} (hidden's without H); "
+                              f"got {tuple(target.shape)}")
+
+
+def _softmax_loss_function(loss) -> Callable:
+    if not isinstance(loss, str):
+        raise InputTypeError(f"`loss` must be a loss name; got {type(loss).__name__}")
+    family = declaration(canonical_name(loss, "loss")).family
+    if family != "softmax":
+        raise InputValueError(f"`loss` must name a softmax-family loss (a function of p_t); {loss!r} is {family}")
+    return get_loss_function(loss)
+
+
+def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: str = "cross_entropy",
+                head_bias: Tensor | None = None, chunk_size: int | None = None, z_loss: float | None = None,
+                softcap: float | None = None, return_z_loss: bool = False, weight: Tensor | None = None,
+                ignore_index: int = -100, reduction: str = "mean", normalizer=None, **loss_params):
+    """A softmax-family loss of the logits ``hidden @ head_weight.T + head_bias``, computed a chunk of
+    rows at a time, so the ``(N, V)`` logits and their gradient never exist.
+
+    ``linear_loss(h, W, t, loss="focal_loss", gamma=2)`` equals ``pf.focal_loss(h @ W.T, t, gamma=2)``
+    in value and in the gradients of ``hidden``, ``head_weight`` and ``head_bias`` (to fp32
+    rounding), with peak extra memory ``O(chunk_size * V)`` instead of ``O(N * V)``.
+
+    Args:
+        hidden: ``(N, H)`` or ``(B, T, H)`` hidden states (fp32, fp16 or bf16; the loss runs in fp32).
+        head_weight: ``(V, H)``, the output layer's weight, hidden's dtype and device.
+        target: class indices ``(N,)`` or ``(B, T)``; ``ignore_index`` rows count for nothing.
+        loss: a softmax-family loss by name or short name (``"focal"``, ``"poly1_cross_entropy"``,
+            ``"dft"``...); ``**loss_params`` are its own keywords (``gamma``, ``epsilon``, ``alpha``,
+            ``label_smoothing``, ``backend``...).
+        head_bias: ``(V,)`` or None.
+        chunk_size: rows per chunk; default ``max(1, 2^25 // V)`` (128 MiB of fp32 logits).
+        z_loss: PaLM's auxiliary ``z * logsumexp(logits)^2`` per non-ignored row, added to the loss
+            and reduced as it is; None (off) or a number >= 0.
+        softcap: Gemma's logit soft-capping ``c * tanh(logits / c)`` before the softmax; None or c > 0.
+        return_z_loss: also return the z-loss (detached, for logging): ``(loss, z_loss)``.
+        weight: ``(C,)`` class weights, as in :func:`polyfocal.cross_entropy` (in the mean's denominator).
+        ignore_index: the target value to skip. Default -100.
+        reduction: ``"none"`` (per row, target's shape), ``"sum"`` or ``"mean"`` (over the whole batch:
+            the sum of ``weight[target]`` over non-ignored rows, or ``normalizer``).
+        normalizer: with ``reduction="mean"``, divide the sum by this number or scalar tensor instead.
+
+    Returns:
+        The loss in hidden's dtype, or ``(loss, z_loss)`` with ``return_z_loss=True``.
+
+    Example:
+        >>> import torch, polyfocal as pf
+        >>> h, W, t = torch.randn(6, 8), torch.randn(50, 8), torch.randint(0, 50, (6,))
+        >>> fused = pf.linear_loss(h, W, t, loss="focal_loss", gamma=2.0, chunk_size=4)
+        >>> bool(fused.isclose(pf.focal_loss(h @ W.T, t, gamma=2.0)))
+        True
+    """
+    function = _softmax_loss_function(loss)
+    _check_head(hidden, head_weight, head_bias, target)
+    _checks.check_reduction(reduction, normalizer)
+    ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    vocabulary = head_weight.shape[0]
+    chunk = max(1, CHUNK_ELEMENTS // vocabulary) if chunk_size is None else _checks.integer(chunk_size, "chunk_size", low=1)
+    z_loss = None if z_loss is None else _checks.number(z_loss, "z_loss", low=0.0)
+    softcap = None if softcap is None else _checks.number(softcap, "softcap", low=0.0, low_open=True)
+    flat = target.reshape(-1)
+    like = torch.empty((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32, device=hidden.device)
+    w = _checks.class_vector(weight, "weight", vocabulary, like)
+    valid = flat != ignore_index
+    scale = reduction_scale(reduction, _count(valid, flat.masked_fill(~valid, 0), w), normalizer, like)
+    params = {**loss_params, **({} if weight is None else {"weight": weight})}
+    head = _Head(function, params, flat, ignore_index, reduction, scale, chunk, z_loss, softcap)
+    value, z = _FusedLinearLoss.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, head_bias, head)
+    if reduction == "none":
+        value, z = value.reshape(target.shape), z.reshape(target.shape)
+    value = value.to(hidden.dtype)
+    return (value, z) if return_z_loss else value
+
+
+class LinearLoss(nn.Module):
+    """Module form of :func:`linear_loss`: ``LinearLoss(loss="focal_loss", gamma=2)(hidden, head_weight,
+    target, head_bias=None)``. A tensor option (``weight``, ``alpha``) becomes a buffer."""
+
+    def __init__(self, loss: str = "cross_entropy", **options):
+        super().__init__()
+        _softmax_loss_function(loss)
+        self.loss = loss
+        self._options = {k: v for k, v in options.items() if not isinstance(v, Tensor)}
+        self._tensor_names = [k for k, v in options.items() if isinstance(v, Tensor)]
+        for name in self._tensor_names:
+            self.register_buffer(name, options[name])
+
+    def forward(self, hidden: Tensor, head_weight: Tensor, target: Tensor, head_bias: Tensor | None = None):
+        tensors = {name: getattr(self, name) for name in self._tensor_names}
+        return linear_loss(hidden, head_weight, target, loss=self.loss, head_bias=head_bias, **self._options, **tensors)
+
+    def extra_repr(self) -> str:
+        return ", ".join([f"loss={self.loss!r}", *(f"{k}={v!r}" for k, v in self._options.items())])

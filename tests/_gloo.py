@@ -1,0 +1,49 @@
+"""Run a worker script as the ranks of a gloo process group on the loopback interface (the 2-process
+tests of test_ghm.py and test_linear.py). Not collected by pytest.
+
+A worker is called as ``python WORKER RANK WORLD_SIZE STORE_FILE DATA_FILE OUT_FILE``: it joins the
+group through the FileStore (no TCP port to pick), reads ``DATA_FILE`` and saves its results to
+``OUT_FILE``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+needs_gloo = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="needs torch.distributed with gloo")
+
+
+def run_ranks(worker: Path, data, tmp_path: Path, world: int = 2, timeout: float = 90.0) -> list:
+    """Save ``data``, run ``world`` ranks of ``worker`` on it, and return each rank's saved results."""
+    torch.save(data, tmp_path / "data.pt")
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo" if sys.platform.startswith("linux") else "lo0",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
+    procs = [subprocess.Popen([sys.executable, str(worker), str(rank), str(world), str(tmp_path / "store"),
+                               str(tmp_path / "data.pt"), str(tmp_path / f"out{rank}.pt")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for rank in range(world)]
+    logs = []
+    deadline = time.monotonic() + timeout  # the process group itself times out after 30 s
+    try:
+        for proc in procs:
+            out, _ = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            logs.append(out.decode(errors="replace"))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the distributed workers did not finish within {timeout:.0f} s")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for rank, proc in enumerate(procs):
+        assert proc.returncode == 0, f"rank {rank} failed:\n{logs[rank]}"
+    return [torch.load(tmp_path / f"out{rank}.pt") for rank in range(world)]

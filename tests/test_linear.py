@@ -1,0 +1,277 @@
+"""The fused linear head (``linear_loss``, ``LinearLoss``, ``vocab_parallel_linear_loss``): the loss of
+``hidden @ head_weight.T + head_bias`` a chunk of rows at a time, held to the unfused path (the
+logits materialised, then the polyfocal loss) and to the float64 references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import polyfocal as pf
+import reference as ref
+from _gloo import needs_gloo, run_ranks
+from polyfocal import _triton
+from reference import declared
+
+SOFTMAX = declared("softmax")
+N, H, V = 29, 12, 37
+
+
+def head(n=N, h=H, v=V, dtype=torch.float32, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=dtype)
+    weight = torch.randn(v, h, generator=g, dtype=dtype) * scale / h ** 0.5
+    bias = torch.randn(v, generator=g, dtype=dtype) * 0.1
+    target = torch.randint(0, v, (n,), generator=g)
+    target[::4] = -100
+    return hidden, weight, bias, target
+
+
+def loss_and_grads(f, hidden, weight, bias, upstream=None):
+    inputs = [t.detach().clone().requires_grad_() for t in (hidden, weight, bias)]
+    loss = f(*inputs)
+    seed = torch.ones(()) if upstream is None else upstream
+    return (loss.detach(), *torch.autograd.grad((loss * seed.to(loss.dtype)).sum(), inputs))
+
+
+def unfused(name, target, **kwargs):
+    return lambda h, w, b: pf.get_loss_function(name)(torch.addmm(b, h, w.T), target, **kwargs)
+
+
+def fused(name, target, **kwargs):
+    return lambda h, w, b: pf.linear_loss(h, w, target, loss=name, head_bias=b, **kwargs)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", sorted(SOFTMAX))
+def test_equals_the_unfused_path_in_value_and_all_three_gradients(name, reduction):
+    hidden, weight, bias, target = head()
+    upstream = torch.randn(N) if reduction == "none" else None  # a different gradient per token
+    options = dict(SOFTMAX[name], reduction=reduction, weight=torch.rand(V) + 0.5)
+    want = loss_and_grads(unfused(name, target, **options), hidden, weight, bias, upstream)
+    for chunk in (1, 7, None):
+        got = loss_and_grads(fused(name, target, chunk_size=chunk, **options), hidden, weight, bias, upstream)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("name", sorted(ref.SOFTMAX))
+def test_float64_equals_the_reference_to_1e_10(name, reduction):
+    phi, params = ref.SOFTMAX[name]
+    hidden, weight, bias, target = head(dtype=torch.float64, seed=1)
+    upstream = torch.randn(N, dtype=torch.float64) if reduction == "none" else None
+    want = loss_and_grads(lambda h, w, b: ref.softmax_loss(phi, torch.addmm(b, h, w.T), target, reduction=reduction,
+                                                           **params), hidden, weight, bias, upstream)
+    got = loss_and_grads(fused(name, target, chunk_size=6, reduction=reduction, **params), hidden, weight, bias, upstream)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("options", [
+    {"label_smoothing": 0.1}, {"alpha": torch.rand(V)}, {"normalizer": 7.0}, {"gamma": 0.5, "label_smoothing": 0.2},
+])
+def test_the_contracts_options_pass_through(options):
+    hidden, weight, bias, target = head(seed=2)
+    want = loss_and_grads(unfused("focal_loss", target, **options), hidden, weight, bias)
+    got = loss_and_grads(fused("focal_loss", target, chunk_size=5, **options), hidden, weight, bias)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_z_loss_and_softcap_equal_their_composition(reduction):
+    hidden, weight, bias, target = head(seed=3, scale=20.0)
+    z, cap = 1e-3, 5.0
+    valid = target != -100
+
+    def composed(h, w, b):
+        x = cap * torch.tanh(torch.addmm(b, h, w.T) / cap)
+        z_rows = z * torch.logsumexp(x, 1) ** 2 * valid
+        loss = pf.poly1_cross_entropy(x, target, reduction=reduction)
+        return loss + (z_rows if reduction == "none" else z_rows.sum() / valid.sum())
+
+    upstream = torch.randn(N) if reduction == "none" else None
+    want = loss_and_grads(composed, hidden, weight, bias, upstream)
+    got = loss_and_grads(fused("poly1", target, z_loss=z, softcap=cap, reduction=reduction, chunk_size=4),
+                         hidden, weight, bias, upstream)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+    loss, z_loss = pf.linear_loss(hidden, weight, target, loss="poly1", head_bias=bias, z_loss=z, softcap=cap,
+                                  return_z_loss=True)
+    x = cap * torch.tanh(torch.addmm(bias, hidden, weight.T) / cap)
+    torch.testing.assert_close(z_loss, (z * torch.logsumexp(x, 1) ** 2 * valid).sum() / valid.sum())
+    assert not z_loss.requires_grad
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_ignored_and_empty_batches_give_zero_with_zero_gradients(reduction):
+    hidden, weight, bias, target = head()
+    for h, t in ((hidden, torch.full_like(target, -100)), (hidden[:0], target[:0])):
+        loss, *grads = loss_and_grads(fused("focal_loss", t, reduction=reduction), h, weight, bias)
+        assert loss.shape == ((len(t),) if reduction == "none" else ())
+        assert (loss == 0).all() and all((g == 0).all() for g in grads)
+
+
+def test_extreme_logits_stay_finite():
+    hidden, weight, bias, target = head(scale=1e4)  # logits of order 1e4
+    assert torch.addmm(bias, hidden, weight.T).abs().max() > 1e3
+    for name in ("cross_entropy", "focal_loss", "poly1_cross_entropy", "dft_cross_entropy"):
+        loss, *grads = loss_and_grads(fused(name, target, chunk_size=8, gamma=0.5) if name == "focal_loss"
+                                      else fused(name, target, chunk_size=8), hidden, weight, bias)
+        assert torch.isfinite(loss).all() and all(torch.isfinite(g).all() for g in grads), name
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_logits_exist_one_chunk_at_a_time(reduction):
+    """No tensor of the call (forward and backward) is larger than a chunk of logits or the inputs."""
+    n, h, v, chunk = 96, 8, 40, 8
+    hidden, weight, bias, target = head(n, h, v)
+    inputs = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    with _LargestTensor() as mode:
+        loss = pf.linear_loss(*inputs[:2], target, loss="focal_loss", head_bias=inputs[2], chunk_size=chunk,
+                              reduction=reduction)
+        loss.sum().backward()
+    assert mode.largest <= max(chunk * v, n * h, v * h) < n * v
+
+
+def test_three_dimensional_hidden_states_and_per_token_losses():
+    hidden, weight, bias, target = head(n=24)
+    loss = pf.linear_loss(hidden.reshape(4, 6, H), weight, target.reshape(4, 6), head_bias=bias, reduction="none")
+    assert loss.shape == (4, 6)
+    torch.testing.assert_close(loss.reshape(-1), pf.cross_entropy(torch.addmm(bias, hidden, weight.T), target,
+                                                                  reduction="none"))
+
+
+def test_bf16_inputs_compute_the_loss_in_fp32():
+    hidden, weight, bias, target = head(seed=5)
+    got = loss_and_grads(fused("focal_loss", target, chunk_size=8), *(t.bfloat16() for t in (hidden, weight, bias)))
+    want = loss_and_grads(unfused("focal_loss", target),
+                          *(t.bfloat16().float() for t in (hidden, weight, bias)))
+    assert got[0].dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got[1:])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.float(), b, rtol=2e-2, atol=2e-2)
+
+
+def test_module_equals_the_function_and_keeps_tensor_options_as_buffers():
+    hidden, weight, bias, target = head(seed=6)
+    alpha = torch.rand(V)
+    module = pf.LinearLoss(loss="focal_loss", gamma=1.5, alpha=alpha, chunk_size=4)
+    assert "alpha" in dict(module.named_buffers())
+    torch.testing.assert_close(module(hidden, weight, target, head_bias=bias),
+                               pf.focal_loss(torch.addmm(bias, hidden, weight.T), target, gamma=1.5, alpha=alpha))
+    assert "focal_loss" in repr(module)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"loss": "binary_cross_entropy"}, ValueError, "`loss` must name a softmax-family loss"),
+    ({"loss": "focall"}, ValueError, "`loss` names an unknown loss 'focall'; did you mean"),
+    ({"chunk_size": 0}, ValueError, "`chunk_size` must be >= 1"),
+    ({"softcap": 0.0}, ValueError, "`softcap`"),
+    ({"z_loss": -1.0}, ValueError, "`z_loss`"),
+    ({"reduction": "avg"}, ValueError, "`reduction` must be one of"),
+    ({"head_bias": torch.zeros(3)}, ValueError, "`head_bias` must be None or a \\(37,\\) tensor"),
+    ({"gamma": -1.0, "loss": "focal"}, ValueError, "`gamma`"),
+])
+def test_bad_input_names_the_argument(kwargs, error, match):
+    hidden, weight, _, target = head()
+    with pytest.raises(error, match=match):
+        pf.linear_loss(hidden, weight, target, **kwargs)
+
+
+def test_bad_shapes_name_the_argument():
+    hidden, weight, _, target = head()
+    with pytest.raises(ValueError, match="`head_weight` must have shape \\(V, H\\) with H = 12"):
+        pf.linear_loss(hidden, weight[:, :5], target)
+    with pytest.raises(ValueError, match="`target` must have shape \\(29,\\)"):
+        pf.linear_loss(hidden, weight, target[:5])
+    with pytest.raises(TypeError, match="`target` must be a tensor of class indices"):
+        pf.linear_loss(hidden, weight, target.float())
+    with pytest.raises(ValueError, match="`head_weight` must have hidden's dtype"):
+        pf.linear_loss(hidden, weight.double(), target)
+
+
+def test_second_derivatives_are_a_clear_error():
+    hidden, weight, bias, target = head()
+    h = hidden.clone().requires_grad_()
+    loss = pf.linear_loss(h, weight, target)
+    with pytest.raises(RuntimeError, match="no second derivatives"):
+        torch.autograd.grad(loss, h, create_graph=True)
+
+
+@pytest.mark.skipif(not _triton.available(), reason="triton is not installed")
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_triton_row_kernels_on_each_chunk(reduction):
+    """backend="triton" runs each chunk on the Triton row kernels (the interpreter on CPU)."""
+    hidden, weight, bias, target = head(seed=7)
+    upstream = torch.randn(N) if reduction == "none" else None
+    want = loss_and_grads(unfused("focal_loss", target, reduction=reduction), hidden, weight, bias, upstream)
+    got = loss_and_grads(fused("focal_loss", target, reduction=reduction, chunk_size=8, backend="triton"),
+                         hidden, weight, bias, upstream)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+VOCAB_WORKER = Path(__file__).with_name("_vocab_parallel_worker.py")
+PARALLEL_CASES = [("cross_entropy", {}, "mean"), ("focal_loss", {"gamma": 2.0, "alpha": torch.rand(V)}, "mean"),
+                  ("poly1_cross_entropy", {"epsilon": 1.0, "weight": torch.rand(V) + 0.5}, "sum"),
+                  ("dft_cross_entropy", {}, "none"), ("soft_truncated_loss", {"k": 2.0}, "none")]
+
+
+@pytest.mark.slow
+@needs_gloo
+def test_vocab_parallel_over_two_ranks_equals_one_process(tmp_path):
+    hidden, weight, bias, target = head(seed=8)
+    upstream = torch.randn(N)
+    data = {"hidden": hidden, "weight": weight, "bias": bias, "target": target, "upstream": upstream,
+            "split": 15, "cases": PARALLEL_CASES}
+    ranks = run_ranks(VOCAB_WORKER, data, tmp_path)
+    for case, (name, kwargs, reduction) in enumerate(PARALLEL_CASES):
+        want = loss_and_grads(fused(name, target, reduction=reduction, **kwargs), hidden, weight, bias,
+                              upstream if reduction == "none" else None)
+        for r in ranks:
+            torch.testing.assert_close(r[case][0], want[0], rtol=2e-5, atol=2e-6)
+            torch.testing.assert_close(r[case][1], want[1], rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(torch.cat([r[case][2] for r in ranks]), want[2], rtol=2e-5, atol=2e-6)
+        torch.testing.assert_close(torch.cat([r[case][3] for r in ranks]), want[3], rtol=2e-5, atol=2e-6)
+
+
+def test_vocab_parallel_refuses_label_smoothing_and_a_shard_outside_the_vocabulary():
+    from polyfocal.vocab_parallel import vocab_parallel_linear_loss
+
+    hidden, weight, _, target = head()
+    with pytest.raises(ValueError, match="`label_smoothing` needs every class's probability"):
+        vocab_parallel_linear_loss(hidden, weight, target, vocab_start=0, num_classes=V, label_smoothing=0.1)
+    with pytest.raises(ValueError, match="must lie within `num_classes` = 40"):
+        vocab_parallel_linear_loss(hidden, weight, target, vocab_start=10, num_classes=40)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_scaled_and_a_repeated_backward_take_the_same_gradients(reduction):
+    """The forward pass's gradients are handed out once, scaled in place; a second backward through
+    the same graph (retain_graph) recomputes them, so .grad accumulates exactly twice."""
+    hidden, weight, bias, target = head(seed=9)
+    inputs = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    loss = pf.linear_loss(inputs[0], inputs[1], target, head_bias=inputs[2], loss="focal", chunk_size=6,
+                          reduction=reduction)
+    (3 * loss).backward(retain_graph=True)
+    (3 * loss).backward()
+    want = loss_and_grads(unfused("focal_loss", target, reduction=reduction), hidden, weight, bias)
+    for got, expected in zip(inputs, want[1:]):
+        torch.testing.assert_close(got.grad, 6 * expected, rtol=2e-5, atol=2e-6)
