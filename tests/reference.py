@@ -83,6 +83,20 @@ def dft(p):
     return -p.detach() * torch.log(p)
 
 
+def inverse_focal(p, gamma):
+    """Wang et al. (NeurIPS 2021): ``-(1 + p)^gamma log p``."""
+    return -((1 + p) ** gamma) * torch.log(p)
+
+
+def sample_dependent_focal(p, gamma_schedule):
+    """Mukhoti et al. (NeurIPS 2020): focal loss whose gamma is gamma_i for p in [bound_(i-1), bound_i),
+    a constant on each step."""
+    gamma = torch.full_like(p, gamma_schedule[-1][1])
+    for bound, value in reversed(gamma_schedule[:-1]):
+        gamma = torch.where(p.detach() < bound, torch.full_like(p, value), gamma)
+    return -((1 - p) ** gamma) * torch.log(p)
+
+
 SOFTMAX = {
     "cross_entropy": (ce, {}),
     "focal_loss": (focal, {"gamma": 2.0}),
@@ -93,6 +107,8 @@ SOFTMAX = {
     "soft_truncated_loss": (su_soft, {"k": 3.0}),
     "hard_truncated_loss": (su_hard, {"margin": 0.4}),
     "dft_cross_entropy": (dft, {}),
+    "inverse_focal_loss": (inverse_focal, {"gamma": 1.5}),
+    "sample_dependent_focal_loss": (sample_dependent_focal, {"gamma_schedule": ((0.3, 4.0), (0.7, 2.0), (1.0, 0.5))}),
 }
 
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from polyfocal.cli import main
 
@@ -20,6 +21,8 @@ def place(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("not a directory")
     (tmp_path / "empty.csv").write_text("")
     (tmp_path / "notnpz.npz").write_text("not an archive")
+    torch.save({"logits": torch.randn(4, 3)}, tmp_path / "nolabels.pt")
+    torch.save({"logits": torch.randn(4, 3), "labels": torch.tensor([0, 1, 5, 2])}, tmp_path / "badlabels.pt")
     image = pytest.importorskip("PIL.Image")
     for label in ("cat", "dog"):
         (tmp_path / "images" / label).mkdir(parents=True)
@@ -48,6 +51,10 @@ MISTAKES = [
     (["explain", "curves", "--out", "afile"], "--out: expected a directory"),
     (["explain", "truncation", "--delta", "-0.1"], "--delta: expected a number > 0"),
     (["explain", "density", "--bins", "0"], "--bins"),
+    (["explain", "calibration", "--overconfidence", "0.5"], "--overconfidence: expected a number >= 1"),
+    (["explain", "calibration", "--predictions", "notnpz.npz"], "--predictions 'notnpz.npz': cannot read it"),
+    (["explain", "calibration", "--predictions", "nolabels.pt"], "must hold a dict with 'logits' (N, C) and 'labels'"),
+    (["explain", "calibration", "--predictions", "badlabels.pt"], "`labels` must lie in [0, 2]"),
     (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:1", "--trials", "0"], "--trials"),
     (["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:1", "--out", "afile"], "--out"),
     (["reproduce", "--out", "afile"], "--out: expected a directory"),

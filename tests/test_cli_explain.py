@@ -103,3 +103,23 @@ def test_python_dash_m(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "smallest N found numerically" in result.stdout
     assert _pngs(tmp_path) == ["truncation.png"]
+
+
+def test_calibration_on_synthetic_and_on_given_predictions(tmp_path, capsys):
+    pytest.importorskip("torchmetrics")
+    import torch
+
+    assert main(["explain", "calibration", "--n", "4000", "--out", str(tmp_path / "demo")]) == 0
+    assert _pngs(tmp_path / "demo") == ["calibration_losses.png", "reliability.png"]
+    out = capsys.readouterr().out
+    fitted = float(out.split("temperature fitted on the even rows: ")[1].split(";")[0])
+    assert 2.0 < fitted < 3.0  # the synthetic logits are over-confident by 2.5
+    rows = {line.split()[0]: [float(v) for v in line.split()[-6:]] for line in out.splitlines()
+            if line.strip().startswith(("as", "temperature "))}
+    assert rows["temperature"][0] < rows["as"][0] / 2  # ECE falls after temperature scaling
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 4, generator=g)
+    torch.save({"logits": logits, "labels": logits.argmax(1)}, tmp_path / "mine.pt")
+    assert main(["explain", "calibration", "--predictions", str(tmp_path / "mine.pt"), "--bins", "10",
+                 "--out", str(tmp_path / "mine")]) == 0
+    assert "mine.pt; temperature fitted" in capsys.readouterr().out

@@ -136,7 +136,7 @@ def test_compare_digits_lt(tmp_path, capsys):
     argv = ["compare", "--task", "digits-lt", "--losses", "ce,poly1:epsilon=2", "--seeds", "2", "--epochs", "2",
             "--imbalance", "10", "--quiet", "--out", str(tmp_path)]
     assert main(argv) == 0
-    results = _check_outputs(tmp_path, 4, ["balanced_accuracy", "accuracy", "macro_f1", "ece"])
+    results = _check_outputs(tmp_path, 4, ["balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"])
     assert results["config"]["task_options"]["imbalance"] == 10
     counts = results["task"]["train_class_counts"]
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)
@@ -213,7 +213,7 @@ def test_user_npz_multiclass(tmp_path):
     task = ex.load_data(str(tmp_path / "d.npz"))
     assert task.kind == "multiclass" and task.num_classes == 3
     results = ex.compare(task, ex.parse_losses("ce,focal"), seeds=[0], epochs=2)
-    assert set(results["runs"][0]["metrics"]) == {"balanced_accuracy", "accuracy", "macro_f1", "ece"}
+    assert set(results["runs"][0]["metrics"]) == {"balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"}
 
 
 def _image_folder(root, per_class=12):
@@ -242,7 +242,7 @@ def test_user_image_folder(tmp_path, capsys):
     argv = ["compare", "--data", str(folder), "--image-size", "8", "--losses", "ce,focal", "--seeds", "1",
             "--epochs", "20", "--quiet", "--out", str(out)]
     assert main(argv) == 0
-    results = _check_outputs(out, 2, ["balanced_accuracy", "accuracy", "macro_f1", "ece"])
+    results = _check_outputs(out, 2, ["balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"])
     assert all(run["metrics"]["accuracy"] > 0.8 for run in results["runs"])  # chance is 1/3
 
 
@@ -327,7 +327,7 @@ def test_compare_figure_is_a_readable_grid_of_dots_that_keeps_a_collapsed_seed_i
     pytest.importorskip("matplotlib")
     from polyfocal.experiments.report import compare_figure, summarize
 
-    metrics = ["balanced_accuracy", "accuracy", "macro_f1", "ece"]
+    metrics = ["balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"]
     runs = []
     for loss, level in (("ce", 0.90), ("focal", 0.91), ("poly1", 0.88)):
         for seed in range(3):

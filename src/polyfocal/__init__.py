@@ -10,7 +10,7 @@ read from those declarations.
 
 # the families first, in the order their losses are listed (the declarations' order)
 from . import softmax, sigmoid, gfl, ghm  # noqa: I001
-from . import modules, registry
+from . import calibration, modules, registry
 from ._backend import get_backend, set_backend, use_backend
 from ._errors import InputError, InputTypeError, InputValueError
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)

@@ -98,10 +98,21 @@ class Declaration:
 DECLARED: dict[str, Declaration] = {}
 
 
+def _shared(hyperparameter) -> str:
+    """A hyperparameter's name; a new one (a :class:`Hyperparameter`) joins :data:`HYPERPARAMETERS`."""
+    if isinstance(hyperparameter, str):
+        return hyperparameter
+    if HYPERPARAMETERS.setdefault(hyperparameter.name, hyperparameter) != hyperparameter:
+        raise ValueError(f"hyperparameter {hyperparameter.name!r} is already declared with another meaning")
+    return hyperparameter.name
+
+
 def declare(family: str, module: str, *, aliases=(), hyperparameters=(), series=None, curve=None):
-    """Declare the decorated public loss function (see :class:`Declaration`); fills its docstring."""
+    """Declare the decorated public loss function (see :class:`Declaration`); fills its docstring.
+    ``hyperparameters`` are names from :data:`HYPERPARAMETERS`, or new :class:`Hyperparameter` s."""
     if family not in FAMILIES:
         raise ValueError(f"`family` must be one of {FAMILIES}; got {family!r}")
+    hyperparameters = tuple(_shared(h) for h in hyperparameters)
 
     def record(function: Callable) -> Callable:
         keywords = inspect.signature(function).parameters

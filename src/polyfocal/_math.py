@@ -93,11 +93,42 @@ def probability_weighted_slope(prob: Probability) -> Tensor:
     return prob.p.detach() * -prob.one_minus_p
 
 
+def inverse_focal(prob: Probability, *, gamma: float) -> Tensor:
+    """Inverse focal loss ``-(1 + p)^gamma log p`` (Wang et al., NeurIPS 2021): a modulator that
+    grows with ``p``, against under-confidence."""
+    return torch.exp(gamma * torch.log1p(prob.p)) * -prob.logp
+
+
+def inverse_focal_slope(prob: Probability, *, gamma: float) -> Tensor:
+    """:func:`inverse_focal`'s derivative in the margin ``z``: ``(1+p)^gamma (1-p) (gamma p (-log p) / (1+p) - 1)``."""
+    modulator = torch.exp(gamma * torch.log1p(prob.p))
+    return modulator * prob.one_minus_p * (gamma * prob.p * -prob.logp / (1 + prob.p) - 1)
+
+
+def scheduled_gamma(p: Tensor, bounds: Sequence, gammas: Sequence) -> Tensor:
+    """A step function of ``p``: ``gammas[i]`` where ``p < bounds[i]`` first holds (the last for the rest)."""
+    gamma = torch.zeros_like(p) + gammas[-1]
+    for bound, value in reversed(list(zip(bounds[:-1], gammas[:-1]))):
+        gamma = torch.where(p < bound, value, gamma)
+    return gamma
+
+
+def sample_dependent_focal(prob: Probability, *, bounds: Sequence, gammas: Sequence) -> Tensor:
+    """Focal loss with gamma a step function of ``p`` (Mukhoti et al., NeurIPS 2020: FLSD-53 is gamma = 5
+    below p = 0.2, 3 above); gamma is constant on each step, so it has no derivative of its own."""
+    return poly_series(prob, gamma=scheduled_gamma(prob.p, bounds, gammas))
+
+
+def sample_dependent_focal_slope(prob: Probability, *, bounds: Sequence, gammas: Sequence) -> Tensor:
+    return poly_series_slope(prob, gamma=scheduled_gamma(prob.p, bounds, gammas))
+
+
 #: written-out derivatives in the margin ``z`` of the functions of p_t, for the eager row engine
 #: (``_fused.log_slope`` takes the same derivative by autograd; the tests hold them equal)
 SLOPES: dict[Callable, Callable] = {poly_series: poly_series_slope, soft_truncation: soft_truncation_slope,
                                     hard_truncation: hard_truncation_slope,
-                                    probability_weighted: probability_weighted_slope}
+                                    probability_weighted: probability_weighted_slope, inverse_focal: inverse_focal_slope,
+                                    sample_dependent_focal: sample_dependent_focal_slope}
 
 
 # --- functions of (p, target) with p = sigmoid(logit) (sigmoid family) ----------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import pickle
 import sys
 from typing import Callable, Sequence
 
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 from . import __version__, analysis
-from ._arguments import Parser, fail, innermost, non_negative_int, output_directory, positive_float, positive_int
+from ._arguments import (Parser, at_least_one, fail, innermost, non_negative_int, output_directory, positive_float,
+                         positive_int)
 from ._backend import use_backend
 from ._errors import InputError, InputValueError
 from .registry import get_loss_function, loss_hyperparameters
@@ -190,6 +192,52 @@ def _explain_density(args) -> int:
     return 0
 
 
+def _calibration_predictions(args) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)``: the ``--predictions`` file's, or synthetic ones drawn at a temperature of
+    ``--overconfidence`` (so the logits themselves are over-confident by that factor)."""
+    if args.predictions is None:
+        gen = torch.Generator().manual_seed(args.seed)
+        logits = torch.randn(args.n, 10, generator=gen, dtype=torch.float64) * 3
+        labels = torch.multinomial(torch.softmax(logits / args.overconfidence, 1), 1, generator=gen).squeeze(1)
+        return logits, labels
+    try:
+        data = torch.load(args.predictions, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise CommandError(f"--predictions {args.predictions!r}: cannot read it as a torch file ({first.strip()})") from None
+    if not isinstance(data, dict) or not {"logits", "labels"} <= set(data):
+        raise CommandError(f"--predictions {args.predictions!r} must hold a dict with 'logits' (N, C) and 'labels' (N,)")
+    return data["logits"], data["labels"]
+
+
+def _explain_calibration(args) -> int:
+    try:
+        from . import calibration  # noqa: PLC0415
+        calibration._torchmetrics()
+    except ImportError as error:
+        raise CommandError(str(error)) from None
+    logits, labels = _calibration_predictions(args)
+    temperature = calibration.fit_temperature(logits[0::2], labels[0::2])
+    test_logits, test_labels = logits[1::2].double(), labels[1::2]
+    reports = {name: calibration.calibration_report(test_logits, test_labels, temperature=t, bins=args.bins)
+               for name, t in (("as predicted", 1.0), (f"temperature {temperature:.2f}", temperature))}
+    plots = _plots()
+    written = [_path(args, "reliability.png"), _path(args, "calibration_losses.png")]
+    plots.plot_reliability({name: (torch.softmax(test_logits / r.temperature, 1), test_labels)
+                            for name, r in reports.items()}, bins=args.bins, path=written[0])
+    plots.plot_loss_curves(["cross_entropy", "focal_loss", "sample_dependent_focal_loss", "inverse_focal_loss"],
+                           path=written[1])
+    source = args.predictions or f"synthetic: {args.n} examples, logits over-confident by {args.overconfidence:g}"
+    print(f"{source}; temperature fitted on the even rows: {temperature:.3f}; metrics on the odd rows:")
+    print("  " + "".join(f"{k:>14}" for k in ("", "ece", "adaptive_ece", "classwise_ece", "mce", "nll", "brier")))
+    for name, r in reports.items():
+        values = (r.ece, r.adaptive_ece, r.classwise_ece, r.mce, r.nll, r.brier)
+        print("  " + f"{name[:14]:>14}" + "".join(f"{v:>14.4f}" for v in values))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def _train_share(name: str, params: dict, steps: int, seed: int) -> analysis.GradientShareTracker:
     """A linear classifier on Gaussian blobs trained with ``name``; the first-term share per step."""
     gen = torch.Generator().manual_seed(seed)
@@ -283,6 +331,20 @@ def _add_explain(commands) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0)
     _add_out(p)
     p.set_defaults(handler=_explain_density)
+    _add_explain_calibration(topics)
+
+
+def _add_explain_calibration(topics) -> None:
+    p = topics.add_parser("calibration", help="reliability before/after temperature scaling; calibration losses")
+    p.add_argument("--predictions", default=None,
+                   help="a torch file holding {'logits': (N, C), 'labels': (N,)} (default: a synthetic demo)")
+    p.add_argument("--n", type=positive_int, default=20_000, help="synthetic examples (default 20000)")
+    p.add_argument("--overconfidence", type=at_least_one, default=2.5,
+                   help="synthetic logits' over-confidence: the temperature their labels were drawn at (default 2.5)")
+    p.add_argument("--bins", type=positive_int, default=15, help="equal-width confidence bins (default 15)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    _add_out(p)
+    p.set_defaults(handler=_explain_calibration)
 
 
 def _add_compare(commands) -> None:

@@ -361,3 +361,39 @@ def plot_gradient_density(histogram: analysis.GradientNormHistogram, *, path=Non
     ax_g.set_title("Gradient norm contributed per bin")
     fig.suptitle("GHM: weights 1 / density, so every occupied region of g gets the same total weight")
     return _finish(fig, path)
+
+
+# --- calibration: reliability diagrams ---------------------------------------------------------------
+
+def plot_reliability(panels: Mapping[str, tuple], *, bins: int = 15, path=None) -> Figure:
+    """Reliability diagrams (accuracy against confidence per bin, with the gap to the diagonal) over
+    confidence histograms, one column per set of predictions.
+
+    Args:
+        panels: title -> ``(probs (N, C), labels (N,))``, e.g. ``{"before": ..., "after temperature scaling": ...}``.
+        bins: equal-width bins of the top probability.
+        path: where to save the PNG (None: do not save).
+    """
+    from . import calibration  # noqa: PLC0415 (torchmetrics loads with it)
+
+    fig = Figure(figsize=(4.6 * len(panels), 6.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, len(panels), squeeze=False, height_ratios=(3, 1))
+    for column, (title, (probs, labels)) in enumerate(panels.items()):
+        r = calibration.reliability(probs, labels, bins=bins)
+        ece = calibration.expected_calibration_error(probs, labels, bins=bins)
+        centers, width = (r.edges[:-1] + r.edges[1:]) / 2, r.edges[1] - r.edges[0]
+        top, bottom = axes[0][column], axes[1][column]
+        top.bar(centers, np.nan_to_num(r.accuracy), width=width * 0.95, color="C0", label="accuracy")
+        low = np.nan_to_num(np.minimum(r.confidence, r.accuracy))
+        top.bar(centers, np.nan_to_num(np.abs(r.confidence - r.accuracy)), bottom=low, width=width * 0.95,
+                color="C3", alpha=0.35, label="gap to confidence")
+        top.plot([0, 1], [0, 1], color="0.3", lw=1, ls="--", label="calibrated")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=f"{title}: ECE {ece:.3f}")
+        top.legend(fontsize="small", loc="upper left")
+        bottom.bar(centers, r.counts / max(r.counts.sum(), 1), width=width * 0.95, color="0.5")
+        bottom.set(xlim=(0, 1), xlabel="confidence (top probability)", ylabel="share")
+        for ax in (top, bottom):
+            _grid(ax)
+    fig.suptitle("Reliability: how often the top class is right, against how sure the model is")
+    return _finish(fig, path)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Sequence
 
 from torch import Tensor
 
 from . import _checks, _math
-from ._declare import declare, public_names
+from ._declare import Hyperparameter, declare, public_names
 from ._errors import InputValueError
 from ._softmax_engine import softmax_loss
 
@@ -268,6 +269,84 @@ def dft_cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_ind
     """
     return softmax_loss(_math.probability_weighted, {}, logits, target, weight=weight,
                         ignore_index=ignore_index, label_smoothing=label_smoothing,
+                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
+
+
+
+@declare("softmax", "InverseFocalLoss", aliases=("inverse_focal",), hyperparameters=("gamma",))
+def inverse_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 1.0, weight=None,
+                       ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+                       normalizer=None, validate: bool | None = None, backend: str | None = None) -> Tensor:
+    """Inverse focal loss ``-(1 + p_t)^gamma log p_t`` (Wang et al., NeurIPS 2021, "Rethinking
+    Calibration of Deep Neural Networks: Do Not Be Afraid of Overconfidence").
+
+    The modulator grows with ``p_t``: confident examples keep more of their gradient than under
+    cross-entropy, the opposite of focal loss, for models that come out under-confident
+    (AdaFocal switches to this form in such confidence bins).
+
+    Args:
+        gamma: >= 0; 0 gives cross-entropy.
+        {softmax_args}
+
+    {returns}
+    """
+    gamma = _checks.number(gamma, "gamma", low=0.0)
+    return softmax_loss(_math.inverse_focal, dict(gamma=gamma), logits, target, weight=weight,
+                        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                        normalizer=normalizer, validate=validate, backend=backend)
+
+
+#: FLSD-53 (Mukhoti et al. 2020): gamma = 5 while p_t < 0.2, then 3
+FLSD_53 = ((0.2, 5.0), (1.0, 3.0))
+
+
+def _schedule(text: str) -> tuple:
+    """``0.2:5,1:3`` as ``((0.2, 5.0), (1.0, 3.0))`` (the command line's ``--gamma-schedule``)."""
+    try:
+        return tuple(tuple(float(v) for v in pair.split(":")) for pair in text.split(",") if pair.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BOUND:GAMMA pairs, e.g. 0.2:5,1:3; got {text!r}") from None
+
+
+GAMMA_SCHEDULE = Hyperparameter("gamma_schedule", "sample-dependent focal loss's steps, BOUND:GAMMA pairs (FLSD-53: "
+                                "0.2:5,1:3)", parse=_schedule, flag="--gamma-schedule")
+
+
+def check_schedule(schedule, name: str = "gamma_schedule") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``((bound, gamma), ...)`` as ``(bounds, gammas)``: bounds increasing in (0, 1], the last 1, gammas >= 0."""
+    try:
+        pairs = [(float(bound), float(gamma)) for bound, gamma in schedule]
+    except (TypeError, ValueError):
+        raise InputValueError(f"`{name}` must be a sequence of (bound, gamma) pairs, e.g. {FLSD_53}; "
+                              f"got {schedule!r}") from None
+    bounds = tuple(_checks.number(b, f"{name}'s bound", low=0.0, high=1.0, low_open=True) for b, _ in pairs)
+    gammas = tuple(_checks.number(g, f"{name}'s gamma", low=0.0) for _, g in pairs)
+    if not bounds or any(b >= c for b, c in zip(bounds, bounds[1:])) or bounds[-1] != 1.0:
+        raise InputValueError(f"`{name}`'s bounds must increase in p_t and end at 1.0; got {bounds}")
+    return bounds, gammas
+
+
+@declare("softmax", "SampleDependentFocalLoss", aliases=("flsd",), hyperparameters=(GAMMA_SCHEDULE,))
+def sample_dependent_focal_loss(logits: Tensor, target: Tensor, *, gamma_schedule=FLSD_53, weight=None,
+                                ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+                                normalizer=None, validate: bool | None = None, backend: str | None = None) -> Tensor:
+    """Sample-dependent focal loss ``-(1 - p_t)^gamma(p_t) log p_t`` (Mukhoti et al., NeurIPS 2020,
+    arXiv:2002.09437, "Calibrating Deep Neural Networks using Focal Loss").
+
+    ``gamma`` is a step function of the example's own ``p_t`` (held constant on each step, as in the
+    paper): FLSD-53, the default, takes gamma = 5 while ``p_t < 0.2`` and 3 above, for better
+    calibrated probabilities than cross-entropy at equal accuracy.
+
+    Args:
+        gamma_schedule: ``((bound_1, gamma_1), ..., (1.0, gamma_K))``: ``gamma_i`` for ``p_t`` below
+            ``bound_i`` (and at or above the previous bound); bounds increasing, the last 1.0, gammas >= 0.
+        {softmax_args}
+
+    {returns}
+    """
+    bounds, gammas = check_schedule(gamma_schedule)
+    return softmax_loss(_math.sample_dependent_focal, dict(bounds=bounds, gammas=gammas), logits, target,
+                        weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 

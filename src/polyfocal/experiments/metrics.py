@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .._errors import InputValueError
 
@@ -84,6 +86,21 @@ def expected_calibration_error(probs, y_true, n_bins: int = 15) -> float:
     return float(ece)
 
 
+def calibration_metrics(logits, labels) -> dict[str, float]:
+    """``nll`` of the test logits (``F.cross_entropy`` on them: exact where a probability underflows), and ``ece_ts``: the ECE after temperature scaling, the temperature
+    fitted (:func:`polyfocal.calibration.fit_temperature`) on the even test rows and the ECE measured on
+    the odd ones, so the temperature never sees the examples it is judged on."""
+    from .. import calibration  # noqa: PLC0415 (torchmetrics loads with it)
+
+    logits, labels = torch.as_tensor(logits).double(), torch.as_tensor(labels).long()
+    nll = float(F.cross_entropy(logits, labels)) if len(labels) else math.nan
+    if len(labels) < 2:
+        return {"ece_ts": math.nan, "nll": nll}
+    temperature = calibration.fit_temperature(logits[0::2], labels[0::2])
+    scaled = torch.softmax(logits[1::2] / temperature, 1)
+    return {"ece_ts": calibration.expected_calibration_error(scaled, labels[1::2]), "nll": nll}
+
+
 def average_precision(y_true, scores) -> float:
     """Area under the step precision-recall curve, ``sum_n (R_n - R_(n-1)) P_n``.
 
@@ -144,7 +161,7 @@ def t_quantile(df: int) -> float:
 
 
 #: where each metric lives; an interval is clipped to it (a t-interval knows no bounds)
-METRIC_RANGES = {"loc_error": (0.0, math.inf)}
+METRIC_RANGES = {"loc_error": (0.0, math.inf), "nll": (0.0, math.inf)}
 UNIT_RANGE = (0.0, 1.0)  # every other metric: accuracies, F1, AP, AUC, mAP, ECE, gradient shares
 
 

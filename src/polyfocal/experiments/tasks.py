@@ -30,14 +30,14 @@ __all__ = ["Task", "TASKS", "make_task", "load_data"]
 
 #: metrics reported for each kind of task; the first is the headline one
 METRICS = {
-    "multiclass": ("balanced_accuracy", "accuracy", "macro_f1", "ece"),
+    "multiclass": ("balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"),
     "binary": ("average_precision", "roc_auc"),
     "dense": ("map",),
 }
 #: metrics of dense runs that also regress boxes (:mod:`.boxes`)
 BOX_METRICS = ("map_box", "map", "loc_error")
 #: metrics where lower is better
-LOWER_IS_BETTER = ("ece", "loc_error")
+LOWER_IS_BETTER = ("ece", "ece_ts", "nll", "loc_error")
 
 
 @dataclass
@@ -130,7 +130,7 @@ class Task:
             pred = probs.argmax(1)
             return {"balanced_accuracy": M.balanced_accuracy(y, pred), "accuracy": M.accuracy(y, pred),
                     "macro_f1": M.macro_f1(y, pred, labels=range(self.num_classes)),
-                    "ece": M.expected_calibration_error(probs, y, 15)}
+                    "ece": M.expected_calibration_error(probs, y, 15), **M.calibration_metrics(logits, self.y_test)}
         if self.kind == "binary":
             score = torch.sigmoid(logits[:, 0]) if family == "sigmoid" else torch.softmax(logits, 1)[:, 1]
             score = score.numpy()
