@@ -98,6 +98,9 @@ def test_report_files(tiny_report):
     assert set(results["findings"]) == set(R.FINDINGS)
     gfl = results["findings"]["qfl_dfl"]
     assert gfl["metric"] == "map_box" and R._word(gfl["verdict"]) in ("reproduced", "not reproduced", "inconclusive")
+    calibration = results["findings"]["calibration"]
+    assert [d["metric"] for d in calibration["differences"]] == ["ece", "ece_ts", "accuracy"]
+    assert all(R._word(v) in ("reproduced", "not reproduced", "inconclusive") for v in calibration["verdicts"].values())
     assert {r["loss"] for r in gfl["results"]["runs"]} == {"sigmoid_focal+l1", "qfl+dfl", "qfl+l1", "sigmoid_focal+dfl"}
     assert [d["metric"] for d in gfl["differences"]] == ["map_box"] * 3 + ["loc_error", "map"]
     assert results["findings"]["poly1_focal"]["notes"]  # epsilon = -1 with alpha = 0.25 is not monotone

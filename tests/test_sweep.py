@@ -160,6 +160,20 @@ def test_two_workers_share_one_study(tmp_path):
         assert len(json.loads((tmp_path / f"o{i}" / "results.json").read_text())["trials"]) == 6
 
 
+@pytest.mark.parametrize("objective", ["ece", "accuracy:1,ece:-2"])
+def test_a_sweep_can_optimise_a_calibration_metric_or_a_weighted_objective(tmp_path, capsys, objective):
+    out = tmp_path / "out"
+    assert main(_argv(tmp_path / "c.db", "--objective", objective, "--out", str(out), trials=2)) == 0
+    results = json.loads((out / "results.json").read_text())
+    weights = {"ece": {"ece": 1.0}, "accuracy:1,ece:-2": {"accuracy": 1.0, "ece": -2.0}}[objective]
+    for trial in results["trials"]:
+        assert trial["value"] == pytest.approx(sum(w * trial["metrics"][m] for m, w in weights.items()))
+    pick = min if objective == "ece" else max
+    assert results["direction"] == ("minimize" if objective == "ece" else "maximize")
+    assert results["best"]["value"] == pick(t["value"] for t in results["trials"])
+    assert results["primary"] == ("ece" if objective == "ece" else "1*accuracy-2*ece")
+
+
 @pytest.mark.parametrize("param", ["epsilon", "epsilon=", "epsilon=4:1", "epsilon=a:b", "epsilon=1:2:3",
                                    "=1:2", "gamma=1,1"])
 def test_bad_param_syntax_exits_2(tmp_path, capsys, param):
@@ -174,6 +188,8 @@ def test_bad_param_syntax_exits_2(tmp_path, capsys, param):
     (["--param", "gamma=0:2"], "`--param`"),               # poly1 has no gamma
     (["--param", "epsilon=-1:4", "--param", "epsilon=0,1"], "`--param`"),
     (["--param", "epsilon=-1:4", "--trials", "0"], "argument --trials: expected a whole number >= 1"),
+    (["--param", "epsilon=-1:4", "--objective", "map"], "`--objective` names 'map', not a metric of this task"),
+    (["--param", "epsilon=-1:4", "--objective", "ece:x"], "argument --objective: expected METRIC or METRIC:WEIGHT"),
 ])
 def test_bad_values_exit_2(tmp_path, capsys, argv, named):
     full = ["sweep", "--task", "digits-lt", "--loss", "poly1", *argv, "--storage", f"sqlite:///{tmp_path / 'b.db'}"]

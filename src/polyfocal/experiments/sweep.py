@@ -23,6 +23,7 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
 from .train import LossSpec, check_compatible, parse_losses, parse_value, train_run, versions
 
-__all__ = ["add_sweep", "parse_param", "SearchParam"]
+__all__ = ["add_sweep", "parse_param", "SearchParam", "parse_objective", "Objective"]
 
 
 class SearchParam:
@@ -58,6 +59,48 @@ class SearchParam:
         if self.choices is not None:
             return {"name": self.name, "choices": list(self.choices)}
         return {"name": self.name, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a trial scores: one metric (its own direction), or a weighted sum of metrics (maximised)."""
+
+    terms: tuple[tuple[str, float], ...]
+
+    @property
+    def label(self) -> str:
+        if len(self.terms) == 1 and self.terms[0][1] == 1.0:
+            return self.terms[0][0]
+        return "".join(f"{'+' if w >= 0 and i else ''}{w:g}*{m}" for i, (m, w) in enumerate(self.terms))
+
+    def direction(self) -> str:
+        single = len(self.terms) == 1 and self.terms[0][1] == 1.0
+        return "minimize" if single and self.terms[0][0] in LOWER_IS_BETTER else "maximize"
+
+    def value(self, metrics: dict) -> float:
+        return float(sum(w * metrics[m] for m, w in self.terms))
+
+    def check(self, task) -> None:
+        unknown = [m for m, _ in self.terms if m not in task.metrics]
+        if unknown:
+            raise InputValueError(f"`--objective` names {', '.join(map(repr, unknown))}, not a metric of this task; "
+                                  f"its metrics: {', '.join(task.metrics)}")
+
+
+def parse_objective(text: str) -> Objective:
+    """``"ece"`` (one metric) or ``"accuracy:1,ece:-2"`` (a weighted sum, maximised); argparse type."""
+    terms = []
+    for part in (p.strip() for p in text.split(",")):
+        name, colon, weight = part.partition(":")
+        try:
+            value = float(weight) if colon else 1.0
+        except ValueError:
+            value = math.nan
+        if not re.fullmatch(r"[a-z_]+", name) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected METRIC or METRIC:WEIGHT,METRIC:WEIGHT (e.g. accuracy:1,ece:-2); "
+                                             f"got {text!r}")
+        terms.append((name, value))
+    return Objective(tuple(terms))
 
 
 def parse_param(text: str) -> SearchParam:
@@ -210,10 +253,10 @@ def _objective(args, task, base: LossSpec, space, total: int, storage, study_id:
         trial.set_user_attr("metrics", json_safe(metrics))
         trial.set_user_attr("per_seed", json_safe([{"seed": s, **r["metrics"]} for s, r in zip(args.seeds, runs)]))
         trial.set_user_attr("seconds", sum(r["seconds"] for r in runs))
-        value = metrics[task.primary]
+        value = args.objective.value(metrics)
         if not args.quiet:
             shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-            print(f"[trial {trial.number}] {shown}: {task.primary}={value:.4f}", file=sys.stderr, flush=True)
+            print(f"[trial {trial.number}] {shown}: {args.objective.label}={value:.4f}", file=sys.stderr, flush=True)
         return value
     return objective
 
@@ -240,14 +283,16 @@ def run_sweep(args) -> dict:
         parse_losses(text, "--param")
     task = make_task(args.task, imbalance=args.imbalance, n_train=args.n_train, seed=args.data_seed)
     check_compatible(task, [base], "--loss")
-    direction = "minimize" if task.primary in LOWER_IS_BETTER else "maximize"
+    args.objective = args.objective or Objective(((task.primary, 1.0),))
+    args.objective.check(task)
+    direction = args.objective.direction()
     if args.study is None:
         args.study = f"{args.task}:{base.label}:" + ",".join(names)
     config = {"task": args.task, "task_options": task.options, "loss": base.label,
               "space": [p.as_dict() for p in args.param], "seeds": list(args.seeds),
               "epochs": task.epochs if args.epochs is None else args.epochs,
               "batch_size": args.batch_size or task.batch_size, "lr": args.lr or task.lr,
-              "backend": args.backend, "primary": task.primary}
+              "backend": args.backend, "primary": args.objective.label}
     study, storage, study_id = _open_study(optuna, args, config, direction)
     objective = _objective(args, task, base, args.param, args.trials, storage, study_id)
     before = torch.get_num_threads()
@@ -272,7 +317,7 @@ def run_sweep(args) -> dict:
             study.optimize(objective, n_trials=1)
     finally:
         torch.set_num_threads(before)
-    return _results(study, args, config, task.primary, direction)
+    return _results(study, args, config, args.objective.label, direction)
 
 
 def _results(study, args, config: dict, primary: str, direction: str) -> dict:
@@ -394,6 +439,9 @@ def add_sweep(commands) -> None:
                    help="Optuna RDB storage URL, or journal:PATH for a journal file on a shared filesystem "
                         "(default sqlite:///polyfocal.db)")
     p.add_argument("--study", default=None, help="study name (default: TASK:LOSS:PARAMS)")
+    p.add_argument("--objective", type=parse_objective, default=None,
+                   help="what a trial scores: a metric of the task (e.g. ece, minimised) or a weighted sum "
+                        "accuracy:1,ece:-2 (maximised); default the task's first metric")
     add_training_arguments(p)
     p.add_argument("--heartbeat", type=positive_int, default=10,
                    help="seconds between a trial's heartbeats; a trial silent for 3x this is failed "
