@@ -1,7 +1,8 @@
-"""Evaluation metrics on numpy arrays, written out so that each is checkable by hand.
+"""Evaluation metrics on numpy arrays.
 
-Classification: :func:`accuracy`, :func:`balanced_accuracy`, :func:`macro_f1`,
-:func:`expected_calibration_error`. Ranking (binary): :func:`average_precision`,
+Classification: :func:`accuracy`, :func:`balanced_accuracy`, :func:`macro_f1` (written out, each
+checkable by hand). Calibration: :func:`expected_calibration_error` and :func:`calibration_metrics`,
+from :mod:`polyfocal.calibration` (torchmetrics). Ranking (binary): :func:`average_precision`,
 :func:`roc_auc`. Across seeds: :func:`t_interval`.
 
     >>> import numpy as np
@@ -65,25 +66,21 @@ def macro_f1(y_true, y_pred, labels=None) -> float:
 
 
 def expected_calibration_error(probs, y_true, n_bins: int = 15) -> float:
-    """ECE: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over equal-width bins of the top probability.
+    """ECE: ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over equal-width bins of the top probability
+    (:func:`polyfocal.calibration.expected_calibration_error`, torchmetrics' computation).
 
     Args:
         probs: ``(N, C)`` class probabilities.
         y_true: ``(N,)`` class indices.
-        n_bins: bins ``(0, 1/n], (1/n, 2/n], ...`` (default 15, as Guo et al. 2017).
+        n_bins: equal-width bins of ``[0, 1]`` (default 15, as Guo et al. 2017).
     """
+    from .. import calibration  # noqa: PLC0415 (torchmetrics loads with it)
+
     y_true, probs = _pair(y_true, probs, "probs")
     if probs.ndim != 2:
         raise InputValueError(f"`probs` must have shape (N, C); got {probs.shape}")
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.digitize(confidence, edges[1:-1], right=True)
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    return calibration.expected_calibration_error(torch.as_tensor(probs, dtype=torch.float64),
+                                                  torch.as_tensor(y_true, dtype=torch.long), bins=n_bins)
 
 
 def calibration_metrics(logits, labels) -> dict[str, float]:
