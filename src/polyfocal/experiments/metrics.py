@@ -1,9 +1,10 @@
 """Evaluation metrics on numpy arrays.
 
-Classification: :func:`accuracy`, :func:`balanced_accuracy`, :func:`macro_f1` (written out, each
-checkable by hand). Calibration: :func:`expected_calibration_error` and :func:`calibration_metrics`,
-from :mod:`polyfocal.calibration` (torchmetrics). Ranking (binary): :func:`average_precision`,
-:func:`roc_auc`. Across seeds: :func:`t_interval`.
+Classification: :func:`accuracy`, :func:`balanced_accuracy`, :func:`macro_f1` (scikit-learn).
+Calibration: :func:`expected_calibration_error` and :func:`calibration_metrics`, from
+:mod:`polyfocal.calibration` (torchmetrics). Ranking (binary): :func:`average_precision`,
+:func:`roc_auc` (scikit-learn), :func:`average_precisions` (written here: one sort for many columns).
+Across seeds: :func:`t_interval` (SciPy's Student-t quantile).
 
     >>> import numpy as np
     >>> balanced_accuracy(np.array([0, 0, 0, 1]), np.array([0, 0, 1, 1]))
@@ -13,6 +14,7 @@ from :mod:`polyfocal.calibration` (torchmetrics). Ranking (binary): :func:`avera
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -33,36 +35,36 @@ def _pair(y_true, y_other, name: str) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_other
 
 
+def _sklearn():
+    from sklearn import metrics  # noqa: PLC0415 (loaded when a metric is computed, not with the command line)
+
+    return metrics
+
+
 def accuracy(y_true, y_pred) -> float:
-    """Fraction of exact matches."""
+    """Fraction of exact matches (scikit-learn's ``accuracy_score``)."""
     y_true, y_pred = _pair(y_true, y_pred, "y_pred")
-    return float(np.mean(y_true == y_pred.ravel()))
+    return float(_sklearn().accuracy_score(y_true, y_pred.ravel()))
 
 
 def balanced_accuracy(y_true, y_pred) -> float:
-    """Mean over the classes present in ``y_true`` of each class's recall."""
+    """Mean over the classes present in ``y_true`` of each class's recall (scikit-learn's
+    ``balanced_accuracy_score``; a predicted class absent from ``y_true`` has no recall to count)."""
     y_true, y_pred = _pair(y_true, y_pred, "y_pred")
-    y_pred = y_pred.ravel()
-    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        return float(_sklearn().balanced_accuracy_score(y_true, y_pred.ravel()))
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:
-    """Unweighted mean of per-class F1 = 2 TP / (2 TP + FP + FN).
+    """Unweighted mean of per-class F1 = 2 TP / (2 TP + FP + FN) (scikit-learn's ``f1_score``, macro).
 
     ``labels`` defaults to the classes in ``y_true`` or ``y_pred``; a listed class that is
     neither predicted nor present scores 0.
     """
     y_true, y_pred = _pair(y_true, y_pred, "y_pred")
-    y_pred = y_pred.ravel()
-    labels = np.union1d(y_true, y_pred) if labels is None else np.asarray(labels)
-    scores = []
-    for c in labels:
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        denominator = 2 * tp + fp + fn
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return float(np.mean(scores))
+    labels = None if labels is None else list(labels)
+    return float(_sklearn().f1_score(y_true, y_pred.ravel(), labels=labels, average="macro", zero_division=0))
 
 
 def expected_calibration_error(probs, y_true, n_bins: int = 15) -> float:
@@ -99,17 +101,18 @@ def calibration_metrics(logits, labels) -> dict[str, float]:
 
 
 def average_precision(y_true, scores) -> float:
-    """Area under the step precision-recall curve, ``sum_n (R_n - R_(n-1)) P_n``.
-
-    Thresholds are the distinct scores (tied scores enter together). NaN when there is no
-    positive.
-    """
+    """Area under the step precision-recall curve, ``sum_n (R_n - R_(n-1)) P_n`` (scikit-learn's
+    ``average_precision_score``; tied scores enter together). NaN when there is no positive."""
     y_true, scores = _pair(y_true, scores, "scores")
-    return float(average_precisions(y_true.reshape(-1, 1), scores)[0])
+    if not (y_true > 0).any():
+        return math.nan
+    return float(_sklearn().average_precision_score(y_true > 0, scores.ravel()))
 
 
 def average_precisions(y_true, scores) -> np.ndarray:
-    """:func:`average_precision` of each column of ``y_true (n, k)`` against one ``scores (n,)``, sorted once."""
+    """:func:`average_precision` of each column of ``y_true (n, k)`` against one ``scores (n,)``, sorted once:
+    written here because ``map_box`` takes one column per IoU threshold and class, and scikit-learn would
+    sort the scores again for each (tests hold it equal to scikit-learn's)."""
     y_true, scores = np.asarray(y_true), np.asarray(scores).ravel().astype(np.float64)
     if y_true.ndim != 2 or y_true.shape[0] != scores.shape[0]:
         raise InputValueError(f"`y_true` must have shape (n, k) with n = {scores.shape[0]} like `scores`; "
@@ -128,33 +131,22 @@ def average_precisions(y_true, scores) -> np.ndarray:
 
 
 def roc_auc(y_true, scores) -> float:
-    """Area under the ROC curve: the probability that a positive outranks a negative (ties count 1/2).
-
-    Computed from average ranks (Mann-Whitney U). NaN unless both classes are present.
-    """
+    """Area under the ROC curve: the probability that a positive outranks a negative, ties counting 1/2
+    (scikit-learn's ``roc_auc_score``). NaN unless both classes are present."""
     y_true, scores = _pair(y_true, scores, "scores")
-    positive, scores = y_true > 0, scores.ravel().astype(np.float64)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
+    positive = y_true > 0
+    if positive.all() or not positive.any():
         return math.nan
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]  # 1-based average rank of each tie group
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-# two-sided 95% Student t quantiles t_(0.975, df)
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
-         18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
-         26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+    return float(_sklearn().roc_auc_score(positive, scores.ravel()))
 
 
 def t_quantile(df: int) -> float:
-    """``t_(0.975, df)``; between tabulated degrees of freedom the smaller df's (wider) value."""
+    """``t_(0.975, df)``, the two-sided 95% Student-t quantile (SciPy's ``t.ppf``)."""
     if df < 1:
         raise InputValueError(f"`df` must be >= 1; got {df}")
-    return _T975[max(k for k in _T975 if k <= df)] if df <= 120 else 1.960
+    from scipy import stats  # noqa: PLC0415
+
+    return float(stats.t.ppf(0.975, df))
 
 
 #: where each metric lives; an interval is clipped to it (a t-interval knows no bounds)
