@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from polyfocal.integrations.transformers import compute_loss_func  # noqa: E402
+from polyfocal.integrations.transformers import compute_loss_func, use_linear_loss  # noqa: E402
 
 VOCAB, LABELS = 48, 5
 
@@ -116,3 +116,41 @@ def test_sequence_classification_takes_one_label_per_sequence():
     outputs = transformers.modeling_outputs.SequenceClassifierOutput(logits=logits)
     got = compute_loss_func("poly1", task="sequence_classification", epsilon=2.0)(outputs, labels, num_items_in_batch=3)
     torch.testing.assert_close(got, pf.poly1_cross_entropy(logits, labels, epsilon=2.0, reduction="sum") / 3)
+
+
+def test_the_linear_loss_patch_equals_the_models_own_loss_without_logits():
+    examples = Examples("causal_lm")
+    batch = {k: torch.stack([examples[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    results = []
+    for patch in (False, True):
+        model = tiny_model("causal_lm")
+        if patch:
+            use_linear_loss(model)
+        out = model(**batch)
+        out.loss.backward()
+        assert (out.logits is None) == patch
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-5, atol=1e-6)
+    assert tiny_model("causal_lm").forward(input_ids=batch["input_ids"]).logits.shape == (4, 10, VOCAB)
+
+
+@pytest.mark.slow
+def test_the_patched_model_under_trainer_accumulates_exactly(tmp_path):
+    def patched_step(batch, accumulation):
+        model = use_linear_loss(tiny_model("causal_lm"), "focal_loss", gamma=2.0)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / f"{batch}"), per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation, max_steps=1, learning_rate=0.5, optim="sgd",
+            lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, report_to="none", use_cpu=True,
+            save_strategy="no", logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=0)
+        transformers.Trainer(model=model, args=args, train_dataset=Examples("causal_lm")).train()
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    whole, accumulated = patched_step(8, 1), patched_step(2, 4)
+    via_compute_loss = one_step("causal_lm", compute_loss_func("focal_loss", task="causal_lm", gamma=2.0), 8, 1,
+                                tmp_path)
+    for name in whole:
+        torch.testing.assert_close(accumulated[name], whole[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(whole[name], via_compute_loss[name], rtol=1e-5, atol=1e-6)

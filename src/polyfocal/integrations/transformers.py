@@ -18,12 +18,13 @@ from typing import Callable
 from torch import Tensor
 
 from .._errors import InputValueError
+from ..linear import linear_loss
 from ..registry import canonical_name, get_loss_function
 from ._versions import require
 
 transformers = require("transformers", "4.46", "transformers")  # compute_loss_func and num_items_in_batch
 
-__all__ = ["compute_loss_func", "TASKS"]
+__all__ = ["compute_loss_func", "use_linear_loss", "TASKS"]
 
 #: how each task lines logits up with labels
 TASKS = ("causal_lm", "token_classification", "sequence_classification")
@@ -68,3 +69,36 @@ def compute_loss_func(loss: str = "cross_entropy", *, task: str, ignore_index: i
                         normalizer=num_items_in_batch, **params)
 
     return loss_func
+
+
+def use_linear_loss(model, loss: str = "cross_entropy", **params):
+    """Route a causal LM's training loss through :func:`polyfocal.linear_loss`: ``model(input_ids,
+    labels=...)`` then computes the loss from the decoder's hidden states and the output layer a chunk of
+    tokens at a time, never materialising the ``(B, T, V)`` logits (its output has ``logits=None``).
+
+    The labels are shifted inside, -100 is ignored, and Trainer's ``num_items_in_batch`` divides the sum
+    (as the models' own loss does); without labels the model runs unchanged. A model configured with
+    ``final_logit_softcapping`` (Gemma) gets it as ``softcap``. Returns ``model``, patched in place.
+    """
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if decoder is None or head is None or not hasattr(head, "weight"):
+        raise InputValueError(f"`model` must be a causal LM with a decoder and an output layer; got {type(model).__name__}")
+    canonical_name(loss, "loss")
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    original = model.forward
+    output_class = transformers.modeling_outputs.CausalLMOutputWithPast
+
+    def forward(input_ids=None, attention_mask=None, labels=None, num_items_in_batch=None, **kwargs):
+        if labels is None:
+            return original(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        kwargs.pop("logits_to_keep", None)
+        outputs = decoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = outputs[0]
+        value = linear_loss(hidden[:, :-1], head.weight, labels[:, 1:].to(hidden.device), loss=loss,
+                            head_bias=getattr(head, "bias", None), softcap=softcap, normalizer=num_items_in_batch,
+                            **params)
+        return output_class(loss=value, logits=None, hidden_states=getattr(outputs, "hidden_states", None),
+                            attentions=getattr(outputs, "attentions", None))
+
+    model.forward = forward
+    return model
