@@ -135,3 +135,22 @@ def test_inverse_focal_with_gamma_0_is_cross_entropy_and_weighs_confident_exampl
     ratio = pf.inverse_focal_loss(x, t, gamma=2.0, reduction="none") / pf.cross_entropy(x, t, reduction="none")
     p_t = torch.softmax(x, 1).gather(1, t[:, None]).squeeze(1)
     torch.testing.assert_close(ratio, (1 + p_t) ** 2)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 2.0, 3.0, 5.0])
+def test_focal_loss_is_at_least_kl_minus_gamma_entropy(gamma):
+    logits, labels = predictions(n=500, c=6, seed=6)
+    probs = torch.softmax(logits * 2, 1)
+    b = cal.focal_bound(probs, labels, gamma=gamma)
+    p = probs.numpy()
+    p_t = p[np.arange(len(p)), labels.numpy()]
+    np.testing.assert_allclose(b.focal, -(1 - p_t) ** gamma * np.log(p_t), rtol=1e-10)
+    np.testing.assert_allclose(b.entropy, -(p * np.log(p)).sum(1), rtol=1e-10)
+    np.testing.assert_allclose(b.bound, -np.log(p_t) - gamma * b.entropy, rtol=1e-10)
+    assert (b.focal >= b.bound - 1e-12).all()
+
+
+def test_the_bound_needs_gamma_of_at_least_1():
+    probs = torch.softmax(torch.randn(4, 3), 1)
+    with pytest.raises(ValueError, match="`gamma` must be in \\[1.0, inf\\]"):
+        cal.focal_bound(probs, torch.tensor([0, 1, 2, 0]), gamma=0.5)

@@ -110,7 +110,7 @@ def test_calibration_on_synthetic_and_on_given_predictions(tmp_path, capsys):
     import torch
 
     assert main(["explain", "calibration", "--n", "4000", "--out", str(tmp_path / "demo")]) == 0
-    assert _pngs(tmp_path / "demo") == ["calibration_losses.png", "reliability.png"]
+    assert _pngs(tmp_path / "demo") == ["calibration_losses.png", "focal_bound.png", "reliability.png"]
     out = capsys.readouterr().out
     fitted = float(out.split("temperature fitted on the even rows: ")[1].split(";")[0])
     assert 2.0 < fitted < 3.0  # the synthetic logits are over-confident by 2.5

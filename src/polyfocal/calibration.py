@@ -32,7 +32,7 @@ from ._errors import InputTypeError, InputValueError
 
 __all__ = ["expected_calibration_error", "maximum_calibration_error", "adaptive_calibration_error",
            "classwise_calibration_error", "brier_score", "negative_log_likelihood", "fit_temperature",
-           "CalibrationReport", "calibration_report", "Reliability", "reliability"]
+           "CalibrationReport", "calibration_report", "Reliability", "reliability", "FocalBound", "focal_bound"]
 
 
 def _torchmetrics():
@@ -76,7 +76,7 @@ def classwise_calibration_error(probs: Tensor, labels: Tensor, *, bins: int = 15
     (Kull et al. 2019; torchmetrics' ``binary_calibration_error`` per class)."""
     probs, labels, bins = _check(probs, labels, bins)
     binary = _torchmetrics().binary_calibration_error
-    return float(np.mean([float(binary(probs[:, c], (labels == c).long(), n_bins=bins, norm="l1"))
+    return float(np.mean([float(binary(probs[:, c].contiguous(), (labels == c).long(), n_bins=bins, norm="l1"))
                           for c in range(probs.shape[1])]))
 
 
@@ -188,3 +188,39 @@ def reliability(probs: Tensor, labels: Tensor, *, bins: int = 15) -> Reliability
         mean_confidence = np.bincount(index, confidence, minlength=bins) / counts
         accuracy = np.bincount(index, correct, minlength=bins) / counts
     return Reliability(edges, counts, mean_confidence, accuracy)
+
+
+@dataclass(frozen=True)
+class FocalBound:
+    """Mukhoti et al.'s bound, per example: ``focal >= kl - gamma * entropy``.
+
+    Attributes:
+        focal: focal loss ``-(1 - p_t)^gamma log p_t``.
+        kl: ``KL(q || p)`` for the one-hot target ``q``: cross-entropy ``-log p_t``.
+        entropy: the prediction's entropy ``H[p] = -sum_c p_c log p_c``.
+        bound: ``kl - gamma * entropy``.
+    """
+
+    focal: np.ndarray
+    kl: np.ndarray
+    entropy: np.ndarray
+    bound: np.ndarray
+
+
+def focal_bound(probs: Tensor, labels: Tensor, *, gamma: float) -> FocalBound:
+    """Why focal loss calibrates (Mukhoti et al., NeurIPS 2020, arXiv:2002.09437): for gamma >= 1,
+    ``(1 - p_t)^gamma >= 1 - gamma p_t`` and ``-p_t log p_t <= H[p]`` give
+    ``focal >= KL(q || p) - gamma H[p]``, so minimising focal loss minimises the KL divergence while
+    keeping the prediction's entropy up: less over-confidence than cross-entropy, which is the KL alone.
+
+    Raises:
+        ValueError: ``gamma`` below 1 (the bound does not hold there), or bad ``probs``/``labels``.
+    """
+    gamma = _checks.number(gamma, "gamma", low=1.0)
+    probs, labels, _ = _check(probs, labels)
+    p = probs.double()
+    log_p = torch.log(p)
+    p_t, log_p_t = p.gather(1, labels[:, None]).squeeze(1), log_p.gather(1, labels[:, None]).squeeze(1)
+    entropy = -torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(1)
+    focal = -torch.exp(gamma * torch.log1p(-p_t)) * log_p_t
+    return FocalBound(focal.numpy(), (-log_p_t).numpy(), entropy.numpy(), (-log_p_t - gamma * entropy).numpy())

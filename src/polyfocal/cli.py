@@ -222,11 +222,12 @@ def _explain_calibration(args) -> int:
     reports = {name: calibration.calibration_report(test_logits, test_labels, temperature=t, bins=args.bins)
                for name, t in (("as predicted", 1.0), (f"temperature {temperature:.2f}", temperature))}
     plots = _plots()
-    written = [_path(args, "reliability.png"), _path(args, "calibration_losses.png")]
+    written = [_path(args, "reliability.png"), _path(args, "calibration_losses.png"), _path(args, "focal_bound.png")]
     plots.plot_reliability({name: (torch.softmax(test_logits / r.temperature, 1), test_labels)
                             for name, r in reports.items()}, bins=args.bins, path=written[0])
     plots.plot_loss_curves(["cross_entropy", "focal_loss", "sample_dependent_focal_loss", "inverse_focal_loss"],
                            path=written[1])
+    plots.plot_focal_bound(path=written[2])
     source = args.predictions or f"synthetic: {args.n} examples, logits over-confident by {args.overconfidence:g}"
     print(f"{source}; temperature fitted on the even rows: {temperature:.3f}; metrics on the odd rows:")
     print("  " + "".join(f"{k:>14}" for k in ("", "ece", "adaptive_ece", "classwise_ece", "mce", "nll", "brier")))

@@ -16,6 +16,7 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -396,4 +397,29 @@ def plot_reliability(panels: Mapping[str, tuple], *, bins: int = 15, path=None) 
         for ax in (top, bottom):
             _grid(ax)
     fig.suptitle("Reliability: how often the top class is right, against how sure the model is")
+    return _finish(fig, path)
+
+
+def plot_focal_bound(*, gammas=(1.0, 2.0, 3.0), classes: int = 10, path=None) -> Figure:
+    """Mukhoti et al.'s bound ``focal >= KL - gamma H`` (:func:`polyfocal.calibration.focal_bound`) along
+    predictions whose target has probability ``p_t`` and whose other classes share the rest equally."""
+    from . import calibration  # noqa: PLC0415
+
+    p_t = np.linspace(0.02, 0.98, 97)
+    rest = (1 - p_t) / (classes - 1)
+    probs = torch.as_tensor(np.column_stack([p_t] + [rest] * (classes - 1)))
+    labels = torch.zeros(len(p_t), dtype=torch.long)
+    fig, (ax_loss, ax_entropy) = _figure(2)
+    for i, gamma in enumerate(gammas):
+        b = calibration.focal_bound(probs, labels, gamma=gamma)
+        ax_loss.plot(p_t, b.focal, color=f"C{i}", label=f"focal loss, gamma={gamma:g}")
+        ax_loss.plot(p_t, b.bound, color=f"C{i}", ls="--", label=f"KL - {gamma:g} H (bound)")
+    ax_loss.plot(p_t, b.kl, color="k", lw=1, label="cross-entropy = KL(q || p)")
+    ax_loss.set(xlabel="p_t (the other classes share the rest)", ylabel="loss", title="focal loss >= KL - gamma H")
+    ax_entropy.plot(p_t, b.entropy, color="0.3")
+    ax_entropy.set(xlabel="p_t", ylabel="H[p] (nats)", title=f"the entropy focal loss keeps up ({classes} classes)")
+    for ax in (ax_loss, ax_entropy):
+        _grid(ax)
+    ax_loss.legend(fontsize="small")
+    fig.suptitle("Why focal loss calibrates (Mukhoti et al. 2020)")
     return _finish(fig, path)
