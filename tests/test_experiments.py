@@ -7,6 +7,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 
 import polyfocal as pf
 from polyfocal import experiments as ex
@@ -344,3 +345,13 @@ def test_compare_figure_is_a_readable_grid_of_dots_that_keeps_a_collapsed_seed_i
         assert not ax.patches, f"{metric}: bars (a zoomed axis would exaggerate them)"
         low, high = ax.get_ylim()
         assert low < 0.05 < high and low < 0.93 < high  # every seed in view, the collapsed one too
+
+
+def test_a_training_curves_point_computes_the_headline_metric_alone():
+    from polyfocal.experiments.tasks import make_task
+
+    task = make_task("digits-lt", imbalance=10)
+    logits = torch.randn(len(task.y_test), task.num_classes, generator=torch.Generator().manual_seed(0))
+    full = task.evaluate(logits, "softmax")
+    assert set(full) == set(task.metrics)
+    assert task.evaluate(logits, "softmax", primary_only=True) == {task.primary: full[task.primary]}

@@ -213,7 +213,7 @@ def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
             loss.backward()
             optimizer.step()
             total, batches = total + float(group.total(loss.detach())), batches + 1
-        metrics = _evaluate(task, model, family, spec.box, group)
+        metrics = _evaluate(task, model, family, spec.box, group, primary_only=epoch < epochs)
         curves["epoch"].append(epoch)
         curves["train_loss"].append(total / max(batches, 1) / group.world)
         curves[f"test_{primary}"].append(metrics[primary])
@@ -243,12 +243,12 @@ def _batch_loss(task: Task, spec: LossSpec, criterion, model, index, group, on_b
 
 
 @torch.no_grad()
-def _evaluate(task: Task, model, family: str, box: str | None, group) -> dict[str, float]:
+def _evaluate(task: Task, model, family: str, box: str | None, group, primary_only: bool = False) -> dict[str, float]:
     model = getattr(model, "module", model)  # the same weights on every rank: no collective needed
     model.eval()
     output = model(task.x_test.to(group.device))
     if box is None:
-        return task.evaluate(output.cpu(), family)
+        return task.evaluate(output.cpu(), family, primary_only=primary_only)
     logits, box_output = output
     return task.evaluate(logits.cpu(), family, boxes.decode(box, box_output).cpu())
 
