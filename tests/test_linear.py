@@ -207,6 +207,18 @@ def test_bad_shapes_name_the_argument():
         pf.linear_loss(hidden, weight.double(), target)
 
 
+def test_target_indices_outside_the_vocabulary_are_named_once():
+    from polyfocal.vocab_parallel import vocab_parallel_linear_loss
+
+    hidden, weight, _, target = head()
+    bad = target.clone()
+    bad[3] = V
+    with pytest.raises(ValueError, match=f"`target` holds class index {V}, outside \\[0, {V - 1}\\]"):
+        pf.linear_loss(hidden, weight, bad, chunk_size=4)
+    with pytest.raises(ValueError, match=f"`target` holds class index {V + 3}, outside \\[0, {V + 2}\\]"):
+        vocab_parallel_linear_loss(hidden, weight, bad + 3 * (bad >= 0), vocab_start=0, num_classes=V + 3)
+
+
 def test_second_derivatives_are_a_clear_error():
     hidden, weight, bias, target = head()
     h = hidden.clone().requires_grad_()

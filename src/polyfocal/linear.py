@@ -246,7 +246,9 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
     w = _checks.class_vector(weight, "weight", vocabulary, like)
     valid = flat != ignore_index
     scale = reduction_scale(reduction, _count(valid, flat.masked_fill(~valid, 0), w), normalizer, like)
-    params = {**loss_params, **({} if weight is None else {"weight": weight})}
+    if _checks.should_validate(loss_params.pop("validate", None), hidden):  # once, not once per chunk
+        _checks.check_index_range(flat, vocabulary, ignore_index)
+    params = {**loss_params, "validate": False, **({} if weight is None else {"weight": weight})}
     head = _Head(function, params, flat, ignore_index, reduction, scale, chunk, z_loss, softcap)
     value, z = _FusedLinearLoss.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, head_bias, head)
     if reduction == "none":

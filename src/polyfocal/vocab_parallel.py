@@ -153,6 +153,9 @@ def vocab_parallel_linear_loss(hidden: Tensor, head_weight: Tensor, target: Tens
                               f"within `num_classes` = {num_classes}")
     _checks.check_reduction(reduction, normalizer)
     flat = target.reshape(-1)
+    if _checks.should_validate(loss_params.pop("validate", None), hidden):  # no rank would hold a class >= C
+        _checks.check_index_range(flat, num_classes, ignore_index)
+    loss_params["validate"] = False
     valid = flat != ignore_index
     labels = flat.masked_fill(~valid, 0)
     like = torch.empty((), dtype=torch.float32, device=hidden.device)
