@@ -70,6 +70,17 @@ def number_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"expected a number or 'none'; got {text!r}") from None
 
 
+def bound_value_pairs(text: str) -> tuple[tuple[float, float], ...]:
+    """``0.2:5,1:3`` as ``((0.2, 5.0), (1.0, 3.0))`` (a step schedule: ``--gamma-schedule``)."""
+    try:
+        pairs = tuple(tuple(float(v) for v in pair.split(":")) for pair in text.split(",") if pair.strip())
+    except ValueError:
+        pairs = ()
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected BOUND:GAMMA pairs, e.g. 0.2:5,1:3; got {text!r}")
+    return pairs
+
+
 def output_directory(path: str) -> str:
     """A directory that exists and is writable, or can be made: its nearest existing ancestor is a
     writable directory. Nothing is created here (that waits until results are written)."""

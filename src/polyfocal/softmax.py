@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
 from torch import Tensor
 
 from . import _checks, _math
+from ._arguments import bound_value_pairs
 from ._declare import Hyperparameter, declare, public_names
 from ._errors import InputValueError
 from ._softmax_engine import softmax_loss
@@ -300,16 +300,8 @@ def inverse_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 1.0, we
 FLSD_53 = ((0.2, 5.0), (1.0, 3.0))
 
 
-def _schedule(text: str) -> tuple:
-    """``0.2:5,1:3`` as ``((0.2, 5.0), (1.0, 3.0))`` (the command line's ``--gamma-schedule``)."""
-    try:
-        return tuple(tuple(float(v) for v in pair.split(":")) for pair in text.split(",") if pair.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BOUND:GAMMA pairs, e.g. 0.2:5,1:3; got {text!r}") from None
-
-
 GAMMA_SCHEDULE = Hyperparameter("gamma_schedule", "sample-dependent focal loss's steps, BOUND:GAMMA pairs (FLSD-53: "
-                                "0.2:5,1:3)", parse=_schedule, flag="--gamma-schedule")
+                                "0.2:5,1:3)", parse=bound_value_pairs, flag="--gamma-schedule")
 
 
 def check_schedule(schedule, name: str = "gamma_schedule") -> tuple[tuple[float, ...], tuple[float, ...]]:
