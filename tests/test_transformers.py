@@ -107,6 +107,10 @@ def test_outputs_without_logits_or_of_the_wrong_shape_are_named(outputs, labels,
         compute_loss_func(task="causal_lm")(outputs, labels)
     with pytest.raises(ValueError, match="`task` must be one of"):
         compute_loss_func(task="masked_lm")
+    with pytest.raises(ValueError, match="`loss` must name a softmax-family loss"):
+        compute_loss_func("bce", task="causal_lm")
+    with pytest.raises(ValueError, match="`loss` must name a softmax-family loss"):
+        use_linear_loss(tiny_model("causal_lm"), "sigmoid_focal")
 
 
 def test_sequence_classification_takes_one_label_per_sequence():

@@ -184,7 +184,8 @@ def _check_head(hidden, head_weight, head_bias, target) -> None:
                               f"got {tuple(target.shape)}")
 
 
-def _softmax_loss_function(loss) -> Callable:
+def softmax_loss_function(loss) -> Callable:
+    """The function of a softmax-family loss named ``loss`` (or a short name); any other is a ValueError."""
     if not isinstance(loss, str):
         raise InputTypeError(f"`loss` must be a loss name; got {type(loss).__name__}")
     family = declaration(canonical_name(loss, "loss")).family
@@ -233,7 +234,7 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
         >>> bool(fused.isclose(pf.focal_loss(h @ W.T, t, gamma=2.0)))
         True
     """
-    function = _softmax_loss_function(loss)
+    function = softmax_loss_function(loss)
     _check_head(hidden, head_weight, head_bias, target)
     _checks.check_reduction(reduction, normalizer)
     ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
@@ -263,7 +264,7 @@ class LinearLoss(nn.Module):
 
     def __init__(self, loss: str = "cross_entropy", **options):
         super().__init__()
-        _softmax_loss_function(loss)
+        softmax_loss_function(loss)
         self.loss = loss
         self._options = {k: v for k, v in options.items() if not isinstance(v, Tensor)}
         self._tensor_names = [k for k, v in options.items() if isinstance(v, Tensor)]

@@ -24,7 +24,7 @@ from . import _checks
 from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .linear import CHUNK_ELEMENTS, _check_head, _softmax_loss_function, hand_out, no_second_derivatives
+from .linear import CHUNK_ELEMENTS, _check_head, softmax_loss_function, hand_out, no_second_derivatives
 
 __all__ = ["vocab_parallel_linear_loss"]
 
@@ -141,7 +141,7 @@ def vocab_parallel_linear_loss(hidden: Tensor, head_weight: Tensor, target: Tens
         ValueError: a loss or option this form cannot take (label smoothing), or a shard that does
             not fit ``num_classes``.
     """
-    function = _softmax_loss_function(loss)
+    function = softmax_loss_function(loss)
     _check_head(hidden, head_weight, head_bias, target)
     if loss_params.get("label_smoothing"):
         raise InputValueError("`label_smoothing` needs every class's probability; vocab_parallel_linear_loss takes "

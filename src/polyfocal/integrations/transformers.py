@@ -18,8 +18,7 @@ from typing import Callable
 from torch import Tensor
 
 from .._errors import InputValueError
-from ..linear import linear_loss
-from ..registry import canonical_name, get_loss_function
+from ..linear import linear_loss, softmax_loss_function
 from ._versions import require
 
 transformers = require("transformers", "4.46", "transformers")  # compute_loss_func and num_items_in_batch
@@ -61,7 +60,7 @@ def compute_loss_func(loss: str = "cross_entropy", *, task: str, ignore_index: i
     """
     if task not in TASKS:
         raise InputValueError(f"`task` must be one of {TASKS}; got {task!r}")
-    function = get_loss_function(canonical_name(loss, "loss"))
+    function = softmax_loss_function(loss)
 
     def loss_func(outputs, labels: Tensor, num_items_in_batch=None) -> Tensor:
         logits, target = _rows(task, _logits(outputs), labels)
@@ -83,7 +82,7 @@ def use_linear_loss(model, loss: str = "cross_entropy", **params):
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     if decoder is None or head is None or not hasattr(head, "weight"):
         raise InputValueError(f"`model` must be a causal LM with a decoder and an output layer; got {type(model).__name__}")
-    canonical_name(loss, "loss")
+    softmax_loss_function(loss)
     softcap = getattr(model.config, "final_logit_softcapping", None)
     original = model.forward
     output_class = transformers.modeling_outputs.CausalLMOutputWithPast
