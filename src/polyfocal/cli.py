@@ -1,4 +1,4 @@
-"""The ``polyfocal`` command line: ``polyfocal explain {coefficients,curves,truncation,share,density}``.
+"""The ``polyfocal`` command line: ``polyfocal explain {coefficients,curves,truncation,share,density,calibration}``.
 
 Each ``explain`` topic writes PNG(s) to ``--out`` and prints a short text summary. The
 parser is built from a list of command adders (:data:`COMMANDS`), so further commands
@@ -9,6 +9,7 @@ parser is built from a list of command adders (:data:`COMMANDS`), so further com
     polyfocal explain truncation --delta 0.01 --zeta 1e-3 --out figures
     polyfocal explain density --n 100000 --positive-fraction 0.01 --out figures
     python -m polyfocal explain share --steps 200 --out figures
+    polyfocal explain calibration --predictions val.pt --out figures
 
 Plots need matplotlib (``pip install 'polyfocal[plots]'``).
 """
