@@ -1,6 +1,7 @@
 """The fused linear head against the unfused path and torch's checkpointed chunks, side by side.
 
     python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--out benchmarks/results/linear-head-cpu.json]
+    python benchmarks/linear_head.py --small [--threads 1]    # ordinary heads: time ratios only
 
 For each shape, every implementation takes ``hidden (N, H)``, ``head_weight (V, H)`` and class
 indices (1 in 8 ignored) and runs forward + backward to the gradients of both inputs:
@@ -36,6 +37,7 @@ import polyfocal as pf
 
 SHAPES = [(8192, 1024, 32000), (2048, 1024, 128256)]
 GROWTH = [(1024, 1024, 128256), (2048, 1024, 128256), (4096, 1024, 128256)]
+SMALL = [(32, 128, 100), (256, 256, 1000), (1024, 512, 8000)]
 
 
 def chunk_rows(vocabulary: int) -> int:
@@ -89,6 +91,24 @@ def times(shape, rounds: int) -> dict[str, float]:
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def small_times(shape, rounds: int = 7) -> dict[str, float]:
+    """Median time per call over interleaved rounds, each round a batch of calls sized to take tens of ms."""
+    data = inputs(*shape)
+    names = [BASELINE, "unfused pf.focal_loss", "pf.linear_loss cross_entropy", "pf.linear_loss focal_loss"]
+    calls = int(min(200, max(1, 2e7 // (shape[0] * shape[1] * shape[2] / 100 + 1e4))))
+    for name in names:
+        for _ in range(3):
+            step(name, *data)
+    samples = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            start = time.perf_counter()
+            for _ in range(calls):
+                step(name, *data)
+            samples[name].append((time.perf_counter() - start) / calls)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def _status(field: str) -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
@@ -130,8 +150,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--small", action="store_true", help="ordinary heads (N, H, V up to 1024, 512, 8000)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.small:
+        for shape in SMALL:
+            t = small_times(shape)
+            print(shape, {name: f"{value / t[BASELINE]:.2f}x" for name, value in t.items()}, flush=True)
+        return
     results = []
     for shape in SHAPES:
         results.append({"shape": shape, "time": times(shape, args.rounds),
