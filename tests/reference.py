@@ -17,6 +17,7 @@ PARAMS = {
     "truncated_cross_entropy": {"n_terms": 3}, "soft_truncated_loss": {"k": 2.0},
     "poly1_focal_loss": {"epsilon": -1.0}, "quality_focal_loss": {"beta": 1.5},
     "generalized_focal_loss": {"beta": 1.5},
+    "adafocal_loss": {"gammas": (3.0, -1.5, 0.5), "bin_edges": (0.0, 0.3, 0.6, 1.0)},
 }
 
 #: losses whose gradient is not their value's derivative (a stop-gradient weight): finite differences
@@ -97,6 +98,24 @@ def sample_dependent_focal(p, gamma_schedule):
     return -((1 - p) ** gamma) * torch.log(p)
 
 
+
+def dual_focal(p, gamma):
+    """Tao et al. (ICML 2023): ``-(1 - p + p_j)^gamma log p``, ``p_j`` the largest probability of the row
+    below ``p`` (0 where none is), one class at a time."""
+    below = torch.stack([p[p < pc].max() if (p < pc).any() else p.new_zeros(()) for pc in p])
+    return -((1 - p + below) ** gamma) * torch.log(p)
+
+
+def adafocal(p, gammas, bin_edges):
+    """Ghosh et al. (NeurIPS 2022): gamma of p's bin ``[e_b, e_(b+1))`` (the last bin takes 1), focal
+    loss for gamma >= 0, the inverse form ``-(1 + p)^|gamma| log p`` for gamma < 0; gamma a constant."""
+    out = []
+    for pc in p:
+        b = next(i for i in range(len(gammas)) if float(pc.detach()) < bin_edges[i + 1] or i == len(gammas) - 1)
+        g = gammas[b]
+        out.append(-((1 - pc) ** g) * torch.log(pc) if g >= 0 else -((1 + pc) ** -g) * torch.log(pc))
+    return torch.stack(out)
+
 SOFTMAX = {
     "cross_entropy": (ce, {}),
     "focal_loss": (focal, {"gamma": 2.0}),
@@ -109,6 +128,8 @@ SOFTMAX = {
     "dft_cross_entropy": (dft, {}),
     "inverse_focal_loss": (inverse_focal, {"gamma": 1.5}),
     "sample_dependent_focal_loss": (sample_dependent_focal, {"gamma_schedule": ((0.3, 4.0), (0.7, 2.0), (1.0, 0.5))}),
+    "dual_focal_loss": (dual_focal, {"gamma": 2.5}),
+    "adafocal_loss": (adafocal, {"gammas": (2.0, -1.0, 0.5, 1.5), "bin_edges": (0.0, 0.2, 0.5, 0.8, 1.0)}),
 }
 
 

@@ -264,7 +264,7 @@ def test_vocab_parallel_over_two_ranks_equals_one_process(tmp_path):
         torch.testing.assert_close(torch.cat([r[case][3] for r in ranks]), want[3], rtol=2e-5, atol=2e-6)
 
 
-def test_vocab_parallel_refuses_label_smoothing_and_a_shard_outside_the_vocabulary():
+def test_vocab_parallel_refuses_label_smoothing_a_row_wide_loss_and_a_shard_outside_the_vocabulary():
     from polyfocal.vocab_parallel import vocab_parallel_linear_loss
 
     hidden, weight, _, target = head()
@@ -272,6 +272,8 @@ def test_vocab_parallel_refuses_label_smoothing_and_a_shard_outside_the_vocabula
         vocab_parallel_linear_loss(hidden, weight, target, vocab_start=0, num_classes=V, label_smoothing=0.1)
     with pytest.raises(ValueError, match="must lie within `num_classes` = 40"):
         vocab_parallel_linear_loss(hidden, weight, target, vocab_start=10, num_classes=40)
+    with pytest.raises(ValueError, match="'dual_focal' reads more of a row than p_t"):
+        vocab_parallel_linear_loss(hidden, weight, target, vocab_start=0, num_classes=V, loss="dual_focal")
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -9,10 +9,11 @@ read from those declarations.
 """
 
 # the families first, in the order their losses are listed (the declarations' order)
-from . import softmax, sigmoid, gfl, ghm  # noqa: I001
+from . import softmax, adafocal, sigmoid, gfl, ghm  # noqa: I001
 from . import calibration, modules, registry
 from ._backend import get_backend, set_backend, use_backend
 from ._errors import InputError, InputTypeError, InputValueError
+from .adafocal import *  # noqa: F401,F403 (AdaFocal's loss, Module and update rule)
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)
 from .ghm import *  # noqa: F401,F403 (GHM-C, GHM-R and their Modules)
 from .linear import LinearLoss, linear_loss
@@ -25,7 +26,7 @@ from .vocab_parallel import vocab_parallel_linear_loss
 __version__ = "0.1.0"
 
 __all__ = [
-    *softmax.__all__, *sigmoid.__all__, *gfl.__all__, *ghm.__all__, *modules.__all__, *registry.__all__,
+    *softmax.__all__, *adafocal.__all__, *sigmoid.__all__, *gfl.__all__, *ghm.__all__, *modules.__all__, *registry.__all__,
     # the fused linear head
     "linear_loss", "LinearLoss", "vocab_parallel_linear_loss",
     # engines

@@ -99,6 +99,16 @@ def class_vector(value, name: str, num_classes: int, like: Tensor) -> Tensor | N
     return value.to(device=like.device, dtype=like.dtype)
 
 
+def is_distributed(distributed: bool | None) -> bool:
+    """Whether to all-reduce (or gather) across ranks: as given, or (``None``) when a process group of
+    2+ ranks exists."""
+    if distributed is not None:
+        return bool(distributed)
+    import torch.distributed as dist  # noqa: PLC0415
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def should_validate(validate: bool | None, x: Tensor) -> bool:
     if validate is not None:
         return bool(validate)

@@ -123,12 +123,50 @@ def sample_dependent_focal_slope(prob: Probability, *, bounds: Sequence, gammas:
     return poly_series_slope(prob, gamma=scheduled_gamma(prob.p, bounds, gammas))
 
 
+def binned_gamma(p: Tensor, inner_edges: Tensor, gammas: Tensor) -> Tensor:
+    """``gammas[b]`` for the bin ``b`` of ``p`` (the number of inner edges it reaches), no derivative."""
+    # contiguous: bucketize copies a strided input anyway, and warns when it does
+    return gammas.to(p.dtype)[torch.bucketize(p.detach().contiguous(), inner_edges.to(p.dtype), right=True)]
+
+
+def binned_focal(prob: Probability, *, inner_edges: Tensor, gammas: Tensor) -> Tensor:
+    """AdaFocal's loss (Ghosh, Schaaf and Gormley, NeurIPS 2022): gamma looked up from ``p``'s bin,
+    focal loss ``-(1-p)^gamma log p`` where it is >= 0 and inverse focal loss ``-(1+p)^|gamma| log p``
+    where it is negative."""
+    gamma = binned_gamma(prob.p, inner_edges, gammas)
+    magnitude = gamma.abs()
+    return torch.where(gamma >= 0, poly_series(prob, gamma=magnitude), inverse_focal(prob, gamma=magnitude))
+
+
+def binned_focal_slope(prob: Probability, *, inner_edges: Tensor, gammas: Tensor) -> Tensor:
+    gamma = binned_gamma(prob.p, inner_edges, gammas)
+    magnitude = gamma.abs()
+    return torch.where(gamma >= 0, poly_series_slope(prob, gamma=magnitude), inverse_focal_slope(prob, gamma=magnitude))
+
+
+def dual_focal(prob: Probability, *, gamma: float, log_below: Tensor) -> Tensor:
+    """Dual focal loss ``-(1 - p + p_j)^gamma log p`` (Tao et al., ICML 2023), ``p_j`` the largest
+    probability of the row below ``p`` (0 where there is none), given as ``log_below``. ``p_j`` is part
+    of ``1 - p``, so the modulator's base is ``log(1-p) + log1p(p_j / (1-p))`` with the ratio in [0, 1]:
+    exact where ``1 - p`` and ``p_j`` are tiny (and not ``logaddexp``, which inductor compiled to NaN
+    beside the softmax's ``log(1-p)`` with a ``-inf`` ``p_j``, torch 2.13)."""
+    log_base = prob.log1m + torch.log1p(torch.exp(log_below - prob.log1m))
+    return power(torch.exp(log_base), log_base, gamma) * -prob.logp
+
+
+#: functions of p that also read ``log_below``, the log of the largest probability of the row below
+#: ``p`` (:func:`polyfocal._numerics.log_probability_below`): not functions of p_t alone, so the
+#: softmax row engine (which reduces a row to p_t) does not take them
+READS_BELOW = frozenset({dual_focal})
+
+
 #: written-out derivatives in the margin ``z`` of the functions of p_t, for the eager row engine
 #: (``_fused.log_slope`` takes the same derivative by autograd; the tests hold them equal)
 SLOPES: dict[Callable, Callable] = {poly_series: poly_series_slope, soft_truncation: soft_truncation_slope,
                                     hard_truncation: hard_truncation_slope,
                                     probability_weighted: probability_weighted_slope, inverse_focal: inverse_focal_slope,
-                                    sample_dependent_focal: sample_dependent_focal_slope}
+                                    sample_dependent_focal: sample_dependent_focal_slope,
+                                    binned_focal: binned_focal_slope}
 
 
 # --- functions of (p, target) with p = sigmoid(logit) (sigmoid family) ----------------------------

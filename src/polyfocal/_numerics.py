@@ -49,6 +49,25 @@ def log_softmax_and_log1m(logits: Tensor, dim: int = 1) -> tuple[Tensor, Tensor]
     return logp, torch.where(top, rest, others)
 
 
+def log_probability_below(x: Tensor, logp: Tensor) -> Tensor:
+    """For each class, the log of the largest probability of its row strictly below its own (``-inf``
+    for a row's least probable classes), with ``logp = log_softmax(x)``: the logits sorted along dim 1,
+    each tie group pointing at the last value before it. The order is the logits', which rounding
+    cannot merge as it can two close ``log p``."""
+    ordered, order = x.sort(1)
+    positions = torch.arange(x.shape[1], device=x.device).view((1, -1) + (1,) * (x.dim() - 2))
+    rises = torch.cat([torch.zeros_like(ordered[:, :1], dtype=torch.bool), ordered[:, 1:] > ordered[:, :-1]], 1)
+    group_start = torch.where(rises, positions, 0).cummax(1).values
+    before = logp.gather(1, order).gather(1, (group_start - 1).clamp_min(0))
+    below = torch.where(group_start > 0, before, float("-inf"))
+    return torch.empty_like(below).scatter(1, order, below)
+
+
+def log_probability_below_target(x: Tensor, logp: Tensor, labels: Tensor) -> Tensor:
+    """:func:`log_probability_below` at the target class alone, ``(N, *)``, without sorting."""
+    return logp.masked_fill(x >= x.gather(1, labels.unsqueeze(1)), float("-inf")).amax(1)
+
+
 def class_sum(x: Tensor, keepdim: bool = False) -> Tensor:
     """The sum over the classes (dim 1), accumulated in float64: a long fp32 row summed in fp32
     loses about one bit per doubling of its length (128,000 classes: ~10x the rounding of torch's

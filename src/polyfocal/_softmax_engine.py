@@ -22,8 +22,8 @@ from torch import Tensor
 from . import _checks, _fused, _math, _rows
 from ._backend import engine_for, get_backend
 from ._errors import InputTypeError, InputValueError
-from ._numerics import (Probability, class_sum, compute_dtype, from_logs, is_class, log_softmax_and_log1m, no_autocast,
-                        output_dtype)
+from ._numerics import (Probability, class_sum, compute_dtype, from_logs, is_class, log_probability_below,
+                        log_probability_below_target, log_softmax_and_log1m, no_autocast, output_dtype)
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Probability], Tensor]
@@ -119,13 +119,18 @@ def _smoothed(y: Tensor, smoothing: float, w, a, row_factor) -> Tensor:
 def soft_rows(x: Tensor, target: Callable, target_args: tuple, phi: PerClass, classes=None, **params) -> Tensor:
     """``sum_c y_c phi(p_c)`` per row, with ``y = target(x, *target_args)`` (class factors included)."""
     y = target(x, *target_args, classes=classes)
-    return class_sum(y * phi(from_logs(*log_softmax_and_log1m(x)), **params))
+    logp, log1m = log_softmax_and_log1m(x)
+    if phi in _math.READS_BELOW:
+        params = {**params, "log_below": log_probability_below(x, logp)}
+    return class_sum(y * phi(from_logs(logp, log1m), **params))
 
 
 def index_rows(x: Tensor, t: Tensor, factor, phi: PerClass, **params) -> Tensor:
     """``factor * phi(p_t)`` per row, at the target class ``t``."""
-    at = t.unsqueeze(1)
-    logp, log1m = (v.gather(1, at).squeeze(1) for v in log_softmax_and_log1m(x))
+    all_logp, all_log1m = log_softmax_and_log1m(x)
+    if phi in _math.READS_BELOW:
+        params = {**params, "log_below": log_probability_below_target(x, all_logp, t)}
+    logp, log1m = (v.gather(1, t.unsqueeze(1)).squeeze(1) for v in (all_logp, all_log1m))
     return phi(from_logs(logp, log1m), **params) * factor
 
 
@@ -208,8 +213,8 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         scale = reduction_scale(reduction, count, normalizer, like)
         summed = reduction != "none"
         by_index = index and not smoothing
-        if engine == "eager" and not by_index:
-            engine = "reference"  # the eager engine has the row form only
+        if engine == "eager" and (not by_index or phi in _math.READS_BELOW):
+            engine = "reference"  # the eager engine has the row form of functions of p_t only
 
         def reference(x: Tensor) -> Tensor:
             x = x.to(dtype)
@@ -218,7 +223,11 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
 
         if engine != "reference":
             try:
-                if by_index:
+                if phi in _math.READS_BELOW:  # not a function of p_t alone: compiled autograd of the reference
+                    loss = _fused.value_and_grad(*_row_wide(logits, t, row_factor, dense, phi, by_index), params,
+                                                 dtype=dtype, scale=scale, summed=summed, loss_shape=rows_shape,
+                                                 reference=reference)
+                elif by_index:
                     loss = _rows.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
                                                summed=summed, reference=reference, engine=engine)
                 else:
@@ -230,14 +239,28 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         return reference(logits).to(out_dtype)
 
 
-def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, **kwargs) -> Tensor:
-    """Dense targets on the fused engine: the written-out gradient of
-    :func:`polyfocal._rows.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
+def _row_wide(logits: Tensor, t, row_factor, dense, phi: PerClass, by_index: bool) -> tuple:
+    """``(f, logits, args)`` of :func:`polyfocal._fused.value_and_grad` for a function that reads the
+    whole row (:data:`polyfocal._math.READS_BELOW`): the reference's own rows, on the 3-d view."""
+    if by_index:
+        shape = logits.shape
+        return index_rows, logits, (_fused.rows_3d(t, shape), _fused.rows_3d(row_factor, shape), phi)
+    return soft_rows, logits, _soft_args(logits, dense, phi)
+
+
+def _soft_args(logits: Tensor, dense: tuple, phi: PerClass) -> tuple:
+    """:func:`soft_rows`' arguments after the logits, on the 3-d view of the fused engine."""
     shape = logits.shape
     target, (labels_or_y, smoothing, w, a, row_factor) = dense
     labels_or_y = (_fused.rows_3d if target is smoothed_index_target else _fused.full_3d)(labels_or_y, shape)
-    args = (target, (labels_or_y, smoothing, w, a, _fused.rows_3d(row_factor, shape)), phi,
+    return (target, (labels_or_y, smoothing, w, a, _fused.rows_3d(row_factor, shape)), phi,
             _fused.class_indices(shape[1], logits.device))
+
+
+def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, **kwargs) -> Tensor:
+    """Dense targets on the fused engine: the written-out gradient of
+    :func:`polyfocal._rows.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
+    args = _soft_args(logits, dense, phi)
     read = _rows.parts_read(phi, params)
     if not any(read[1:]):
         return _fused.value_and_grad(soft_rows, logits, args, params, **kwargs)

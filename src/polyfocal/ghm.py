@@ -61,12 +61,6 @@ class _MovingCounts:
         return (self.counts / torch.where(unbias > 0, unbias, torch.ones_like(unbias))).to(dtype)
 
 
-def _is_distributed(distributed: bool | None) -> bool:
-    if distributed is not None:
-        return bool(distributed)
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 # --- bins: an element's bin is the number of inner edges its statistic reaches ---------------------
 # The statistic is g itself with the edges k / bins, or any increasing function of g with the edges
 # mapped through it: for 0/1 targets the margin -z, g = sigmoid(-z), with edges logit(k / bins),
@@ -136,7 +130,7 @@ def bin_density(totals: Tensor, bins: int, state: _MovingCounts | None = None,
                 distributed: bool | None = None) -> tuple[Tensor, Tensor]:
     """``GD`` per bin (0 bins replaced by 1, as no element falls there) and N, from the histogram;
     all-reduced across ranks and folded into the moving average when asked."""
-    if _is_distributed(distributed):
+    if _checks.is_distributed(distributed):
         dist.all_reduce(totals)
     batch_counts, n = totals[:bins], totals[bins]
     counts = batch_counts if state is None else state.update(batch_counts)

@@ -1,99 +1,20 @@
 """``nn.Module`` forms of the functional losses: same keyword arguments, ``forward`` delegates.
 
 Tensor arguments (``weight``, ``alpha``, ``pos_weight``) become buffers, so they follow
-``.to(device)`` and live in ``state_dict``. The GHM Modules, which hold state, are in
-:mod:`polyfocal.ghm`.
+``.to(device)`` and live in ``state_dict``. The Modules that hold state are their family's own:
+GHM's in :mod:`polyfocal.ghm`, AdaFocal's in :mod:`polyfocal.adafocal`.
 """
 
 from __future__ import annotations
 
-import inspect
+import sys
 from typing import Callable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-import sys
-
-from . import gfl, ghm, sigmoid, softmax  # noqa: F401 (their declarations)
-from ._backend import check_backend, use_backend
+from . import adafocal, gfl, ghm, sigmoid, softmax  # noqa: F401 (their declarations)
 from ._declare import declarations
-from ._errors import InputTypeError
-
-
-class LossModule(nn.Module):
-    """Base of the stateless loss Modules: ``forward(logits, target)`` calls ``function``."""
-
-    function: Callable
-    example: Callable | None = None  # classes -> (logits, target) of the construction-time check
-
-    def __init__(self, **kwargs):
-        super().__init__()
-        parameters = inspect.signature(self.function).parameters
-        allowed = sorted(n for n, p in parameters.items() if p.kind is p.KEYWORD_ONLY)
-        unknown = sorted(set(kwargs) - set(allowed))
-        if unknown:
-            raise InputTypeError(f"{type(self).__name__} got unexpected arguments {unknown}; it takes {allowed}")
-        missing = sorted(n for n in allowed if parameters[n].default is inspect.Parameter.empty and n not in kwargs)
-        if missing:
-            raise InputTypeError(f"{type(self).__name__} needs the arguments {missing}")
-        self._options = {}
-        self._tensor_names = []
-        for name, value in kwargs.items():
-            if isinstance(value, Tensor):
-                self.register_buffer(name, value)
-                self._tensor_names.append(name)
-            else:
-                self._options[name] = value
-        self._probe()
-
-    def _probe(self) -> None:
-        """Call the loss once on a tiny example of its kind, with the number-valued options, so that
-        a value it rejects (``gamma=-1``, ``reduction="avg"``) is an error here, not at the first
-        training step. Tensor options are left out: they must fit the caller's logits, not the
-        example's. The example has as many classes as a per-class tuple option (``alpha=(0.2, 0.8)``)."""
-        if self.example is None:
-            return
-        per_class = [len(v) for k, v in self._options.items() if k in PER_CLASS and isinstance(v, (tuple, list))]
-        logits, target = self.example(per_class[0] if per_class else 3)
-        # the engine is named, not run: a backend="triton" Module is for CUDA logits, not these
-        options = {k: v for k, v in self._options.items() if k != "backend"}
-        if self._options.get("backend") is not None:
-            check_backend(self._options["backend"])
-        with use_backend("reference"):
-            self.function(logits, target, **options)
-
-    def options(self) -> dict:
-        """The keyword arguments passed to the function, tensors on the Module's device."""
-        return {**self._options, **{name: getattr(self, name) for name in self._tensor_names}}
-
-    def forward(self, logits: Tensor, target, weight: Tensor | None = None, normalizer=None) -> Tensor:
-        """The loss of this call; a ``weight`` or ``normalizer`` given here replaces the Module's for
-        this call only (per-batch weights, RetinaNet's number of positive anchors)."""
-        options = self.options()
-        for name, value in (("weight", weight), ("normalizer", normalizer)):
-            if value is not None:
-                options[name] = value
-        return self.function(logits, target, **options)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
-
-
-#: options that hold one value per class
-PER_CLASS = ("weight", "alpha", "pos_weight")
-
-
-def _softmax_example(classes: int):
-    return torch.zeros(2, classes), torch.tensor([0, classes - 1])
-
-
-def _sigmoid_example(classes: int):
-    return torch.zeros(2, classes), torch.zeros(2, classes)
-
-
-def _distribution_example(classes: int):
-    return torch.zeros(2, max(classes, 2)), torch.tensor([0.5, 1.0])
+from ._loss_module import _EXAMPLES, PER_CLASS, LossModule  # noqa: F401 (LossModule is public here)
 
 
 def _module(name: str, function: Callable, example: Callable | None) -> type[LossModule]:
@@ -103,9 +24,6 @@ def _module(name: str, function: Callable, example: Callable | None) -> type[Los
            f"``{name}(**kwargs)(logits, target) == {function.__name__}(logits, target, **kwargs)``.")
     return type(name, (LossModule,), {"function": staticmethod(function), "example": staticmethod(example),
                                       "__doc__": doc, "__module__": __name__})
-
-
-_EXAMPLES = {"softmax": _softmax_example, "sigmoid": _sigmoid_example, "distribution": _distribution_example}
 
 
 def _twin(declared) -> type[nn.Module]:

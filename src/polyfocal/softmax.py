@@ -342,4 +342,31 @@ def sample_dependent_focal_loss(logits: Tensor, target: Tensor, *, gamma_schedul
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 
+@declare("softmax", "DualFocalLoss", aliases=("dual_focal",), hyperparameters=("gamma",), curve=False)
+def dual_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, weight=None, ignore_index: int = -100,
+                    label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
+                    validate: bool | None = None, backend: str | None = None) -> Tensor:
+    """Dual focal loss ``-(1 - p_t + p_j)^gamma log p_t`` (Tao, Dong and Xu, ICML 2023, "Dual Focal
+    Loss for Calibration").
+
+    ``p_j`` is the largest probability of the row below ``p_t`` (0 where ``p_t`` is the smallest),
+    as in the authors' code: not the largest other probability, which for a misclassified example
+    exceeds ``p_t``. The gap ``p_t - p_j`` to the runner-up, not ``p_t`` alone, sets the modulator,
+    so it is not a function of ``p_t``: it runs on the reference engine or compiled autograd of it,
+    not the row engine, and the lens draws no curve of it. ``p_j`` is differentiated, as in the
+    paper. For probability targets (and label smoothing) each class ``c`` takes the largest
+    probability below its own.
+
+    Args:
+        gamma: >= 0; 0 gives cross-entropy.
+        {softmax_args}
+
+    {returns}
+    """
+    gamma = _checks.number(gamma, "gamma", low=0.0)
+    return softmax_loss(_math.dual_focal, dict(gamma=gamma), logits, target, weight=weight,
+                        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
+                        normalizer=normalizer, validate=validate, backend=backend)
+
+
 __all__ = public_names(__name__)

@@ -25,6 +25,7 @@ from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
 from .linear import CHUNK_ELEMENTS, _check_head, softmax_loss_function, hand_out, no_second_derivatives
+from .registry import declaration
 
 __all__ = ["vocab_parallel_linear_loss"]
 
@@ -142,6 +143,9 @@ def vocab_parallel_linear_loss(hidden: Tensor, head_weight: Tensor, target: Tens
             not fit ``num_classes``.
     """
     function = softmax_loss_function(loss)
+    if not declaration(function.__name__).curve:
+        raise InputValueError(f"`loss` {loss!r} reads more of a row than p_t (its runner-up), which no rank holds; "
+                              "vocab_parallel_linear_loss takes losses of p_t alone (use linear_loss on one machine)")
     _check_head(hidden, head_weight, head_bias, target)
     if loss_params.get("label_smoothing"):
         raise InputValueError("`label_smoothing` needs every class's probability; vocab_parallel_linear_loss takes "
