@@ -117,6 +117,8 @@ def test_calibration_on_synthetic_and_on_given_predictions(tmp_path, capsys):
     rows = {line.split()[0]: [float(v) for v in line.split()[-6:]] for line in out.splitlines()
             if line.strip().startswith(("as", "temperature "))}
     assert rows["temperature"][0] < rows["as"][0] / 2  # ECE falls after temperature scaling
+    gammas = [float(v) for v in out.split("inverse form):\n")[1].splitlines()[0].split()]
+    assert len(gammas) == 15 and min(gammas) > 1  # over-confident in every bin: AdaFocal's gamma rises from 1
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(500, 4, generator=g)
     torch.save({"logits": logits, "labels": logits.argmax(1)}, tmp_path / "mine.pt")

@@ -145,6 +145,23 @@ def test_compare_digits_lt(tmp_path, capsys):
     assert "poly1:epsilon=2" in out and "balanced_accuracy" in out
 
 
+def test_adafocal_learns_from_validation_held_out_for_every_loss(monkeypatch):
+    """A comparison with AdaFocal holds out 20% of each class's training images, for all its losses
+    alike, and AdaFocal's Module takes one step from the validation predictions after every epoch."""
+    pytest.importorskip("sklearn")
+    steps = []
+    update = pf.AdaFocalLoss.update
+    monkeypatch.setattr(pf.AdaFocalLoss, "update", lambda self, probs, labels: (steps.append(len(labels)),
+                                                                                  update(self, probs, labels)))
+    task = ex.make_task("digits-lt", imbalance=10)
+    results = ex.compare(task, ex.parse_losses("ce,adafocal"), seeds=[0], epochs=3)
+    held = task.with_validation(ex.train.VALIDATION_FRACTION)
+    assert results["task"]["n_val"] == len(held.x_val) > 0 and results["task"]["n_train"] == len(held.x_train)
+    assert steps == [len(held.x_val)] * 3
+    with pytest.raises(ValueError, match="cannot hold out validation data"):
+        held.with_validation(0.2)
+
+
 def test_compare_tabular(tmp_path):
     pytest.importorskip("sklearn")
     argv = ["compare", "--task", "tabular-imbalanced", "--losses", "bce,sigmoid_focal,ce,ghm_c", "--seeds", "0,5",

@@ -99,7 +99,8 @@ def test_report_files(tiny_report):
     gfl = results["findings"]["qfl_dfl"]
     assert gfl["metric"] == "map_box" and R._word(gfl["verdict"]) in ("reproduced", "not reproduced", "inconclusive")
     calibration = results["findings"]["calibration"]
-    assert [d["metric"] for d in calibration["differences"]] == ["ece", "ece_ts", "accuracy"]
+    assert [d["metric"] for d in calibration["differences"]] == ["ece", "ece_ts", "accuracy"] * 2
+    assert [d["a"] for d in calibration["differences"]] == ["flsd"] * 3 + ["adafocal"] * 3
     assert all(R._word(v) in ("reproduced", "not reproduced", "inconclusive") for v in calibration["verdicts"].values())
     assert {r["loss"] for r in gfl["results"]["runs"]} == {"sigmoid_focal+l1", "qfl+dfl", "qfl+l1", "sigmoid_focal+dfl"}
     assert [d["metric"] for d in gfl["differences"]] == ["map_box"] * 3 + ["loc_error", "map"]

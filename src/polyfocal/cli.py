@@ -31,6 +31,7 @@ from ._arguments import (Parser, at_least_one, fail, innermost, non_negative_int
                          positive_int)
 from ._backend import use_backend
 from ._errors import InputError, InputValueError
+from .adafocal import AdaFocalLoss
 from .registry import get_loss_function, loss_hyperparameters
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -226,8 +227,9 @@ def _explain_calibration(args) -> int:
     written = [_path(args, "reliability.png"), _path(args, "calibration_losses.png"), _path(args, "focal_bound.png")]
     plots.plot_reliability({name: (torch.softmax(test_logits / r.temperature, 1), test_labels)
                             for name, r in reports.items()}, bins=args.bins, path=written[0])
-    plots.plot_loss_curves(["cross_entropy", "focal_loss", "sample_dependent_focal_loss", "inverse_focal_loss"],
-                           path=written[1])
+    adafocal = _adafocal_after_one_update(logits[0::2], labels[0::2])
+    plots.plot_loss_curves(["cross_entropy", "focal_loss", "sample_dependent_focal_loss", "inverse_focal_loss",
+                            "adafocal_loss"], params={"adafocal_loss": adafocal}, path=written[1])
     plots.plot_focal_bound(path=written[2])
     source = args.predictions or f"synthetic: {args.n} examples, logits over-confident by {args.overconfidence:g}"
     print(f"{source}; temperature fitted on the even rows: {temperature:.3f}; metrics on the odd rows:")
@@ -235,9 +237,18 @@ def _explain_calibration(args) -> int:
     for name, r in reports.items():
         values = (r.ece, r.adaptive_ece, r.classwise_ece, r.mce, r.nll, r.brier)
         print("  " + f"{name[:14]:>14}" + "".join(f"{v:>14.4f}" for v in values))
+    print("AdaFocal's gammas after one update on the even rows (15 equal-mass bins of p_t; < 0: inverse form):")
+    print("  " + " ".join(f"{g:.2f}" for g in adafocal["gammas"].tolist()))
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _adafocal_after_one_update(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """AdaFocal's state (``gammas``, ``bin_edges``) after one step from these validation predictions."""
+    module = AdaFocalLoss()
+    module.update(torch.softmax(logits.double(), 1), labels)
+    return {"gammas": module.gammas, "bin_edges": module.bin_edges}
 
 
 def _train_share(name: str, params: dict, steps: int, seed: int) -> analysis.GradientShareTracker:

@@ -65,6 +65,9 @@ def _describe(name: str, params: Mapping) -> str:
     def fmt(value):
         if isinstance(value, float):
             return f"{value:g}"
+        if isinstance(value, torch.Tensor):  # a state (AdaFocal's 15 gammas): its range, not every value
+            values = value.flatten().tolist()
+            return fmt(tuple(values)) if len(values) <= 4 else f"{len(values)} in [{min(values):.3g}, {max(values):.3g}]"
         if isinstance(value, (tuple, list)):
             return "(" + ", ".join(fmt(v) for v in value) + ")"
         return str(value)

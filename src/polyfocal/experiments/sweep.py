@@ -34,7 +34,8 @@ from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
 from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
-from .train import LossSpec, check_compatible, parse_losses, parse_value, train_run, versions
+from .train import (LossSpec, check_compatible, parse_losses, parse_value, train_run, versions,
+                    with_validation_if_needed)
 
 __all__ = ["add_sweep", "parse_param", "SearchParam", "parse_objective", "Objective"]
 
@@ -283,6 +284,7 @@ def run_sweep(args) -> dict:
         parse_losses(text, "--param")
     task = make_task(args.task, imbalance=args.imbalance, n_train=args.n_train, seed=args.data_seed)
     check_compatible(task, [base], "--loss")
+    task = with_validation_if_needed(task, [base])
     args.objective = args.objective or Objective(((task.primary, 1.0),))
     args.objective.check(task)
     direction = args.objective.direction()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -65,6 +65,17 @@ class Task:
     options: dict = field(default_factory=dict)
     boxes_train: torch.Tensor | None = None
     boxes_test: torch.Tensor | None = None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    def with_validation(self, fraction: float, seed: int = 0) -> "Task":
+        """This task with ``fraction`` of each class's training examples held out as validation data
+        (for a loss that learns from it, AdaFocal); the test split is unchanged."""
+        if self.kind == "dense" or self.x_val is not None:
+            raise InputValueError(f"task {self.name!r} cannot hold out validation data (dense, or held out already)")
+        train, val = _stratified_split(self.y_train.numpy(), fraction, np.random.default_rng(seed))
+        return replace(self, x_train=self.x_train[train], y_train=self.y_train[train], x_val=self.x_train[val],
+                       y_val=self.y_train[val], options={**self.options, "validation_fraction": fraction})
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -93,6 +104,7 @@ class Task:
         counts = torch.bincount(self.y_train.flatten().long(), minlength=self.num_classes + (self.kind == "dense"))
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "num_classes": self.num_classes, "n_train": len(self.x_train), "n_test": len(self.x_test),
+                "n_val": 0 if self.x_val is None else len(self.x_val),
                 "train_class_counts": counts.tolist(), "options": self.options}
 
     def make_model(self, family: str, box_channels: int = 0) -> nn.Module:

@@ -31,6 +31,7 @@ import torch
 from .. import __version__, analysis
 from .._backend import use_backend
 from .._errors import InputValueError
+from ..modules import MODULES
 from ..registry import build_loss, declaration, get_loss_function
 from . import boxes
 from .distributed import current
@@ -182,13 +183,47 @@ def train_run(task: Task, spec: LossSpec, seed: int, epochs: int | None = None,
         return _train_run(task, spec, seed, epochs, batch_size, lr, on_batch)
 
 
+#: the share of each class's training examples held out as validation data where a loss learns from it
+VALIDATION_FRACTION = 0.2
+
+
+def learns_from_validation(spec: LossSpec) -> bool:
+    """Whether the spec's loss Module updates itself from validation predictions (AdaFocal)."""
+    return hasattr(MODULES[declaration(spec.name).module], "update")
+
+
+def with_validation_if_needed(task: Task, specs) -> Task:
+    """``task`` itself, or, where a loss learns from validation data, the task with
+    :data:`VALIDATION_FRACTION` of its training examples held out, for every loss alike."""
+    if task.x_val is None and any(learns_from_validation(s) for s in specs):
+        return task.with_validation(VALIDATION_FRACTION)
+    return task
+
+
 def _criterion(spec: LossSpec, world: int):
-    """``loss(logits, target, normalizer)`` for one spec."""
+    """``(loss(logits, target, normalizer), module)`` for one spec; the Module where it holds state."""
     if spec.name == "ghm_c_loss":  # the Module's moving average; its own mean, all-reduced by the loss
         module = build_loss(spec.name, **spec.params)
-        return lambda logits, target, normalizer: module(logits, target) * world
+        return (lambda logits, target, normalizer: module(logits, target) * world), module
+    if learns_from_validation(spec):
+        module = build_loss(spec.name, **spec.params)
+        return (lambda logits, target, normalizer: module(logits, target, normalizer=normalizer)), module
     function = get_loss_function(spec.name)
-    return lambda logits, target, normalizer: function(logits, target, **spec.params, normalizer=normalizer)
+    return (lambda logits, target, normalizer: function(logits, target, **spec.params, normalizer=normalizer)), None
+
+
+@torch.no_grad()
+def _update_from_validation(task: Task, model, module, group) -> None:
+    """The loss's own step at the end of an epoch: the model's validation probabilities (this rank's
+    share; the loss gathers the ranks' shares)."""
+    if task.x_val is None:
+        raise InputValueError(f"`--losses`: {module.__class__.__name__} learns from validation data, and task "
+                              f"{task.name!r} holds none (compare and sweep hold it out themselves)")
+    model = getattr(model, "module", model)
+    model.eval()
+    index = group.shard(torch.arange(len(task.x_val)))
+    logits = model(task.x_val[index].to(group.device))
+    module.update(torch.softmax(logits.double(), 1), task.y_val[index].to(group.device))
 
 
 def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
@@ -198,7 +233,7 @@ def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = group.wrap(task.make_model(family, boxes.box_channels(spec.box) if spec.box else 0))
-    criterion = _criterion(spec, group.world)
+    criterion, module = _criterion(spec, group.world)
     optimizer = torch.optim.Adam(model.parameters(), lr=task.lr if lr is None else lr)
     order = torch.Generator().manual_seed(seed)
     primary = task.metrics_for(spec.box)[0]
@@ -213,6 +248,8 @@ def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
             loss.backward()
             optimizer.step()
             total, batches = total + float(group.total(loss.detach())), batches + 1
+        if hasattr(module, "update"):
+            _update_from_validation(task, model, module.to(group.device), group)
         metrics = _evaluate(task, model, family, spec.box, group, primary_only=epoch < epochs)
         curves["epoch"].append(epoch)
         curves["train_loss"].append(total / max(batches, 1) / group.world)
@@ -293,6 +330,7 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
     the duration (None leaves it).
     """
     check_compatible(task, specs)
+    task = with_validation_if_needed(task, specs)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise InputValueError("`--seeds` must give at least one seed")
