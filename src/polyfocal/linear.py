@@ -194,6 +194,14 @@ def softmax_loss_function(loss) -> Callable:
     return get_loss_function(loss)
 
 
+def _head_options(chunk_size, vocabulary: int, z_loss, softcap) -> tuple:
+    """The rows per chunk (default ``CHUNK_ELEMENTS // V``), and ``z_loss`` and ``softcap`` checked (None: off)."""
+    chunk = max(1, CHUNK_ELEMENTS // vocabulary) if chunk_size is None else _checks.integer(chunk_size, "chunk_size", low=1)
+    z_loss = None if z_loss is None else _checks.number(z_loss, "z_loss", low=0.0)
+    softcap = None if softcap is None else _checks.number(softcap, "softcap", low=0.0, low_open=True)
+    return chunk, z_loss, softcap
+
+
 def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: str = "cross_entropy",
                 head_bias: Tensor | None = None, chunk_size: int | None = None, z_loss: float | None = None,
                 softcap: float | None = None, return_z_loss: bool = False, weight: Tensor | None = None,
@@ -239,9 +247,7 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
     _checks.check_reduction(reduction, normalizer)
     ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
     vocabulary = head_weight.shape[0]
-    chunk = max(1, CHUNK_ELEMENTS // vocabulary) if chunk_size is None else _checks.integer(chunk_size, "chunk_size", low=1)
-    z_loss = None if z_loss is None else _checks.number(z_loss, "z_loss", low=0.0)
-    softcap = None if softcap is None else _checks.number(softcap, "softcap", low=0.0, low_open=True)
+    chunk, z_loss, softcap = _head_options(chunk_size, vocabulary, z_loss, softcap)
     flat = target.reshape(-1)
     like = torch.empty((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32, device=hidden.device)
     w = _checks.class_vector(weight, "weight", vocabulary, like)

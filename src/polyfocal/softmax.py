@@ -290,10 +290,9 @@ def inverse_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 1.0, we
 
     {returns}
     """
-    gamma = _checks.number(gamma, "gamma", low=0.0)
-    return softmax_loss(_math.inverse_focal, dict(gamma=gamma), logits, target, weight=weight,
-                        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-                        normalizer=normalizer, validate=validate, backend=backend)
+    return _gamma_only(_math.inverse_focal, gamma, logits, target, weight=weight, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, reduction=reduction, normalizer=normalizer,
+                       validate=validate, backend=backend)
 
 
 #: FLSD-53 (Mukhoti et al. 2020): gamma = 5 while p_t < 0.2, then 3
@@ -358,15 +357,19 @@ def dual_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, weigh
     probability below its own.
 
     Args:
-        gamma: >= 0; 0 gives cross-entropy.
+        gamma: >= 0, the exponent of the modulator ``1 - p_t + p_j``; 0 gives cross-entropy.
         {softmax_args}
 
     {returns}
     """
-    gamma = _checks.number(gamma, "gamma", low=0.0)
-    return softmax_loss(_math.dual_focal, dict(gamma=gamma), logits, target, weight=weight,
-                        ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
-                        normalizer=normalizer, validate=validate, backend=backend)
+    return _gamma_only(_math.dual_focal, gamma, logits, target, weight=weight, ignore_index=ignore_index,
+                       label_smoothing=label_smoothing, reduction=reduction, normalizer=normalizer,
+                       validate=validate, backend=backend)
+
+
+def _gamma_only(phi, gamma, logits: Tensor, target: Tensor, **contract) -> Tensor:
+    """A loss whose one hyperparameter is ``gamma >= 0``, under the contract's keywords."""
+    return softmax_loss(phi, dict(gamma=_checks.number(gamma, "gamma", low=0.0)), logits, target, **contract)
 
 
 __all__ = public_names(__name__)
