@@ -59,16 +59,16 @@ def _softmax_parts(x: Tensor, classes: Tensor) -> Probability:
     return Probability(logp, log1m, p, q)
 
 
-def soft_rows_and_gradient(x: Tensor, scale: Tensor, target: Callable, target_args: tuple, phi: Callable,
+def soft_rows_and_gradient(x: Tensor, scale: Tensor, target, phi: Callable,
                            classes: Tensor, read: tuple[bool, bool, bool, bool], **params):
-    """``sum_c y_c phi(p_c)`` per row, ``y = target(x, *target_args)`` (built here, not loaded), and
+    """``sum_c y_c phi(p_c)`` per row, ``y = target.build(x)`` (a ``DenseTarget``: built here, not loaded), and
     the gradient of the rows' sum times ``scale``.
 
     With ``D_c`` the derivative of ``y_c phi(p_c)`` in ``log p_c`` (autograd of ``phi`` in the four
     parts, carried through ``p = exp(log p)`` and ``log(1-p)``, for the parts it ``read``s; the term
     of ``log(1-p)`` is 0 where ``1-p`` is), the gradient is ``D_j - p_j sum_c D_c``.
     """
-    prob, y = _softmax_parts(x, classes), target(x, *target_args, classes=classes)
+    prob, y = _softmax_parts(x, classes), target.build(x, classes)
     value, pullback = torch.func.vjp(lambda *parts: y * phi(Probability(*parts), **params), *prob)
     d_logp, d_log1m, d_p, d_q = pullback(scale.expand_as(x))
     d = d_logp

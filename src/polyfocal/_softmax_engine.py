@@ -13,6 +13,7 @@ by the sum of ``weight[target]`` over non-ignored examples (their count when
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -97,28 +98,37 @@ def _times(x: Tensor, factor):
 
 # --- dense targets, built where they are used: inside a fused kernel, never materialised ----------
 
-def probability_target(x: Tensor, y: Tensor, smoothing, w, a, row_factor, classes=None) -> Tensor:
-    """A probability target mixed with the uniform one, times the class and row factors."""
-    return _smoothed(y, smoothing, w, a, row_factor)
+@dataclass(frozen=True)
+class DenseTarget:
+    """A target over every class: probabilities ``y``, or ``labels`` to smooth (label smoothing's
+    ``(1 - s) onehot + s / C``), times the class factors ``w``, ``a`` and the per-row ``row_factor``.
+    Kernels call :meth:`build`, so the ``(N, C)`` target is made where it is used."""
+
+    y: Tensor | None
+    labels: Tensor | None
+    smoothing: float
+    w: Tensor | None
+    a: object
+    row_factor: Tensor | None
+
+    def build(self, x: Tensor, classes: Tensor | None = None) -> Tensor:
+        y = self.y if self.labels is None else is_class(x, self.labels, classes).to(x.dtype)
+        if self.smoothing:
+            y = y * (1 - self.smoothing) + self.smoothing / y.shape[1]
+        for vector in (self.w, self.a):
+            if vector is not None:
+                y = y * _per_class_view(vector, y.ndim)
+        return y if self.row_factor is None else y * self.row_factor.unsqueeze(1)
+
+    def in_3d(self, shape) -> "DenseTarget":
+        """The same target on the fused engine's ``(N, C, L)`` view of logits of ``shape``."""
+        return replace(self, y=_fused.full_3d(self.y, shape), labels=_fused.rows_3d(self.labels, shape),
+                       row_factor=_fused.rows_3d(self.row_factor, shape))
 
 
-def smoothed_index_target(x: Tensor, t: Tensor, smoothing, w, a, row_factor, classes=None) -> Tensor:
-    """Label smoothing's ``(1 - s) onehot(t) + s / C``, times the class and row factors."""
-    return _smoothed(is_class(x, t, classes).to(x.dtype), smoothing, w, a, row_factor)
-
-
-def _smoothed(y: Tensor, smoothing: float, w, a, row_factor) -> Tensor:
-    if smoothing:
-        y = y * (1 - smoothing) + smoothing / y.shape[1]
-    for vector in (w, a):
-        if vector is not None:
-            y = y * _per_class_view(vector, y.ndim)
-    return y if row_factor is None else y * row_factor.unsqueeze(1)
-
-
-def soft_rows(x: Tensor, target: Callable, target_args: tuple, phi: PerClass, classes=None, **params) -> Tensor:
-    """``sum_c y_c phi(p_c)`` per row, with ``y = target(x, *target_args)`` (class factors included)."""
-    y = target(x, *target_args, classes=classes)
+def soft_rows(x: Tensor, target: DenseTarget, phi: PerClass, classes=None, **params) -> Tensor:
+    """``sum_c y_c phi(p_c)`` per row, with ``y = target.build(x)`` (class factors included)."""
+    y = target.build(x, classes)
     logp, log1m = log_softmax_and_log1m(x)
     if phi in _math.READS_BELOW:
         params = {**params, "log_below": log_probability_below(x, logp)}
@@ -174,7 +184,7 @@ def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing
     row_factor = _times(_times(_times(valid.to(dtype), _at(w, t)), _at(a, t)), row_weight)
     dense = None
     if smoothing:  # the class factors apply per class of the smoothed target, not at t
-        dense = (smoothed_index_target, (t, smoothing, w, a, _times(valid.to(dtype), row_weight)))
+        dense = DenseTarget(None, t, smoothing, w, a, _times(valid.to(dtype), row_weight))
     return t, row_factor, count, dense
 
 
@@ -209,7 +219,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         else:
             t = row_factor = None
             count = target.numel() // num_classes
-            dense = (probability_target, (target.to(dtype), smoothing, w, a, row_weight))
+            dense = DenseTarget(target.to(dtype), None, smoothing, w, a, row_weight)
         scale = reduction_scale(reduction, count, normalizer, like)
         summed = reduction != "none"
         by_index = index and not smoothing
@@ -218,7 +228,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
 
         def reference(x: Tensor) -> Tensor:
             x = x.to(dtype)
-            rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, *dense, phi, **params)
+            rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, dense, phi, **params)
             return reduce_loss(rows, reduction, scale)
 
         if engine != "reference":
@@ -248,16 +258,12 @@ def _row_wide(logits: Tensor, t, row_factor, dense, phi: PerClass, by_index: boo
     return soft_rows, logits, _soft_args(logits, dense, phi)
 
 
-def _soft_args(logits: Tensor, dense: tuple, phi: PerClass) -> tuple:
+def _soft_args(logits: Tensor, dense: DenseTarget, phi: PerClass) -> tuple:
     """:func:`soft_rows`' arguments after the logits, on the 3-d view of the fused engine."""
-    shape = logits.shape
-    target, (labels_or_y, smoothing, w, a, row_factor) = dense
-    labels_or_y = (_fused.rows_3d if target is smoothed_index_target else _fused.full_3d)(labels_or_y, shape)
-    return (target, (labels_or_y, smoothing, w, a, _fused.rows_3d(row_factor, shape)), phi,
-            _fused.class_indices(shape[1], logits.device))
+    return dense.in_3d(logits.shape), phi, _fused.class_indices(logits.shape[1], logits.device)
 
 
-def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: tuple, **kwargs) -> Tensor:
+def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: DenseTarget, **kwargs) -> Tensor:
     """Dense targets on the fused engine: the written-out gradient of
     :func:`polyfocal._rows.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
     args = _soft_args(logits, dense, phi)
