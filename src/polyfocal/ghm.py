@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -154,20 +154,20 @@ def _check_bins(bins) -> int:
 # --- the element math, shared by the reference and fused engines ---------------------------------
 # GHM-C: g = |sigmoid(x) - y| and BCE; GHM-R: g = |d| / sqrt(d^2 + mu^2) and sqrt(d^2 + mu^2) - mu.
 
-def _classification_gap(x: Tensor, y: Tensor, mu) -> Tensor:
+def _classification_gap(x: Tensor, y: Tensor) -> Tensor:
     return sigmoid_target_gap(_fused.sigmoid_parts(x), y)  # one exponential and one division
 
 
-def _classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
+def _classification_loss(x: Tensor, y: Tensor) -> Tensor:
     return bernoulli_cross_entropy(sigmoid_probability(x), y)
 
 
-def _negative_margin(x: Tensor, y: Tensor, mu) -> Tensor:
+def _negative_margin(x: Tensor, y: Tensor) -> Tensor:
     """For targets exactly 0 or 1, ``-z`` with ``z = (2y - 1) x``: ``g = |sigmoid(x) - y| = sigmoid(-z)``."""
     return torch.where(y > 0, -x, x)
 
 
-def _hard_classification_loss(x: Tensor, y: Tensor, mu) -> Tensor:
+def _hard_classification_loss(x: Tensor, y: Tensor) -> Tensor:
     return -F.logsigmoid(torch.where(y > 0, x, -x))
 
 
@@ -180,71 +180,92 @@ def _regression_loss(x: Tensor, y: Tensor, mu) -> Tensor:
     return _math.smooth_l1_authentic(x - y, mu=mu)
 
 
-def _target_and_weight(x: Tensor, labels, y, valid, weight, ignore_index: int, classes=None):
-    """The dense target and the element weights (0 where ignored)."""
-    if labels is not None:
-        y, valid = is_class(x, labels, classes).to(x.dtype), (labels != ignore_index).unsqueeze(1)
-    w = torch.ones_like(x) if weight is None else weight.expand_as(x)
-    return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
+@dataclass(frozen=True)
+class _Elements:
+    """What GHM knows of each element besides its logit: class ``labels`` (with ``ignore_index``) or a
+    dense target ``y`` (with a ``valid`` mask where some elements do not count), the element
+    ``weight``, and the bin ``edges`` of the statistic."""
 
+    labels: Tensor | None
+    y: Tensor | None
+    valid: Tensor | None
+    weight: Tensor | None
+    ignore_index: int
+    edges: Tensor
 
-def _histogram(x: Tensor, labels, y, valid, weight, ignore_index: int, edges: Tensor, statistic, mu, dtype,
-               classes=None):
-    x = x.to(dtype)
-    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    return gradient_histogram(statistic(x, y, mu), w, edges)
+    def target_and_weight(self, x: Tensor, classes=None) -> tuple[Tensor, Tensor]:
+        """The dense target and the element weights (0 where ignored)."""
+        y, valid = self.y, self.valid
+        if self.labels is not None:
+            y, valid = is_class(x, self.labels, classes).to(x.dtype), (self.labels != self.ignore_index).unsqueeze(1)
+        w = torch.ones_like(x) if self.weight is None else self.weight.expand_as(x)
+        return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
 
-
-def _harmonized(x: Tensor, labels, y, valid, weight, ignore_index: int, edges: Tensor, statistic, loss, density,
-                n, mu, classes=None) -> Tensor:
-    """``beta_i L_i = w_i N / GD(g_i) L_i`` per element (``beta`` is a constant for the gradient)."""
-    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    beta = w * per_bin(statistic(x.detach(), y, mu), n / density, edges)  # a table, not a division per element
-    return beta * loss(x, y, mu)
-
-
-def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, weight, ignore_index: int,
-                                  edges: Tensor, statistic, loss, density, n, mu,
-                                  classes=None) -> tuple[Tensor, Tensor]:
-    """:func:`_harmonized` of GHM-C with 0/1 targets (same arguments), and the gradient of its sum
-    times ``scale``, written out: ``-beta sigmoid(-z)`` in ``z``."""
-    del statistic, loss, mu  # those of _HARD_CLASSIFICATION, written out here
-    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    positive = y > 0
-    z = torch.where(positive, x, -x)
-    beta = w * per_bin(-z, n / density, edges)
-    value, slope = _fused.log_slope(lambda pt: -beta * pt.logp, _fused.sigmoid_parts(z), scale.expand_as(x))
-    return value, torch.where(positive, slope, -slope)
-
-
-def _soft_harmonized_and_gradient(x: Tensor, scale: Tensor, labels, y, valid, weight, ignore_index: int,
-                                  edges: Tensor, statistic, loss, density, n, mu,
-                                  classes=None) -> tuple[Tensor, Tensor]:
-    """:func:`_harmonized` of GHM-C with float targets (same arguments), and the gradient of its sum
-    times ``scale``, written out: ``beta (p - y)`` with ``p - y = (1-y) p - y (1-p)`` (no
-    cancellation, no logarithm of the target)."""
-    del loss  # BCE, written out here
-    y, w = _target_and_weight(x, labels, y, valid, weight, ignore_index, classes)
-    prob = _fused.sigmoid_parts(x)
-    beta = w * per_bin(statistic(x, y, mu), n / density, edges)
-    return beta * bernoulli_cross_entropy(prob, y), beta * ((1 - y) * prob.p - y * prob.one_minus_p) * scale
+    def in_3d(self, shape) -> "_Elements":
+        """The same elements on the fused engine's ``(N, C, L)`` view of logits of ``shape``."""
+        return replace(self, labels=_fused.rows_3d(self.labels, shape), y=_fused.full_3d(self.y, shape),
+                       valid=_fused.full_3d(self.valid, shape), weight=_fused.full_3d(self.weight, shape))
 
 
 @dataclass(frozen=True)
 class _Variant:
     """A GHM loss: the statistic its elements are binned by (g, or an increasing function of g with
-    edges to match), its loss, and optionally its loss with a written-out gradient."""
+    edges to match), its loss, optionally its loss with a written-out gradient, and whether the
+    two take GHM-R's smoothness ``mu``."""
 
     statistic: Callable
     edges: Callable
     loss: Callable
     with_gradient: Callable | None = None
+    takes_mu: bool = False
+
+    def g(self, x: Tensor, y: Tensor, mu) -> Tensor:
+        return self.statistic(x, y, mu) if self.takes_mu else self.statistic(x, y)
+
+    def elements_loss(self, x: Tensor, y: Tensor, mu) -> Tensor:
+        return self.loss(x, y, mu) if self.takes_mu else self.loss(x, y)
+
+
+def _histogram(x: Tensor, elements: _Elements, variant: _Variant, mu, dtype, classes=None):
+    x = x.to(dtype)
+    y, w = elements.target_and_weight(x, classes)
+    return gradient_histogram(variant.g(x, y, mu), w, elements.edges)
+
+
+def _harmonized(x: Tensor, elements: _Elements, variant: _Variant, density, n, mu, classes=None) -> Tensor:
+    """``beta_i L_i = w_i N / GD(g_i) L_i`` per element (``beta`` is a constant for the gradient)."""
+    y, w = elements.target_and_weight(x, classes)
+    beta = w * per_bin(variant.g(x.detach(), y, mu), n / density, elements.edges)  # a table, not a division each
+    return beta * variant.elements_loss(x, y, mu)
+
+
+def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, elements: _Elements, density, n,
+                                  classes=None) -> tuple[Tensor, Tensor]:
+    """:func:`_harmonized` of GHM-C with 0/1 targets, and the gradient of its sum times ``scale``,
+    written out: ``-beta sigmoid(-z)`` in ``z``."""
+    y, w = elements.target_and_weight(x, classes)
+    positive = y > 0
+    z = torch.where(positive, x, -x)
+    beta = w * per_bin(-z, n / density, elements.edges)
+    value, slope = _fused.log_slope(lambda pt: -beta * pt.logp, _fused.sigmoid_parts(z), scale.expand_as(x))
+    return value, torch.where(positive, slope, -slope)
+
+
+def _soft_harmonized_and_gradient(x: Tensor, scale: Tensor, elements: _Elements, density, n,
+                                  classes=None) -> tuple[Tensor, Tensor]:
+    """:func:`_harmonized` of GHM-C with float targets, and the gradient of its sum times ``scale``,
+    written out: ``beta (p - y)`` with ``p - y = (1-y) p - y (1-p)`` (no cancellation, no logarithm of
+    the target)."""
+    y, w = elements.target_and_weight(x, classes)
+    prob = _fused.sigmoid_parts(x)
+    beta = w * per_bin(sigmoid_target_gap(prob, y), n / density, elements.edges)
+    return beta * bernoulli_cross_entropy(prob, y), beta * ((1 - y) * prob.p - y * prob.one_minus_p) * scale
 
 
 _CLASSIFICATION = _Variant(_classification_gap, unit_edges, _classification_loss, _soft_harmonized_and_gradient)
 _HARD_CLASSIFICATION = _Variant(_negative_margin, margin_edges, _hard_classification_loss,
                                 _hard_harmonized_and_gradient)
-_REGRESSION = _Variant(_regression_gap, unit_edges, _regression_loss)
+_REGRESSION = _Variant(_regression_gap, unit_edges, _regression_loss, takes_mu=True)
 
 
 def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: int, variant: _Variant, mu,
@@ -253,36 +274,43 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
     (in the fused engine by the variant's written-out gradient, where it has one)."""
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        weight = None if weight is None else weight.to(dtype)
         edges = variant.edges(bins, torch.empty((), dtype=dtype, device=logits.device))
-        args = (labels, None if y is None else y.to(dtype), valid, weight, ignore_index, edges, variant.statistic)
+        elements = _Elements(labels, None if y is None else y.to(dtype), valid,
+                             None if weight is None else weight.to(dtype), ignore_index, edges)
         shape = logits.shape
-        args_3d = (_fused.rows_3d(args[0], shape), *(_fused.full_3d(a, shape) for a in args[1:4]), *args[4:])
         fused, totals = wants_fused(backend, logits, (y, weight)), None
         classes = None if labels is None or not fused else _fused.class_indices(shape[1], logits.device)
         if fused:
             try:
-                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), *args_3d, mu, dtype, classes)
+                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), elements.in_3d(shape), variant,
+                                    mu, dtype, classes)
             except _fused.FusedUnavailable:
                 fused = False
         if totals is None:
-            totals = _histogram(logits.detach(), *args, mu, dtype)
+            totals = _histogram(logits.detach(), elements, variant, mu, dtype)
         density, n = bin_density(totals, bins, state, distributed)
         scale = reduction_scale(reduction, n, None, n)
 
         def reference(x: Tensor) -> Tensor:
-            return reduce_loss(_harmonized(x.to(dtype), *args, variant.loss, density, n, mu), reduction, scale)
+            return reduce_loss(_harmonized(x.to(dtype), elements, variant, density, n, mu), reduction, scale)
 
         if fused:
             try:
-                return _fused.value_and_grad(variant.with_gradient or _harmonized, logits,
-                                             (*args_3d, variant.loss, density, n), {"mu": mu, "classes": classes},
-                                             dtype=dtype, scale=scale, summed=reduction != "none", loss_shape=shape,
-                                             reference=reference,
-                                             with_gradient=variant.with_gradient is not None).to(out_dtype)
+                return _fused_harmonized(logits, elements.in_3d(shape), variant, density, n, mu, classes, dtype=dtype,
+                                         scale=scale, summed=reduction != "none", loss_shape=shape,
+                                         reference=reference).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
         return reference(logits).to(out_dtype)
+
+
+def _fused_harmonized(logits: Tensor, elements: _Elements, variant: _Variant, density, n, mu, classes, **kwargs):
+    """The harmonised pass on the fused engine: the variant's written-out gradient, or autograd's."""
+    if variant.with_gradient is not None:
+        return _fused.value_and_grad(variant.with_gradient, logits, (elements, density, n), {"classes": classes},
+                                     with_gradient=True, **kwargs)
+    return _fused.value_and_grad(_harmonized, logits, (elements, variant, density, n), {"mu": mu, "classes": classes},
+                                 **kwargs)
 
 
 def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, reduction: str,
