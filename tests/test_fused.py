@@ -142,6 +142,32 @@ def test_saturated_logits_stay_finite_and_equal_the_reference_engine(name):
     torch.testing.assert_close(results["fused"], results["reference"])
 
 
+@pytest.mark.parametrize("call", [
+    lambda x, y: pf.sigmoid_focal_loss(x, y, reduction="none"),
+    lambda x, y: pf.ghm_c_loss(x, y, reduction="none"),
+    lambda x, y: pf.focal_loss(x, y.softmax(1), reduction="none"),
+])
+def test_a_target_laid_out_unlike_the_logits_gives_the_same_loss(call):
+    """A one-hot target as ``F.one_hot(labels).permute(0, 3, 1, 2).float()`` makes it (channels last) is
+    copied into the logits' layout before the compiled loop: the same values and gradients as a
+    contiguous target."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, 5, 4, generator=g)
+    labels = torch.randint(0, 7, (2, 5, 4), generator=g)
+    permuted = torch.nn.functional.one_hot(labels, 7)[..., :6].permute(0, 3, 1, 2).float()
+    assert not permuted.is_contiguous()
+    assert _fused.full_3d(permuted, x).stride() == x.reshape(2, 6, 20).stride()  # the logits' layout
+    results = []
+    for y in (permuted, permuted.contiguous()):
+        logits = x.clone().requires_grad_()
+        with use_backend("fused"):
+            loss = call(logits, y)
+        assert is_fused(loss)
+        results.append((loss.detach(), *torch.autograd.grad(loss.sum(), logits)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @INDUCTOR_TRITON
 @pytest.mark.parametrize("name", ["focal_loss", "poly1_cross_entropy", "poly_loss", "soft_truncated_loss",
                                   "hard_truncated_loss"])

@@ -162,11 +162,18 @@ def shape_3d(shape) -> tuple[int, int, int]:
     return (shape[0], shape[1], math.prod(shape[2:]))
 
 
-def full_3d(tensor, shape):
-    """A tensor broadcastable to ``shape``, as ``shape_3d(shape)`` (a view when it already has ``shape``)."""
+def full_3d(tensor, logits: Tensor):
+    """An operand broadcastable to ``logits``, on their ``shape_3d`` view (a view itself where it can be).
+
+    A full-size operand laid out unlike the logits (a one-hot target made by ``F.one_hot(...).permute``
+    beside contiguous logits) is first copied into their layout: the compiled loop reads both along the
+    last dimension, and a strided operand there made sigmoid focal at 8 x 80 x 32 x 32 take 8.0 ms
+    against 1.8 ms with the copy (1 thread)."""
     if not isinstance(tensor, Tensor):
         return tensor
-    return tensor.expand(shape).reshape(shape_3d(shape))
+    if tensor.shape == logits.shape and tensor.stride() != logits.stride():
+        tensor = torch.empty_like(logits, dtype=tensor.dtype).copy_(tensor)
+    return tensor.expand(logits.shape).reshape(shape_3d(logits.shape))
 
 
 def rows_3d(tensor, shape):

@@ -185,10 +185,10 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
         if engine != "reference":
             try:
                 shape = logits.shape
-                args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), _fused.full_3d(y, shape),
-                        ignore_index, _fused.full_3d(weight, shape), math,
+                args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), _fused.full_3d(y, logits),
+                        ignore_index, _fused.full_3d(weight, logits), math,
                         None if labels is None else _fused.class_indices(shape[1], logits.device))
-                params_3d = {k: _fused.full_3d(v, shape) for k, v in params.items()}
+                params_3d = {k: _fused.full_3d(v, logits) for k, v in params.items()}
                 return _fused.value_and_grad(elements_and_gradient, logits, args, params_3d, dtype=dtype, scale=scale,
                                              loss_shape=shape, summed=reduction != "none", reference=reference,
                                              with_gradient=True).to(out_dtype)

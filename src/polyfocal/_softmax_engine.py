@@ -120,9 +120,10 @@ class DenseTarget:
                 y = y * _per_class_view(vector, y.ndim)
         return y if self.row_factor is None else y * self.row_factor.unsqueeze(1)
 
-    def in_3d(self, shape) -> "DenseTarget":
-        """The same target on the fused engine's ``(N, C, L)`` view of logits of ``shape``."""
-        return replace(self, y=_fused.full_3d(self.y, shape), labels=_fused.rows_3d(self.labels, shape),
+    def in_3d(self, logits: Tensor) -> "DenseTarget":
+        """The same target on the fused engine's ``(N, C, L)`` view of ``logits``."""
+        shape = logits.shape
+        return replace(self, y=_fused.full_3d(self.y, logits), labels=_fused.rows_3d(self.labels, shape),
                        row_factor=_fused.rows_3d(self.row_factor, shape))
 
 
@@ -260,7 +261,7 @@ def _row_wide(logits: Tensor, t, row_factor, dense, phi: PerClass, by_index: boo
 
 def _soft_args(logits: Tensor, dense: DenseTarget, phi: PerClass) -> tuple:
     """:func:`soft_rows`' arguments after the logits, on the 3-d view of the fused engine."""
-    return dense.in_3d(logits.shape), phi, _fused.class_indices(logits.shape[1], logits.device)
+    return dense.in_3d(logits), phi, _fused.class_indices(logits.shape[1], logits.device)
 
 
 def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: DenseTarget, **kwargs) -> Tensor:

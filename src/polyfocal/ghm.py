@@ -201,10 +201,10 @@ class _Elements:
         w = torch.ones_like(x) if self.weight is None else self.weight.expand_as(x)
         return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
 
-    def in_3d(self, shape) -> "_Elements":
-        """The same elements on the fused engine's ``(N, C, L)`` view of logits of ``shape``."""
-        return replace(self, labels=_fused.rows_3d(self.labels, shape), y=_fused.full_3d(self.y, shape),
-                       valid=_fused.full_3d(self.valid, shape), weight=_fused.full_3d(self.weight, shape))
+    def in_3d(self, logits: Tensor) -> "_Elements":
+        """The same elements on the fused engine's ``(N, C, L)`` view of ``logits``."""
+        return replace(self, labels=_fused.rows_3d(self.labels, logits.shape), y=_fused.full_3d(self.y, logits),
+                       valid=_fused.full_3d(self.valid, logits), weight=_fused.full_3d(self.weight, logits))
 
 
 @dataclass(frozen=True)
@@ -282,7 +282,7 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
         classes = None if labels is None or not fused else _fused.class_indices(shape[1], logits.device)
         if fused:
             try:
-                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), elements.in_3d(shape), variant,
+                totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), elements.in_3d(logits), variant,
                                     mu, dtype, classes)
             except _fused.FusedUnavailable:
                 fused = False
@@ -296,7 +296,7 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
 
         if fused:
             try:
-                return _fused_harmonized(logits, elements.in_3d(shape), variant, density, n, mu, classes, dtype=dtype,
+                return _fused_harmonized(logits, elements.in_3d(logits), variant, density, n, mu, classes, dtype=dtype,
                                          scale=scale, summed=reduction != "none", loss_shape=shape,
                                          reference=reference).to(out_dtype)
             except _fused.FusedUnavailable:
