@@ -210,7 +210,9 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         # plain CE is torch's own kernel where "auto" takes the eager engine, and on CUDA where it
         # takes the row kernels too (on an H200 they ran at 0.84x of F.cross_entropy's speed at
         # 16384 x 32768, and 1/8 of it at 1024 x 1000)
-        torch_kernel = engine == "eager" or (engine == "triton" and (backend or get_backend()) == "auto")
+        # (and for the values alone, where the fused kernel's gradient would be work thrown away)
+        values_only = not (logits.requires_grad and torch.is_grad_enabled())
+        torch_kernel = engine == "eager" or ((backend or get_backend()) == "auto" and (engine == "triton" or values_only))
         if torch_kernel and index and _is_torch_cross_entropy(phi, params, logits, a, sample_weight):
             return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer)
         rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
