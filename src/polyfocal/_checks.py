@@ -135,6 +135,7 @@ def check_index_range(target: Tensor, num_classes: int, ignore_index: int, name:
 
 
 def check_unit_interval(values: Tensor, name: str) -> None:
+    values = values.detach()  # a soft target may require a gradient (distillation); its values are what is checked
     if values.numel():
         low_high = torch.aminmax(values)  # one pass in the common case (NaN fails both compares)
         if float(low_high.min) >= 0 and float(low_high.max) <= 1:
