@@ -30,7 +30,7 @@ from . import _checks
 from ._errors import InputTypeError, InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .registry import canonical_name, declaration, get_loss_function
+from .registry import softmax_loss_function
 
 __all__ = ["linear_loss", "LinearLoss"]
 
@@ -182,16 +182,6 @@ def _check_head(hidden, head_weight, head_bias, target) -> None:
     if tuple(target.shape) != tuple(hidden.shape[:-1]):
         raise InputValueError(f"`target` must have shape {tuple(hidden.shape[:-1])} (hidden's without H); "
                               f"got {tuple(target.shape)}")
-
-
-def softmax_loss_function(loss) -> Callable:
-    """The function of a softmax-family loss named ``loss`` (or a short name); any other is a ValueError."""
-    if not isinstance(loss, str):
-        raise InputTypeError(f"`loss` must be a loss name; got {type(loss).__name__}")
-    family = declaration(canonical_name(loss, "loss")).family
-    if family != "softmax":
-        raise InputValueError(f"`loss` must name a softmax-family loss (a function of p_t); {loss!r} is {family}")
-    return get_loss_function(loss)
 
 
 def _head_options(chunk_size, vocabulary: int, z_loss, softcap) -> tuple:

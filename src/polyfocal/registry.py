@@ -57,6 +57,16 @@ def get_loss_function(name: str) -> Callable:
     return function
 
 
+def softmax_loss_function(loss) -> Callable:
+    """The function of a softmax-family loss named ``loss`` (or a short name); any other is a ValueError."""
+    if not isinstance(loss, str):
+        raise InputTypeError(f"`loss` must be a loss name; got {type(loss).__name__}")
+    family = declaration(canonical_name(loss, "loss")).family
+    if family != "softmax":
+        raise InputValueError(f"`loss` must name a softmax-family loss (a function of p_t); {loss!r} is {family}")
+    return get_loss_function(loss)
+
+
 def build_loss(config: str | Mapping, **kwargs) -> nn.Module:
     """A loss Module from a name and keyword arguments, or from a mapping with a ``"name"`` key.
 

@@ -24,8 +24,8 @@ from . import _checks
 from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .linear import CHUNK_ELEMENTS, _check_head, softmax_loss_function, hand_out, no_second_derivatives
-from .registry import declaration
+from .linear import CHUNK_ELEMENTS, _check_head, hand_out, no_second_derivatives
+from .registry import declaration, softmax_loss_function
 
 __all__ = ["vocab_parallel_linear_loss"]
 

@@ -18,7 +18,8 @@ from typing import Callable
 from torch import Tensor
 
 from .._errors import InputValueError
-from ..linear import linear_loss, softmax_loss_function
+from ..linear import linear_loss
+from ..registry import softmax_loss_function
 from ._versions import require
 
 transformers = require("transformers", "4.46", "transformers")  # compute_loss_func and num_items_in_batch
