@@ -12,6 +12,7 @@ pytest.importorskip("matplotlib")
 
 from polyfocal.cli import main  # noqa: E402
 from polyfocal.experiments import reproduce as R  # noqa: E402
+from polyfocal.experiments.verdicts import Outcome, Verdict, Verdicts  # noqa: E402
 
 NAN = math.nan
 
@@ -28,13 +29,14 @@ NAN = math.nan
     (NAN, NAN, "greater", "inconclusive: no interval (need at least 2 seeds)"),
 ])
 def test_verdict(low, high, claim, expected):
-    assert R.verdict(low, high, claim) == expected
+    assert str(R.verdict(low, high, claim)) == expected
 
 
 def test_verdict_not_worse_uses_the_margin():
-    assert R.verdict(-0.005, 0.03, "not_worse", 0.01) == "reproduced"  # within the margin
-    assert R.verdict(-0.05, -0.02, "not_worse", 0.01) == "not reproduced"  # clearly worse
-    assert R.verdict(-0.05, 0.02, "not_worse", 0.01).startswith("inconclusive")
+    assert R.verdict(-0.005, 0.03, "not_worse", 0.01).outcome is Outcome.REPRODUCED  # within the margin
+    assert R.verdict(-0.05, -0.02, "not_worse", 0.01).outcome is Outcome.NOT_REPRODUCED  # clearly worse
+    assert R.verdict(-0.05, 0.02, "not_worse", 0.01) == Verdict(Outcome.INCONCLUSIVE,
+                                                                 "the interval reaches below -0.01 but includes 0")
     with pytest.raises(ValueError, match="`claim`"):
         R.verdict(0.0, 1.0, "bigger")
 
@@ -46,14 +48,17 @@ def _d(low, high):
 def test_truncation_verdict():
     ns = [1, 2, 5, 20, 100]
     short = _d(-0.2, -0.05)
-    assert R.truncation_verdict(ns, [short, short, short, _d(-0.01, 0.02), _d(-0.01, 0.01)]) == \
+
+    def text(diffs):
+        return str(R.truncation_verdict(ns, diffs))
+
+    assert text([short, short, short, _d(-0.01, 0.02), _d(-0.01, 0.01)]) == \
         "reproduced: every N below 10 falls short of cross-entropy; N=20 matches it"
-    assert R.truncation_verdict(ns, [short] * 5).startswith("reproduced: every N below 10 falls short")
-    assert R.truncation_verdict(ns, [short, _d(-0.01, 0.01)] + [_d(-0.01, 0.01)] * 3) == \
+    assert text([short] * 5).startswith("reproduced: every N below 10 falls short")
+    assert text([short, _d(-0.01, 0.01)] + [_d(-0.01, 0.01)] * 3) == \
         "not reproduced: N=2 terms already match cross-entropy (within 0.02)"
-    assert R.truncation_verdict(ns, [short, short, _d(-0.1, 0.01), short, short]).startswith(
-        "inconclusive: N=5")
-    assert R.truncation_verdict(ns, [_d(NAN, NAN)] * 5).startswith("inconclusive: no interval")
+    assert text([short, short, _d(-0.1, 0.01), short, short]).startswith("inconclusive: N=5")
+    assert text([_d(NAN, NAN)] * 5).startswith("inconclusive: no interval")
 
 
 def test_positive_loss_rises_for_negative_epsilon():
@@ -64,12 +69,16 @@ def test_positive_loss_rises_for_negative_epsilon():
     assert R.positive_loss_rises(0.0) is None and R.positive_loss_rises(1.0) is None
 
 
-def test_verdict_colour_classes():
-    assert R._verdict_class("reproduced: every N below 10 falls short") == "reproduced"
-    assert R._verdict_class("reproduced for a tuned epsilon (epsilon=1: reproduced)") == "reproduced"
-    assert R._verdict_class("not reproduced (epsilon=-1: not reproduced)") == "not"
-    assert R._verdict_class("epsilon=2 vs 0: inconclusive: x; gradient share: reproduced") == "inconclusive"
-    assert R._verdict_class("not run yet") == "pending"
+def test_verdicts_of_several_claims_agree_or_are_inconclusive():
+    yes, no, unclear = Verdict(Outcome.REPRODUCED), Verdict(Outcome.NOT_REPRODUCED), R.verdict(-0.1, 0.1)
+    assert Verdicts((("a", yes), ("b", yes))).outcome is Outcome.REPRODUCED
+    assert Verdicts((("a", yes), ("b", no))).outcome is Outcome.INCONCLUSIVE
+    assert str(Verdicts((("a", yes), ("b", unclear)))) == "a: reproduced; b: inconclusive: the interval includes 0"
+    assert R.any_of([("epsilon=1", yes), ("epsilon=-1", no)], "epsilon").outcome is Outcome.REPRODUCED
+    assert R.any_of([("epsilon=1", no), ("epsilon=-1", no)], "epsilon").outcome is Outcome.NOT_REPRODUCED
+    assert str(R.any_of([], "epsilon")) == "inconclusive: no epsilon run"
+    assert {o: R.CSS_CLASS[o] for o in Outcome} == {Outcome.REPRODUCED: "reproduced", Outcome.NOT_REPRODUCED: "not",
+                                                    Outcome.INCONCLUSIVE: "inconclusive", Outcome.NOT_RUN: "pending"}
 
 
 def test_paired_difference_pairs_runs_by_seed():
@@ -97,11 +106,14 @@ def test_report_files(tiny_report):
     paths, results = tiny_report
     assert set(results["findings"]) == set(R.FINDINGS)
     gfl = results["findings"]["qfl_dfl"]
-    assert gfl["metric"] == "map_box" and R._word(gfl["verdict"]) in ("reproduced", "not reproduced", "inconclusive")
+    assert gfl["metric"] == "map_box" and gfl["verdict"].outcome is not Outcome.NOT_RUN
     calibration = results["findings"]["calibration"]
     assert [d["metric"] for d in calibration["differences"]] == ["ece", "ece_ts", "accuracy"] * 2
     assert [d["a"] for d in calibration["differences"]] == ["flsd"] * 3 + ["adafocal"] * 3
-    assert all(R._word(v) in ("reproduced", "not reproduced", "inconclusive") for v in calibration["verdicts"].values())
+    assert [label for label, _ in calibration["verdict"].parts] == [
+        f"{name} {claim}" for name in ("FLSD-53", "AdaFocal")
+        for claim in ("ECE lower", "ECE lower after temperature scaling", "accuracy no worse")]
+    assert all(v.outcome is not Outcome.NOT_RUN for _, v in calibration["verdict"].parts)
     assert {r["loss"] for r in gfl["results"]["runs"]} == {"sigmoid_focal+l1", "qfl+dfl", "qfl+l1", "sigmoid_focal+dfl"}
     assert [d["metric"] for d in gfl["differences"]] == ["map_box"] * 3 + ["loc_error", "map"]
     assert results["findings"]["poly1_focal"]["notes"]  # epsilon = -1 with alpha = 0.25 is not monotone
@@ -155,6 +167,12 @@ def test_results_json(tiny_report):
     assert truncation["task"]["name"] == "digits-lt"
     shares = data["findings"]["poly1_epsilon"]["extra"]["shares"]["poly1:epsilon=0"]
     assert len(shares) == 2 and all(0 <= v <= 1 for v in shares[0])
+    # verdicts as data: an outcome beside the text, and each part of a finding with several claims
+    assert truncation["verdict"]["outcome"] in {o.value for o in Outcome}
+    assert truncation["verdict"]["text"].startswith(truncation["verdict"]["outcome"])
+    assert [p["label"] for p in data["findings"]["poly1_epsilon"]["verdict"]["parts"]] == [
+        "epsilon=2 vs 0", "gradient share > 0.5 in the last epoch"]
+    assert all("outcome" in d["verdict"] for d in truncation["differences"])
 
 
 def test_cli_writes_report(tmp_path, monkeypatch, capsys):

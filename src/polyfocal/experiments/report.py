@@ -74,6 +74,8 @@ def print_written(paths: dict[str, str]) -> None:
 
 
 def json_safe(value):
+    if hasattr(value, "as_json"):  # a verdict: its outcome and text
+        return json_safe(value.as_json())
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, dict):

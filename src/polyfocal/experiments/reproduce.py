@@ -44,6 +44,8 @@ from .metrics import t_interval
 from .report import json_safe, print_written, summarize
 from .tasks import make_task
 from .train import VALIDATION_FRACTION, compare, parse_losses, train_run, versions
+from .verdicts import (CSS_CLASS, Outcome, Verdict, Verdicts, any_of, paired_difference, truncation_verdict,
+                       verdict)
 
 __all__ = ["ReproduceConfig", "reproduce_findings", "verdict", "truncation_verdict", "paired_difference",
            "write_reproduce_report", "positive_loss_rises", "add_reproduce", "FINDINGS"]
@@ -82,71 +84,6 @@ class ReproduceConfig:
     def quick(cls, seeds: int = 5) -> "ReproduceConfig":
         return cls(seeds=list(range(seeds)), n_terms=(1, 2, 5, 10, 20, 50, 100),
                    epsilons=(-1.0, 0.0, 1.0, 2.0, 4.0, 8.0), dense_n_train=256, gfl_ablation=False)
-
-
-# --- verdicts ---------------------------------------------------------------------------------------
-
-def paired_difference(results: dict, a: str, b: str, metric: str) -> dict:
-    """Mean and 95% t-interval over seeds of ``metric(a) - metric(b)``, runs paired by seed."""
-    by_seed = {}
-    for run in results["runs"]:
-        if run["loss"] in (a, b):
-            by_seed.setdefault(run["seed"], {})[run["loss"]] = run["metrics"][metric]
-    diffs = [v[a] - v[b] for v in by_seed.values() if a in v and b in v]
-    mean, low, high = t_interval(diffs)
-    return {"a": a, "b": b, "metric": metric, "mean": mean, "low": low, "high": high, "n": len(diffs)}
-
-
-def verdict(low: float, high: float, claim: str = "greater", margin: float = 0.0) -> str:
-    """The verdict for the 95% interval ``[low, high]`` of a difference ``a - b``.
-
-    ``claim="greater"``: the paper says a > b. ``"less"``: a < b. ``"not_worse"``: a is no
-    worse than b by more than ``margin`` (higher is better).
-    """
-    if claim not in ("greater", "less", "not_worse"):
-        raise ValueError(f"`claim` must be 'greater', 'less' or 'not_worse'; got {claim!r}")
-    if math.isnan(low) or math.isnan(high):
-        return "inconclusive: no interval (need at least 2 seeds)"
-    if claim == "less":
-        low, high = -high, -low
-    if claim == "not_worse":
-        if low > -margin:
-            return "reproduced"
-        if high < 0:
-            return "not reproduced"
-        return f"inconclusive: the interval reaches below -{margin:g} but includes 0"
-    if low > 0:
-        return "reproduced"
-    if high < 0:
-        return "not reproduced"
-    return "inconclusive: the interval includes 0"
-
-
-def truncation_verdict(n_terms, differences, many: int = 10, margin: float = 0.02) -> str:
-    """Finding 1's verdict from the intervals of (truncated to N terms - CE), one per N (ascending).
-
-    N *matches* CE when its interval lies above ``-margin``; it *falls short* when it lies
-    below 0. Reproduced when every N below ``many`` falls short; not reproduced when one of
-    them matches; inconclusive otherwise (or without intervals).
-    """
-    if any(math.isnan(d["low"]) for d in differences):
-        return "inconclusive: no interval (need at least 2 seeds)"
-    few = [(n, d) for n, d in zip(n_terms, differences) if n < many]
-    matches = [n for n, d in zip(n_terms, differences) if d["low"] > -margin]
-    early = [n for n in matches if n < many]
-    if early:
-        return f"not reproduced: N={early[0]} terms already match cross-entropy (within {margin:g})"
-    unclear = [n for n, d in few if d["high"] >= 0]
-    if unclear:
-        return (f"inconclusive: N={unclear[0]} is neither clearly below cross-entropy nor within {margin:g} "
-                f"of it")
-    if not matches:
-        return f"reproduced: every N below {many} falls short of cross-entropy; no N tried matches it"
-    return f"reproduced: every N below {many} falls short of cross-entropy; N={matches[0]} matches it"
-
-
-def _word(text: str) -> str:
-    return text.split(":")[0]
 
 
 # --- the findings -----------------------------------------------------------------------------------
@@ -203,7 +140,7 @@ def _poly1_epsilon(config: ReproduceConfig, run) -> dict:
     base, test = _eps_label(0.0), _eps_label(2.0)
     diffs = [_difference_row(results, _eps_label(e), base, metric, "greater") for e in config.epsilons if e != 0]
     main = next((d for d in diffs if d["a"] == test), None)
-    overall = main["verdict"] if main else "inconclusive: epsilon = 0 and 2 were not both run"
+    overall = main["verdict"] if main else Verdict(Outcome.INCONCLUSIVE, "epsilon = 0 and 2 were not both run")
     share_labels = [base] + ([test] if test in labels else [])
     shares = _share_histories(task, parse_losses(",".join(share_labels)), config.seeds, config.digits_epochs)
     per_epoch = math.ceil(len(task.x_train) / task.batch_size)
@@ -214,8 +151,7 @@ def _poly1_epsilon(config: ReproduceConfig, run) -> dict:
                                             for r in shares[base]]}
     share_verdict = verdict(low - 0.5, high - 0.5, "greater")
     return {"task": task, "results": results, "metric": metric, "differences": diffs,
-            "verdict": f"epsilon=2 vs 0: {overall}; gradient share > 0.5 in the last epoch: {share_verdict}",
-            "verdicts": {"epsilon": overall, "share": share_verdict},
+            "verdict": Verdicts((("epsilon=2 vs 0", overall), ("gradient share > 0.5 in the last epoch", share_verdict))),
             "claim": "Poly-1 (-log p_t + epsilon (1-p_t)) with a raised first coefficient (epsilon = 2) beats "
                      "cross-entropy on ImageNet, the best epsilon depending on the task; during training the "
                      "constant first term carries more than half of CE's gradient (its share is p_t).",
@@ -229,18 +165,15 @@ def _poly1_epsilon(config: ReproduceConfig, run) -> dict:
 def _calibration(config: ReproduceConfig, run) -> dict:
     task = make_task("digits-lt", imbalance=config.digits_imbalance)
     results = run(task, ["ce", "flsd", "adafocal"], config.digits_epochs)  # compare holds out AdaFocal's validation
-    diffs, verdicts = [], {}
-    for label in ("flsd", "adafocal"):
+    diffs, parts = [], []
+    for label, name in (("flsd", "FLSD-53"), ("adafocal", "AdaFocal")):
         rows = [_difference_row(results, label, "ce", "ece", "less"),
                 _difference_row(results, label, "ce", "ece_ts", "less"),
                 _difference_row(results, label, "ce", "accuracy", "not_worse", config.match_margin)]
         diffs += rows
-        verdicts.update({f"{label} {m}": d["verdict"] for m, d in zip(("ece", "ece_ts", "accuracy"), rows)})
-    verdict = "; ".join(f"{name}: ECE lower: {verdicts[f'{label} ece']}; after temperature scaling: "
-                        f"{verdicts[f'{label} ece_ts']}; accuracy no worse: {verdicts[f'{label} accuracy']}"
-                        for label, name in (("flsd", "FLSD-53"), ("adafocal", "AdaFocal")))
-    return {"task": task, "results": results, "metric": "ece", "differences": diffs, "verdicts": verdicts,
-            "verdict": verdict,
+        parts += [(f"{name} {claim}", d["verdict"]) for claim, d in
+                  zip(("ECE lower", "ECE lower after temperature scaling", "accuracy no worse"), rows)]
+    return {"task": task, "results": results, "metric": "ece", "differences": diffs, "verdict": Verdicts(tuple(parts)),
             "claim": "Focal loss with a sample-dependent gamma (FLSD-53: gamma = 5 while p_t < 0.2, else 3) and "
                      "AdaFocal (gamma per p_t bin, updated from the validation calibration gap, switching to the "
                      "inverse focal loss where under-confident) give better calibrated probabilities (lower ECE) "
@@ -281,14 +214,7 @@ def _dense_findings(config: ReproduceConfig, run) -> dict:
         "setting": setting + " sigmoid_focal (gamma 2, alpha 0.25) vs binary_cross_entropy."}
     eps_labels = [f"poly1_focal:epsilon={e:g}" for e in config.poly1_focal_epsilons]
     diffs = [_difference_row(results, label, "sigmoid_focal", metric, "greater") for label in eps_labels]
-    per_eps = "; ".join(f"epsilon={e:g}: {d['verdict']}" for e, d in zip(config.poly1_focal_epsilons, diffs))
-    words = [_word(d["verdict"]) for d in diffs]
-    if "reproduced" in words:
-        overall = f"reproduced for a tuned epsilon ({per_eps})"
-    elif words and all(w == "not reproduced" for w in words):
-        overall = f"not reproduced ({per_eps})"
-    else:
-        overall = f"inconclusive ({per_eps})"
+    overall = any_of([(f"epsilon={e:g}", d["verdict"]) for e, d in zip(config.poly1_focal_epsilons, diffs)], "epsilon")
     notes = []
     for e in config.poly1_focal_epsilons:
         rising = positive_loss_rises(e)
@@ -300,7 +226,7 @@ def _dense_findings(config: ReproduceConfig, run) -> dict:
     out["poly1_focal"] = {
         "task": task, "results": _subset(results, ["sigmoid_focal"] + eps_labels), "metric": metric,
         "differences": diffs,
-        "verdict": overall if diffs else "inconclusive: no epsilon run", "notes": notes,
+        "verdict": overall, "notes": notes,
         "claim": "Adding epsilon (1-p_t)^(gamma+1) to focal loss, with epsilon tuned for the task "
                  "(-1 in the paper's detection settings), improves on focal loss.",
         "setting": setting + f" poly1_focal (gamma 2, alpha 0.25) for epsilon in "
@@ -356,7 +282,8 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
     """Run the findings (``only``: a subset of :data:`FINDINGS` keys); the results, JSON-ready but for tasks.
 
     Returns ``{"config", "versions", "seconds", "findings": {key: {...}}}``; a finding not run
-    has ``{"verdict": "not run yet"}``.
+    has the verdict :attr:`Outcome.NOT_RUN`. Verdicts are :class:`~polyfocal.experiments.verdicts.Verdict`
+    (or ``Verdicts``) objects, written to ``results.json`` as their outcome and text.
     """
     config = config or ReproduceConfig()
     if len(config.seeds) < 1:
@@ -397,7 +324,7 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
     finally:
         torch.set_num_threads(before)
     for key in FINDINGS:
-        findings.setdefault(key, {"verdict": "not run yet"})
+        findings.setdefault(key, {"verdict": Verdict(Outcome.NOT_RUN)})
     seconds = time.perf_counter() - start
     say(f"done in {seconds:.1f} s")
     return {"config": asdict(config), "versions": versions(), "seconds": seconds,
@@ -436,7 +363,7 @@ def _tables(finding: dict) -> list[tuple[list[str], list[list[str]]]]:
     first = (["variant"] + [f"{m} mean [95% interval]" for m in shown] + ["seeds"], rows)
     claim_words = {"greater": "a > b", "less": "a < b", "not_worse": "a >= b - margin"}
     drows = [[_difference_name(d, metric), _fmt(d["mean"], d["low"], d["high"]),
-              claim_words[d["claim"]] + (f" ({d['margin']:g})" if d["claim"] == "not_worse" else ""), d["verdict"]]
+              claim_words[d["claim"]] + (f" ({d['margin']:g})" if d["claim"] == "not_worse" else ""), str(d["verdict"])]
              for d in finding["differences"]]
     second = (["difference a - b (paired by seed)", "mean [95% interval]", "paper's claim", "verdict"], drows)
     return [first, second]
@@ -460,7 +387,7 @@ def _difference_axis(ax, diffs: list, metric: str):
     """The paired differences of one metric (each metric gets its own axis: px and mAP never share one)."""
     y = np.arange(len(diffs))
     for i, d in enumerate(diffs):
-        color = {"reproduced": "tab:green", "not reproduced": "tab:red"}.get(_word(d["verdict"]), "tab:gray")
+        color = {Outcome.REPRODUCED: "tab:green", Outcome.NOT_REPRODUCED: "tab:red"}.get(d["verdict"].outcome, "tab:gray")
         if not math.isnan(d["low"]):
             ax.plot([d["low"], d["high"]], [i, i], color=color, lw=3, alpha=0.7)
         ax.plot([d["mean"]], [i], "o", color=color)
@@ -563,15 +490,6 @@ font-size:.9em}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}
 section{border-top:1px solid #ddd;margin-top:1.5em}code{background:#f5f5f5;padding:0 .2em}"""
 
 
-def _verdict_class(text: str) -> str:
-    if text.startswith("epsilon=2"):  # "<what>: <verdict>..."
-        text = text.split(": ", 1)[1]
-    word = _word(text).split(";")[0].split(" (")[0]
-    if word.startswith("reproduced for"):
-        word = "reproduced"
-    return {"reproduced": "reproduced", "not reproduced": "not", "not run yet": "pending"}.get(word, "inconclusive")
-
-
 def _finding_section(key: str, finding: dict, out: str, paths: dict) -> tuple[list[str], str, dict]:
     """One finding's Markdown lines, HTML section and JSON entry (its figure written under ``out``)."""
     md = [f"## {FINDINGS[key]}", ""]
@@ -582,8 +500,8 @@ def _finding_section(key: str, finding: dict, out: str, paths: dict) -> tuple[li
             md += [f"**{label}.** {text}", ""]
             section.append(f"<p><b>{label}.</b> {html.escape(text)}</p>")
     md += [f"**Verdict: {finding['verdict']}** {numbers}".rstrip(), ""]
-    section.append(f"<p><b>Verdict:</b> <span class='verdict {_verdict_class(finding['verdict'])}'>"
-                   f"{html.escape(finding['verdict'])}</span> {html.escape(numbers)}</p>")
+    section.append(f"<p><b>Verdict:</b> <span class='verdict {CSS_CLASS[finding['verdict'].outcome]}'>"
+                   f"{html.escape(str(finding['verdict']))}</span> {html.escape(numbers)}</p>")
     for note in finding.get("notes", []):
         md += [f"Note: {note}", ""]
         section.append(f"<p><i>Note:</i> {html.escape(note)}</p>")
@@ -627,7 +545,7 @@ def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
              f"These are toy-sized settings (8x8 digits, 32x32 synthetic images), not the papers' ImageNet "
              f"and COCO runs: a 'not reproduced' here says the effect does not carry over to this scale. "
              f"Total time {results['seconds']:.0f} s.")
-    overview = [[FINDINGS[k], f["verdict"], _verdict_numbers(f).strip("()")] for k, f in results["findings"].items()]
+    overview = [[FINDINGS[k], str(f["verdict"]), _verdict_numbers(f).strip("()")] for k, f in results["findings"].items()]
     header = ["finding", "verdict", "difference, mean [95% interval]"]
     md = ["# polyfocal reproduce: the papers' findings at small scale", "", intro, ""]
     md += _md_table(header, overview) + [""]
