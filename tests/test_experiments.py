@@ -132,6 +132,15 @@ def _check_outputs(out, n_runs, metrics):
     return results
 
 
+def test_one_table_model_renders_markdown_html_and_text():
+    from polyfocal.experiments.tables import Table
+
+    table = Table(["loss", "ece"], [["ce", "0.15"], ["a<b", "0.061"]])
+    assert table.markdown() == "| loss | ece |\n|---|---|\n| ce | 0.15 |\n| a<b | 0.061 |"
+    assert "<td>a&lt;b</td>" in table.html() and table.html().startswith("<table><thead><tr><th>loss</th>")
+    assert table.text().splitlines() == ["loss  ece", "----  -----", "ce    0.15", "a<b   0.061"]
+
+
 def test_compare_digits_lt(tmp_path, capsys):
     pytest.importorskip("sklearn")
     argv = ["compare", "--task", "digits-lt", "--losses", "ce,poly1:epsilon=2", "--seeds", "2", "--epochs", "2",

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .metrics import metric_range, t_interval
+from .tables import Table
 from .tasks import LOWER_IS_BETTER
 
 __all__ = ["summarize", "format_table", "write_report"]
@@ -59,12 +60,8 @@ def format_table(results: dict, markdown: bool = False) -> str:
     header = ["loss"] + [m + (" (lower better)" if m in LOWER_IS_BETTER else "") for m in metrics]
     rows = [[loss] + [_cell(s[m]) + (" *" if best[m] == loss else "") for m in metrics]
             for loss, s in summary.items()]
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+    table = Table(header, rows)
+    return table.markdown() if markdown else table.text()
 
 
 def print_written(paths: dict[str, str]) -> None:

@@ -43,6 +43,7 @@ from .distributed import require_single_process
 from .metrics import t_interval
 from .report import json_safe, print_written, summarize
 from .tasks import make_task
+from .tables import Table
 from .train import VALIDATION_FRACTION, compare, parse_losses, train_run, versions
 from .verdicts import (CSS_CLASS, Outcome, Verdict, Verdicts, any_of, paired_difference, truncation_verdict,
                        verdict)
@@ -354,18 +355,18 @@ def _difference_name(d: dict, metric: str) -> str:
     return f"{d['a']} - {d['b']}" + (f" ({d['metric']})" if d["metric"] != metric else "")
 
 
-def _tables(finding: dict) -> list[tuple[list[str], list[list[str]]]]:
+def _tables(finding: dict) -> list[Table]:
     metric, results = finding["metric"], finding["results"]
     summary = summarize(results)
     shown = [metric] + [m for m in results["metrics"] if m != metric and m in {d["metric"] for d in finding["differences"]}]
     rows = [[loss] + [_fmt(**{k: s[m][k] for k in ("mean", "low", "high")}) for m in shown] + [str(s[metric]["n"])]
             for loss, s in summary.items()]
-    first = (["variant"] + [f"{m} mean [95% interval]" for m in shown] + ["seeds"], rows)
+    first = Table(["variant"] + [f"{m} mean [95% interval]" for m in shown] + ["seeds"], rows)
     claim_words = {"greater": "a > b", "less": "a < b", "not_worse": "a >= b - margin"}
     drows = [[_difference_name(d, metric), _fmt(d["mean"], d["low"], d["high"]),
               claim_words[d["claim"]] + (f" ({d['margin']:g})" if d["claim"] == "not_worse" else ""), str(d["verdict"])]
              for d in finding["differences"]]
-    second = (["difference a - b (paired by seed)", "mean [95% interval]", "paper's claim", "verdict"], drows)
+    second = Table(["difference a - b (paired by seed)", "mean [95% interval]", "paper's claim", "verdict"], drows)
     return [first, second]
 
 
@@ -471,17 +472,6 @@ def finding_figure(key: str, finding: dict):
     return fig
 
 
-def _md_table(header, rows) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _html_table(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0 1em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 font-size:.9em}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}
@@ -507,9 +497,9 @@ def _finding_section(key: str, finding: dict, out: str, paths: dict) -> tuple[li
         section.append(f"<p><i>Note:</i> {html.escape(note)}</p>")
     if "results" not in finding:
         return md, "".join(section) + "</section>", finding
-    for header, rows in _tables(finding):
-        md += _md_table(header, rows) + [""]
-        section.append(_html_table(header, rows))
+    for table in _tables(finding):
+        md += [table.markdown(), ""]
+        section.append(table.html())
     if key == "poly1_epsilon":
         s = finding["extra"]["share_stats"]
         text = (f"First term's share of CE's gradient over the last epoch (CE run): "
@@ -548,9 +538,9 @@ def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
     overview = [[FINDINGS[k], str(f["verdict"]), _verdict_numbers(f).strip("()")] for k, f in results["findings"].items()]
     header = ["finding", "verdict", "difference, mean [95% interval]"]
     md = ["# polyfocal reproduce: the papers' findings at small scale", "", intro, ""]
-    md += _md_table(header, overview) + [""]
+    md += [Table(header, overview).markdown(), ""]
     page = [f"<h1>polyfocal reproduce: the papers' findings at small scale</h1><p>{html.escape(intro)}</p>",
-            _html_table(header, overview)]
+            Table(header, overview).html()]
     saved = {}
     for key, finding in results["findings"].items():
         lines, section, saved[key] = _finding_section(key, finding, out, paths)

@@ -34,6 +34,7 @@ from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
 from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
+from .tables import Table
 from .train import (LossSpec, check_compatible, parse_losses, parse_value, train_run, versions,
                     with_validation_if_needed)
 
@@ -352,9 +353,7 @@ def format_trials(results: dict) -> str:
     rows = [[str(t["number"]) + (" *" if t["number"] == best else "")]
             + [fmt_value(t["params"].get(n)) for n in names] + [fmt_value(t["metrics"].get(m)) for m in metrics]
             for t in trials]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+    return Table(header, rows).text()
 
 
 def _plot(results: dict, path: str) -> None:
