@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from .figures import errorbars, seed_dots
 from .metrics import metric_range, t_interval
 from .tables import Table
 from .tasks import LOWER_IS_BETTER
@@ -104,12 +105,9 @@ def compare_figure(results: dict, summary: dict):
         means = np.array([summary[l][metric]["mean"] for l in losses])
         low = np.array([summary[l][metric]["low"] for l in losses])
         high = np.array([summary[l][metric]["high"] for l in losses])
-        err = np.vstack([means - low, high - means])
-        err = np.where(np.isnan(err), 0.0, err)
         for i, loss in enumerate(losses):
-            ax.errorbar([i], means[i:i + 1], yerr=err[:, i:i + 1], fmt="o", color=colors[i], capsize=4, lw=1.2)
-            values = [r["metrics"][metric] for r in results["runs"] if r["loss"] == loss]
-            ax.plot(np.full(len(values), i) + 0.15, values, ".", color=colors[i], alpha=0.5)
+            errorbars(ax, [i], [summary[loss][metric]], colors[i], fmt="o")
+            seed_dots(ax, [i + 0.15], results, [loss], metric, colors[i], alpha=0.5)
         seeds = [r["metrics"][metric] for r in results["runs"] if r["loss"] in summary]
         finite = np.concatenate([means, low, high, np.asarray(seeds, dtype=float)])  # a collapsed seed stays in view
         finite = finite[np.isfinite(finite)]

@@ -43,6 +43,7 @@ from .distributed import require_single_process
 from .metrics import t_interval
 from .report import json_safe, print_written, summarize
 from .tasks import make_task
+from .figures import errorbars, seed_dots
 from .tables import Table
 from .train import VALIDATION_FRACTION, compare, parse_losses, train_run, versions
 from .verdicts import (CSS_CLASS, Outcome, Verdict, Verdicts, any_of, paired_difference, truncation_verdict,
@@ -370,20 +371,6 @@ def _tables(finding: dict) -> list[Table]:
     return [first, second]
 
 
-def _errorbars(ax, x, stats, color, label=None, fmt="o-"):
-    means = np.array([s["mean"] for s in stats], dtype=float)
-    low = np.array([s["low"] for s in stats], dtype=float)
-    high = np.array([s["high"] for s in stats], dtype=float)
-    err = np.nan_to_num(np.vstack([means - low, high - means]))
-    ax.errorbar(x, means, yerr=err, fmt=fmt, color=color, capsize=4, lw=1.2, label=label)
-
-
-def _seed_dots(ax, x, results, labels, metric, color):
-    for xi, label in zip(x, labels):
-        values = [r["metrics"][metric] for r in results["runs"] if r["loss"] == label]
-        ax.plot(np.full(len(values), xi, dtype=float), values, ".", color=color, alpha=0.35)
-
-
 def _difference_axis(ax, diffs: list, metric: str):
     """The paired differences of one metric (each metric gets its own axis: px and mAP never share one)."""
     y = np.arange(len(diffs))
@@ -413,24 +400,24 @@ def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> N
         ax.axhline(ce["mean"], color="k", lw=1, label="cross-entropy (mean, 95% band)")
         if not math.isnan(ce["low"]):
             ax.axhspan(ce["low"], ce["high"], color="k", alpha=0.1)
-        _seed_dots(ax, ns, results, labels, metric, "C0")
-        _errorbars(ax, ns, [summary[l][metric] for l in labels], "C0", "truncated to N terms")
+        seed_dots(ax, ns, results, labels, metric, "C0")
+        errorbars(ax, ns, [summary[l][metric] for l in labels], "C0", "truncated to N terms")
         ax.set_xscale("log")
         ax.set_xlabel("N (terms kept)")
         ax.legend(fontsize=8)
     elif key == "poly1_epsilon":
         eps = [float(l.split("=")[1]) for l in summary]
         labels = list(summary)
-        _seed_dots(ax, eps, results, labels, metric, "C1")
-        _errorbars(ax, eps, [summary[l][metric] for l in labels], "C1", "Poly-1")
+        seed_dots(ax, eps, results, labels, metric, "C1")
+        errorbars(ax, eps, [summary[l][metric] for l in labels], "C1", "Poly-1")
         ax.axvline(0, color="k", lw=0.6, ls=":")
         ax.set_xlabel("epsilon (0 = cross-entropy)")
         ax.legend(fontsize=8)
     else:
         labels = list(summary)
         x = np.arange(len(labels))
-        _seed_dots(ax, x + 0.12, results, labels, metric, "C2")
-        _errorbars(ax, x, [summary[l][metric] for l in labels], "C2", fmt="o")
+        seed_dots(ax, x + 0.12, results, labels, metric, "C2")
+        errorbars(ax, x, [summary[l][metric] for l in labels], "C2", fmt="o")
         ax.set_xticks(x, labels, rotation=15, fontsize=8)
         ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_ylabel(f"test {metric}")
