@@ -106,17 +106,17 @@ def test_report_files(tiny_report):
     paths, results = tiny_report
     assert set(results["findings"]) == set(R.FINDINGS)
     gfl = results["findings"]["qfl_dfl"]
-    assert gfl["metric"] == "map_box" and gfl["verdict"].outcome is not Outcome.NOT_RUN
+    assert gfl.metric == "map_box" and gfl.verdict.outcome is not Outcome.NOT_RUN
     calibration = results["findings"]["calibration"]
-    assert [d["metric"] for d in calibration["differences"]] == ["ece", "ece_ts", "accuracy"] * 2
-    assert [d["a"] for d in calibration["differences"]] == ["flsd"] * 3 + ["adafocal"] * 3
-    assert [label for label, _ in calibration["verdict"].parts] == [
+    assert [d["metric"] for d in calibration.differences] == ["ece", "ece_ts", "accuracy"] * 2
+    assert [d["a"] for d in calibration.differences] == ["flsd"] * 3 + ["adafocal"] * 3
+    assert [label for label, _ in calibration.verdict.parts] == [
         f"{name} {claim}" for name in ("FLSD-53", "AdaFocal")
         for claim in ("ECE lower", "ECE lower after temperature scaling", "accuracy no worse")]
-    assert all(v.outcome is not Outcome.NOT_RUN for _, v in calibration["verdict"].parts)
-    assert {r["loss"] for r in gfl["results"]["runs"]} == {"sigmoid_focal+l1", "qfl+dfl", "qfl+l1", "sigmoid_focal+dfl"}
-    assert [d["metric"] for d in gfl["differences"]] == ["map_box"] * 3 + ["loc_error", "map"]
-    assert results["findings"]["poly1_focal"]["notes"]  # epsilon = -1 with alpha = 0.25 is not monotone
+    assert all(v.outcome is not Outcome.NOT_RUN for _, v in calibration.verdict.parts)
+    assert {r["loss"] for r in gfl.results["runs"]} == {"sigmoid_focal+l1", "qfl+dfl", "qfl+l1", "sigmoid_focal+dfl"}
+    assert [d["metric"] for d in gfl.differences] == ["map_box"] * 3 + ["loc_error", "map"]
+    assert results["findings"]["poly1_focal"].notes  # epsilon = -1 with alpha = 0.25 is not monotone
     text = open(paths["markdown"]).read()
     for title in R.FINDINGS.values():
         assert f"## {title}" in text

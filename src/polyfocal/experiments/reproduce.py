@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -88,6 +88,28 @@ class ReproduceConfig:
                    epsilons=(-1.0, 0.0, 1.0, 2.0, 4.0, 8.0), dense_n_train=256, gfl_ablation=False)
 
 
+@dataclass
+class Finding:
+    """One finding: the paper's claim, the setting, the verdict, and what it rests on (the runs, the
+    paired ``differences`` of ``metric`` and others, notes, and finding-specific ``extra`` data)."""
+
+    claim: str
+    setting: str
+    verdict: Verdict | Verdicts
+    task: object = None
+    results: dict | None = None
+    metric: str | None = None
+    differences: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        """Its fields for ``results.json``, the task as its summary."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["task"] = None if self.task is None else self.task.summary()
+        return out
+
+
 # --- the findings -----------------------------------------------------------------------------------
 
 def _eps_label(eps: float) -> str:
@@ -100,7 +122,7 @@ def _difference_row(results, a, b, metric, claim, margin=0.0) -> dict:
     return d
 
 
-def _truncation(config: ReproduceConfig, run) -> dict:
+def _truncation(config: ReproduceConfig, run) -> Finding:
     task = make_task("digits-lt", imbalance=config.digits_imbalance)
     labels = ["ce"] + [f"truncated:n_terms={n}" for n in config.n_terms]
     results = run(task, labels, config.digits_epochs)
@@ -109,15 +131,14 @@ def _truncation(config: ReproduceConfig, run) -> dict:
     # matching CE: the interval of (truncated - CE) reaches 0 or above
     matches = [n for n, d in zip(config.n_terms, diffs) if d["low"] > -config.match_margin]
     overall = truncation_verdict(list(config.n_terms), diffs, config.many_terms, config.match_margin)
-    return {"task": task, "results": results, "metric": metric, "differences": diffs, "verdict": overall,
-            "claim": "Cutting cross-entropy's series (1-p_t)^j/j after N terms hurts accuracy unless N is "
-                     "large: on ImageNet about 600 terms were needed to match full cross-entropy.",
-            "setting": f"digits-lt (imbalance {config.digits_imbalance:g}), MLP, truncated_cross_entropy "
-                       f"for N in {list(config.n_terms)} vs cross_entropy; test accuracy (balanced test set). "
-                       f"Verdict: reproduced if every N below {config.many_terms} falls short of CE (the interval "
-                       f"of N terms minus CE below 0), not reproduced if one of them matches CE (that "
-                       f"interval above -{config.match_margin:g}).",
-            "extra": {"matching_n": matches}}
+    return Finding(
+        claim="Cutting cross-entropy's series (1-p_t)^j/j after N terms hurts accuracy unless N is large: on "
+              "ImageNet about 600 terms were needed to match full cross-entropy.",
+        setting=f"digits-lt (imbalance {config.digits_imbalance:g}), MLP, truncated_cross_entropy for N in "
+                f"{list(config.n_terms)} vs cross_entropy; test accuracy (balanced test set). Verdict: reproduced if "
+                f"every N below {config.many_terms} falls short of CE (the interval of N terms minus CE below 0), "
+                f"not reproduced if one of them matches CE (that interval above -{config.match_margin:g}).",
+        verdict=overall, task=task, results=results, metric=metric, differences=diffs, extra={"matching_n": matches})
 
 
 def _share_histories(task, specs, seeds, epochs) -> dict:
@@ -134,7 +155,7 @@ def _share_histories(task, specs, seeds, epochs) -> dict:
     return out
 
 
-def _poly1_epsilon(config: ReproduceConfig, run) -> dict:
+def _poly1_epsilon(config: ReproduceConfig, run) -> Finding:
     task = make_task("digits-lt", imbalance=config.digits_imbalance)
     labels = [_eps_label(e) for e in config.epsilons]
     results = run(task, labels, config.digits_epochs)
@@ -152,19 +173,20 @@ def _poly1_epsilon(config: ReproduceConfig, run) -> dict:
                    "first_step_over_half": [next((i for i, v in enumerate(r) if v > 0.5), None)
                                             for r in shares[base]]}
     share_verdict = verdict(low - 0.5, high - 0.5, "greater")
-    return {"task": task, "results": results, "metric": metric, "differences": diffs,
-            "verdict": Verdicts((("epsilon=2 vs 0", overall), ("gradient share > 0.5 in the last epoch", share_verdict))),
-            "claim": "Poly-1 (-log p_t + epsilon (1-p_t)) with a raised first coefficient (epsilon = 2) beats "
-                     "cross-entropy on ImageNet, the best epsilon depending on the task; during training the "
-                     "constant first term carries more than half of CE's gradient (its share is p_t).",
-            "setting": f"digits-lt (imbalance {config.digits_imbalance:g}), MLP, poly1_cross_entropy for "
-                       f"epsilon in {list(config.epsilons)} (0 = CE); test accuracy. The share p_t of the "
-                       f"first term is recorded on every training batch (analysis.GradientShareTracker); "
-                       f"its verdict tests the mean share over the last epoch's batches (CE run) against 0.5.",
-            "extra": {"shares": shares, "share_stats": share_stats}}
+    return Finding(
+        claim="Poly-1 (-log p_t + epsilon (1-p_t)) with a raised first coefficient (epsilon = 2) beats cross-entropy "
+              "on ImageNet, the best epsilon depending on the task; during training the constant first term carries "
+              "more than half of CE's gradient (its share is p_t).",
+        setting=f"digits-lt (imbalance {config.digits_imbalance:g}), MLP, poly1_cross_entropy for epsilon in "
+                f"{list(config.epsilons)} (0 = CE); test accuracy. The share p_t of the first term is recorded on "
+                f"every training batch (analysis.GradientShareTracker); its verdict tests the mean share over the "
+                f"last epoch's batches (CE run) against 0.5.",
+        verdict=Verdicts((("epsilon=2 vs 0", overall), ("gradient share > 0.5 in the last epoch", share_verdict))),
+        task=task, results=results, metric=metric, differences=diffs,
+        extra={"shares": shares, "share_stats": share_stats})
 
 
-def _calibration(config: ReproduceConfig, run) -> dict:
+def _calibration(config: ReproduceConfig, run) -> Finding:
     task = make_task("digits-lt", imbalance=config.digits_imbalance)
     results = run(task, ["ce", "flsd", "adafocal"], config.digits_epochs)  # compare holds out AdaFocal's validation
     diffs, parts = [], []
@@ -175,18 +197,19 @@ def _calibration(config: ReproduceConfig, run) -> dict:
         diffs += rows
         parts += [(f"{name} {claim}", d["verdict"]) for claim, d in
                   zip(("ECE lower", "ECE lower after temperature scaling", "accuracy no worse"), rows)]
-    return {"task": task, "results": results, "metric": "ece", "differences": diffs, "verdict": Verdicts(tuple(parts)),
-            "claim": "Focal loss with a sample-dependent gamma (FLSD-53: gamma = 5 while p_t < 0.2, else 3) and "
-                     "AdaFocal (gamma per p_t bin, updated from the validation calibration gap, switching to the "
-                     "inverse focal loss where under-confident) give better calibrated probabilities (lower ECE) "
-                     "than cross-entropy at equal accuracy, before and after temperature scaling (Mukhoti et al., "
-                     "NeurIPS 2020; Ghosh et al., NeurIPS 2022).",
-            "setting": f"digits-lt (imbalance {config.digits_imbalance:g}), MLP, cross-entropy vs "
-                       f"sample_dependent_focal_loss (FLSD-53) and AdaFocal (15 equal-mass bins, the paper's "
-                       f"defaults, updated after every epoch); {100 * VALIDATION_FRACTION:g}% of each class's "
-                       f"training images held out as AdaFocal's validation data, for all three losses; test ECE "
-                       f"(15 equal-width bins), ECE after temperature scaling (the temperature fitted on the even "
-                       f"test rows, ECE on the odd ones) and accuracy (no worse than CE by {config.match_margin:g})."}
+    return Finding(
+        claim="Focal loss with a sample-dependent gamma (FLSD-53: gamma = 5 while p_t < 0.2, else 3) and AdaFocal "
+              "(gamma per p_t bin, updated from the validation calibration gap, switching to the inverse focal loss "
+              "where under-confident) give better calibrated probabilities (lower ECE) than cross-entropy at equal "
+              "accuracy, before and after temperature scaling (Mukhoti et al., NeurIPS 2020; Ghosh et al., "
+              "NeurIPS 2022).",
+        setting=f"digits-lt (imbalance {config.digits_imbalance:g}), MLP, cross-entropy vs sample_dependent_focal_loss "
+                f"(FLSD-53) and AdaFocal (15 equal-mass bins, the paper's defaults, updated after every epoch); "
+                f"{100 * VALIDATION_FRACTION:g}% of each class's training images held out as AdaFocal's validation "
+                f"data, for all three losses; test ECE (15 equal-width bins), ECE after temperature scaling (the "
+                f"temperature fitted on the even test rows, ECE on the odd ones) and accuracy (no worse than CE by "
+                f"{config.match_margin:g}).",
+        verdict=Verdicts(tuple(parts)), task=task, results=results, metric="ece", differences=diffs)
 
 
 def _dense(config: ReproduceConfig, run) -> tuple:
@@ -200,7 +223,7 @@ def _subset(results: dict, labels) -> dict:
     return {**results, "runs": [r for r in results["runs"] if r["loss"] in labels]}
 
 
-def _dense_findings(config: ReproduceConfig, run) -> dict:
+def _dense_findings(config: ReproduceConfig, run) -> dict[str, Finding]:
     task, results = _dense(config, run)
     metric = "map"
     setting = (f"dense-toy ({config.dense_n_train} train images of 32x32, ~1% positive locations, 3 classes), "
@@ -208,45 +231,49 @@ def _dense_findings(config: ReproduceConfig, run) -> dict:
                f"test mAP over locations.")
     out = {}
     d = _difference_row(results, "sigmoid_focal", "bce", metric, "greater")
-    out["focal_vs_bce"] = {
-        "task": task, "results": _subset(results, ["bce", "sigmoid_focal"]), "metric": metric,
-        "differences": [d], "verdict": d["verdict"],
-        "claim": "Focal loss (gamma = 2, alpha = 0.25) trains dense detectors with extreme foreground-"
-                 "background imbalance better than cross-entropy.",
-        "setting": setting + " sigmoid_focal (gamma 2, alpha 0.25) vs binary_cross_entropy."}
+    out["focal_vs_bce"] = Finding(
+        claim="Focal loss (gamma = 2, alpha = 0.25) trains dense detectors with extreme foreground-background "
+              "imbalance better than cross-entropy.",
+        setting=setting + " sigmoid_focal (gamma 2, alpha 0.25) vs binary_cross_entropy.",
+        verdict=d["verdict"], task=task, results=_subset(results, ["bce", "sigmoid_focal"]), metric=metric,
+        differences=[d])
     eps_labels = [f"poly1_focal:epsilon={e:g}" for e in config.poly1_focal_epsilons]
     diffs = [_difference_row(results, label, "sigmoid_focal", metric, "greater") for label in eps_labels]
-    overall = any_of([(f"epsilon={e:g}", d["verdict"]) for e, d in zip(config.poly1_focal_epsilons, diffs)], "epsilon")
+    out["poly1_focal"] = Finding(
+        claim="Adding epsilon (1-p_t)^(gamma+1) to focal loss, with epsilon tuned for the task (-1 in the paper's "
+              "detection settings), improves on focal loss.",
+        setting=setting + f" poly1_focal (gamma 2, alpha 0.25) for epsilon in {list(config.poly1_focal_epsilons)} "
+                          f"vs sigmoid_focal; reproduced if some epsilon beats focal (best of "
+                          f"{len(config.poly1_focal_epsilons)}, not corrected for the choice).",
+        verdict=any_of([(f"epsilon={e:g}", d["verdict"]) for e, d in zip(config.poly1_focal_epsilons, diffs)],
+                       "epsilon"),
+        task=task, results=_subset(results, ["sigmoid_focal"] + eps_labels), metric=metric, differences=diffs,
+        notes=_rising_notes(config.poly1_focal_epsilons))
+    d = _difference_row(results, "ghm_c", "sigmoid_focal", metric, "not_worse", config.ghm_margin)
+    out["ghm_vs_focal"] = Finding(
+        claim="GHM-C, which reweights examples by the inverse density of their gradient norm, trains about as well "
+              "as the best-tuned focal loss (the GHM paper reports slightly better).",
+        setting=setting + f" GHMCLoss (10 bins, moving average with momentum 0.75) vs sigmoid_focal; verdict: GHM-C "
+                          f"no worse than focal by more than {config.ghm_margin:g} mAP.",
+        verdict=d["verdict"], task=task, results=_subset(results, ["sigmoid_focal", "ghm_c"]), metric=metric,
+        differences=[d])
+    return out
+
+
+def _rising_notes(epsilons) -> list[str]:
+    """Where a positive's Poly-1 focal loss rises with its probability (an epsilon that pushes positives down)."""
     notes = []
-    for e in config.poly1_focal_epsilons:
+    for e in epsilons:
         rising = positive_loss_rises(e)
         if rising:
             notes.append(f"With alpha = 0.25 and epsilon = {e:g}, a positive's Poly-1 focal loss increases with "
                          f"its probability p on [{rising[0]:.2f}, {rising[1]:.2f}] (the poly term is not weighted "
                          f"by alpha, and its pull outweighs focal's there), so training pushes positives away "
                          f"from confident predictions.")
-    out["poly1_focal"] = {
-        "task": task, "results": _subset(results, ["sigmoid_focal"] + eps_labels), "metric": metric,
-        "differences": diffs,
-        "verdict": overall, "notes": notes,
-        "claim": "Adding epsilon (1-p_t)^(gamma+1) to focal loss, with epsilon tuned for the task "
-                 "(-1 in the paper's detection settings), improves on focal loss.",
-        "setting": setting + f" poly1_focal (gamma 2, alpha 0.25) for epsilon in "
-                             f"{list(config.poly1_focal_epsilons)} vs sigmoid_focal; reproduced if some epsilon "
-                             f"beats focal (best of {len(config.poly1_focal_epsilons)}, not corrected for the "
-                             f"choice)."}
-    d = _difference_row(results, "ghm_c", "sigmoid_focal", metric, "not_worse", config.ghm_margin)
-    out["ghm_vs_focal"] = {
-        "task": task, "results": _subset(results, ["sigmoid_focal", "ghm_c"]), "metric": metric,
-        "differences": [d], "verdict": d["verdict"],
-        "claim": "GHM-C, which reweights examples by the inverse density of their gradient norm, trains "
-                 "about as well as the best-tuned focal loss (the GHM paper reports slightly better).",
-        "setting": setting + f" GHMCLoss (10 bins, moving average with momentum 0.75) vs sigmoid_focal; verdict: GHM-C no worse "
-                             f"than focal by more than {config.ghm_margin:g} mAP."}
-    return out
+    return notes
 
 
-def _qfl_dfl(config: ReproduceConfig, run) -> dict:
+def _qfl_dfl(config: ReproduceConfig, run) -> Finding:
     task = make_task("dense-toy", n_train=config.dense_n_train)
     base, gfl = "sigmoid_focal+l1", "qfl+dfl"
     labels = [base, gfl] + (["qfl+l1", "sigmoid_focal+dfl"] if config.gfl_ablation else [])
@@ -254,18 +281,18 @@ def _qfl_dfl(config: ReproduceConfig, run) -> dict:
     metric = "map_box"
     diffs = [_difference_row(results, label, base, metric, "greater") for label in labels[1:]]
     diffs += [_difference_row(results, gfl, base, "loc_error", "less"), _difference_row(results, gfl, base, "map", "greater")]
-    return {"task": task, "results": results, "metric": metric, "differences": diffs, "verdict": diffs[0]["verdict"],
-            "claim": "Quality focal loss (the classification score trained towards the IoU of the predicted box, "
-                     "a joint class-quality score) with distribution focal loss for the box edges beats focal "
-                     "loss with a plain box regression loss; each part helps on its own.",
-            "setting": f"dense-toy ({config.dense_n_train} train images of 32x32, objects 3-4 px, ~1% positive "
-                       f"locations): the conv head of findings 3-5 plus a box head predicting each positive "
-                       f"location's distances to its object's 4 edges, L1 on the distances or DFL over "
-                       f"{boxes.BINS} bins; both normalised by the positive count. Metric: map_box, the mean "
-                       f"over classes and IoU thresholds 0.5:0.9 of the AP over locations where a location "
-                       f"counts only if its class is right and its box overlaps enough (COCO's AP, per "
-                       f"location); loc_error is the mean absolute edge error in pixels. Verdict on map_box, "
-                       f"qfl+dfl vs sigmoid_focal+l1."}
+    return Finding(
+        claim="Quality focal loss (the classification score trained towards the IoU of the predicted box, a joint "
+              "class-quality score) with distribution focal loss for the box edges beats focal loss with a plain "
+              "box regression loss; each part helps on its own.",
+        setting=f"dense-toy ({config.dense_n_train} train images of 32x32, objects 3-4 px, ~1% positive locations): "
+                f"the conv head of findings 3-5 plus a box head predicting each positive location's distances to its "
+                f"object's 4 edges, L1 on the distances or DFL over {boxes.BINS} bins; both normalised by the "
+                f"positive count. Metric: map_box, the mean over classes and IoU thresholds 0.5:0.9 of the AP over "
+                f"locations where a location counts only if its class is right and its box overlaps enough (COCO's "
+                f"AP, per location); loc_error is the mean absolute edge error in pixels. Verdict on map_box, "
+                f"qfl+dfl vs sigmoid_focal+l1.",
+        verdict=diffs[0]["verdict"], task=task, results=results, metric=metric, differences=diffs)
 
 
 def positive_loss_rises(epsilon: float, gamma: float = 2.0, alpha: float = 0.25):
@@ -326,7 +353,7 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
     finally:
         torch.set_num_threads(before)
     for key in FINDINGS:
-        findings.setdefault(key, {"verdict": Verdict(Outcome.NOT_RUN)})
+        findings.setdefault(key, Finding(claim="", setting="", verdict=Verdict(Outcome.NOT_RUN)))
     seconds = time.perf_counter() - start
     say(f"done in {seconds:.1f} s")
     return {"config": asdict(config), "versions": versions(), "seconds": seconds,
@@ -343,11 +370,10 @@ def _fmt(mean, low, high, digits=4) -> str:
     return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def _verdict_numbers(finding: dict) -> str:
+def _verdict_numbers(finding: Finding) -> str:
     """The differences a verdict rests on, with their intervals: ``(a - b: mean [low, high] metric)``."""
-    metric = finding.get("metric")
     shown = [f"{d['a']} - {d['b']}: {_fmt(d['mean'], d['low'], d['high'])} {d['metric']}"
-             for d in finding.get("differences", []) if d["metric"] == metric]
+             for d in finding.differences if d["metric"] == finding.metric]
     return f"({'; '.join(shown)})" if shown else ""
 
 
@@ -356,17 +382,17 @@ def _difference_name(d: dict, metric: str) -> str:
     return f"{d['a']} - {d['b']}" + (f" ({d['metric']})" if d["metric"] != metric else "")
 
 
-def _tables(finding: dict) -> list[Table]:
-    metric, results = finding["metric"], finding["results"]
+def _tables(finding: Finding) -> list[Table]:
+    metric, results = finding.metric, finding.results
     summary = summarize(results)
-    shown = [metric] + [m for m in results["metrics"] if m != metric and m in {d["metric"] for d in finding["differences"]}]
+    shown = [metric] + [m for m in results["metrics"] if m != metric and m in {d["metric"] for d in finding.differences}]
     rows = [[loss] + [_fmt(**{k: s[m][k] for k in ("mean", "low", "high")}) for m in shown] + [str(s[metric]["n"])]
             for loss, s in summary.items()]
     first = Table(["variant"] + [f"{m} mean [95% interval]" for m in shown] + ["seeds"], rows)
     claim_words = {"greater": "a > b", "less": "a < b", "not_worse": "a >= b - margin"}
     drows = [[_difference_name(d, metric), _fmt(d["mean"], d["low"], d["high"]),
               claim_words[d["claim"]] + (f" ({d['margin']:g})" if d["claim"] == "not_worse" else ""), str(d["verdict"])]
-             for d in finding["differences"]]
+             for d in finding.differences]
     second = Table(["difference a - b (paired by seed)", "mean [95% interval]", "paper's claim", "verdict"], drows)
     return [first, second]
 
@@ -425,15 +451,15 @@ def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> N
                  f"(dots: seeds)", fontsize=9)
 
 
-def finding_figure(key: str, finding: dict):
+def finding_figure(key: str, finding: Finding):
     """A finding's figure: its metric per variant, then its paired differences, one axis per metric."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    results, metric = finding["results"], finding["metric"]
+    results, metric = finding.results, finding.metric
     summary = summarize(results)
     by_metric: dict[str, list] = {}
-    for d in finding["differences"]:
+    for d in finding.differences:
         by_metric.setdefault(d["metric"], []).append(d)
     ncols = 1 + len(by_metric) + (key == "poly1_epsilon")
     fig = Figure(figsize=(max(11, 4.2 * ncols), 3.8), layout="constrained")
@@ -444,7 +470,7 @@ def finding_figure(key: str, finding: dict):
         _difference_axis(ax, diffs, name)
     if key == "poly1_epsilon":
         ax = axes[-1]
-        for i, (label, rows) in enumerate(finding["extra"]["shares"].items()):
+        for i, (label, rows) in enumerate(finding.extra["shares"].items()):
             values = np.array(rows, dtype=float)
             steps = np.arange(values.shape[1])
             ax.plot(steps, values.mean(0), color=f"C{i}", label=label)
@@ -467,28 +493,28 @@ font-size:.9em}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}
 section{border-top:1px solid #ddd;margin-top:1.5em}code{background:#f5f5f5;padding:0 .2em}"""
 
 
-def _finding_section(key: str, finding: dict, out: str, paths: dict) -> tuple[list[str], str, dict]:
+def _finding_section(key: str, finding: Finding, out: str, paths: dict) -> tuple[list[str], str]:
     """One finding's Markdown lines, HTML section and JSON entry (its figure written under ``out``)."""
     md = [f"## {FINDINGS[key]}", ""]
     section = [f"<section><h2>{html.escape(FINDINGS[key])}</h2>"]
     numbers = _verdict_numbers(finding)
-    for label, text in (("Paper's claim", finding.get("claim")), ("Setting", finding.get("setting"))):
+    for label, text in (("Paper's claim", finding.claim), ("Setting", finding.setting)):
         if text:
             md += [f"**{label}.** {text}", ""]
             section.append(f"<p><b>{label}.</b> {html.escape(text)}</p>")
-    md += [f"**Verdict: {finding['verdict']}** {numbers}".rstrip(), ""]
-    section.append(f"<p><b>Verdict:</b> <span class='verdict {CSS_CLASS[finding['verdict'].outcome]}'>"
-                   f"{html.escape(str(finding['verdict']))}</span> {html.escape(numbers)}</p>")
-    for note in finding.get("notes", []):
+    md += [f"**Verdict: {finding.verdict}** {numbers}".rstrip(), ""]
+    section.append(f"<p><b>Verdict:</b> <span class='verdict {CSS_CLASS[finding.verdict.outcome]}'>"
+                   f"{html.escape(str(finding.verdict))}</span> {html.escape(numbers)}</p>")
+    for note in finding.notes:
         md += [f"Note: {note}", ""]
         section.append(f"<p><i>Note:</i> {html.escape(note)}</p>")
-    if "results" not in finding:
-        return md, "".join(section) + "</section>", finding
+    if finding.results is None:
+        return md, "".join(section) + "</section>"
     for table in _tables(finding):
         md += [table.markdown(), ""]
         section.append(table.html())
     if key == "poly1_epsilon":
-        s = finding["extra"]["share_stats"]
+        s = finding.extra["share_stats"]
         text = (f"First term's share of CE's gradient over the last epoch (CE run): "
                 f"{_fmt(s['final_mean'], s['final_low'], s['final_high'], 3)}; first step above 0.5 "
                 f"per seed: {s['first_step_over_half']}.")
@@ -504,9 +530,7 @@ def _finding_section(key: str, finding: dict, out: str, paths: dict) -> tuple[li
         section.append(f"<img alt='{key}' src='data:image/png;base64,{data}'>")
     except ImportError:
         md += ["(no figure: matplotlib is not installed)", ""]
-    saved = {k: v for k, v in finding.items() if k != "task"}
-    saved["task"] = finding["task"].summary()
-    return md, "".join(section) + "</section>", saved
+    return md, "".join(section) + "</section>"
 
 
 def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
@@ -522,15 +546,14 @@ def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
              f"These are toy-sized settings (8x8 digits, 32x32 synthetic images), not the papers' ImageNet "
              f"and COCO runs: a 'not reproduced' here says the effect does not carry over to this scale. "
              f"Total time {results['seconds']:.0f} s.")
-    overview = [[FINDINGS[k], str(f["verdict"]), _verdict_numbers(f).strip("()")] for k, f in results["findings"].items()]
+    overview = [[FINDINGS[k], str(f.verdict), _verdict_numbers(f).strip("()")] for k, f in results["findings"].items()]
     header = ["finding", "verdict", "difference, mean [95% interval]"]
     md = ["# polyfocal reproduce: the papers' findings at small scale", "", intro, ""]
     md += [Table(header, overview).markdown(), ""]
     page = [f"<h1>polyfocal reproduce: the papers' findings at small scale</h1><p>{html.escape(intro)}</p>",
             Table(header, overview).html()]
-    saved = {}
     for key, finding in results["findings"].items():
-        lines, section, saved[key] = _finding_section(key, finding, out, paths)
+        lines, section = _finding_section(key, finding, out, paths)
         md += lines
         page.append(section)
     foot = "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
@@ -545,7 +568,7 @@ def write_reproduce_report(results: dict, out: str) -> dict[str, str]:
                      f"<style>{_CSS}</style></head><body>{''.join(page)}</body></html>")
     paths["json"] = os.path.join(out, "results.json")
     with open(paths["json"], "w") as handle:
-        json.dump(json_safe({**results, "findings": saved}), handle, indent=1)
+        json.dump(json_safe(results), handle, indent=1)  # findings and verdicts by their as_json
     return paths
 
 
@@ -576,7 +599,7 @@ def _run_command(args) -> int:
     print(f"polyfocal reproduce ({'quick' if args.quick else 'full'}): {len(config.seeds)} seeds, "
           f"{results['seconds']:.0f} s")
     for key, finding in results["findings"].items():
-        print(f"  {FINDINGS[key]}\n      {finding['verdict']}")
+        print(f"  {FINDINGS[key]}\n      {finding.verdict}")
     print_written(write_reproduce_report(results, args.out))
     return 0
 
