@@ -34,6 +34,9 @@ def main() -> None:
     params = one_step(data["loss"], data["params"], 2, 2, [WindowNormalizer(tokens), Record()], strategy="ddp",
                       devices=world)
     torch.save((params, seen), sys.argv[5])
+    if torch.distributed.is_initialized():  # Lightning leaves the gloo group up; its threads must stop before exit
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
