@@ -14,6 +14,7 @@ from numbers import Integral, Real
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ._errors import InputTypeError, InputValueError
@@ -104,8 +105,6 @@ def is_distributed(distributed: bool | None) -> bool:
     2+ ranks exists."""
     if distributed is not None:
         return bool(distributed)
-    import torch.distributed as dist  # noqa: PLC0415
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 

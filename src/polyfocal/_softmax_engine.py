@@ -240,9 +240,9 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         if engine != "reference":
             try:
                 if phi in _math.READS_BELOW:  # not a function of p_t alone: compiled autograd of the reference
-                    loss = _fused.value_and_grad(*_row_wide(logits, t, row_factor, dense, phi, by_index), params,
-                                                 dtype=dtype, scale=scale, summed=summed, loss_shape=rows_shape,
-                                                 reference=reference)
+                    rows, args = _row_wide(logits, t, row_factor, dense, phi, by_index)
+                    loss = _fused.value_and_grad(rows, logits, args, params, dtype=dtype, scale=scale, summed=summed,
+                                                 loss_shape=rows_shape, reference=reference)
                 elif by_index:
                     loss = _rows.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
                                                summed=summed, reference=reference, engine=engine)
@@ -256,12 +256,12 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
 
 
 def _row_wide(logits: Tensor, t, row_factor, dense, phi: PerClass, by_index: bool) -> tuple:
-    """``(f, logits, args)`` of :func:`polyfocal._fused.value_and_grad` for a function that reads the
-    whole row (:data:`polyfocal._math.READS_BELOW`): the reference's own rows, on the 3-d view."""
+    """``(rows, args)`` for :func:`polyfocal._fused.value_and_grad` of a function that reads the whole
+    row (:data:`polyfocal._math.READS_BELOW`): the reference's own rows, on the 3-d view."""
     if by_index:
         shape = logits.shape
-        return index_rows, logits, (_fused.rows_3d(t, shape), _fused.rows_3d(row_factor, shape), phi)
-    return soft_rows, logits, _soft_args(logits, dense, phi)
+        return index_rows, (_fused.rows_3d(t, shape), _fused.rows_3d(row_factor, shape), phi)
+    return soft_rows, _soft_args(logits, dense, phi)
 
 
 def _soft_args(logits: Tensor, dense: DenseTarget, phi: PerClass) -> tuple:

@@ -23,7 +23,7 @@ from . import _checks, _math
 from ._declare import declare, public_names
 from ._errors import InputTypeError, InputValueError
 from ._loss_module import _EXAMPLES, LossModule
-from ._softmax_engine import check_logits, softmax_loss
+from ._softmax_engine import softmax_loss
 
 
 def _vector(values, name: str, device) -> Tensor:
@@ -36,11 +36,14 @@ def _vector(values, name: str, device) -> Tensor:
     return torch.tensor(_checks.numbers(values, name), dtype=torch.float64, device=device)
 
 
-def _check_edges(values) -> None:
-    if not isinstance(values, Tensor):
-        values = _checks.numbers(values, "bin_edges")
-        if values[0] != 0.0 or values[-1] != 1.0 or any(b < a for a, b in zip(values, values[1:])):
-            raise InputValueError(f"`bin_edges` must rise from 0.0 to 1.0; got {tuple(values)}")
+def _edges(values, device) -> Tensor:
+    """Bin edges as a tensor; numbers are checked to rise from 0 to 1 first (a tensor's are not read)."""
+    if isinstance(values, Tensor):
+        return _vector(values, "bin_edges", device)
+    values = _checks.numbers(values, "bin_edges")
+    if values[0] != 0.0 or values[-1] != 1.0 or any(b < a for a, b in zip(values, values[1:])):
+        raise InputValueError(f"`bin_edges` must rise from 0.0 to 1.0; got {tuple(values)}")
+    return torch.tensor(values, dtype=torch.float64, device=device)
 
 
 def bins(gammas, bin_edges, device=None) -> tuple[Tensor, Tensor]:
@@ -49,8 +52,7 @@ def bins(gammas, bin_edges, device=None) -> tuple[Tensor, Tensor]:
     gammas = _vector(gammas, "gammas", device)
     if bin_edges is None:
         return gammas, torch.linspace(0.0, 1.0, len(gammas) + 1, dtype=torch.float64, device=device)
-    _check_edges(bin_edges)
-    edges = _vector(bin_edges, "bin_edges", device)
+    edges = _edges(bin_edges, device)
     if len(edges) != len(gammas) + 1:
         raise InputValueError(f"`bin_edges` must hold one more value than `gammas` ({len(gammas) + 1}); "
                               f"got {len(edges)}")
@@ -76,8 +78,8 @@ def adafocal_loss(logits: Tensor, target: Tensor, *, gammas=(1.0,), bin_edges=No
 
     {returns}
     """
-    check_logits(logits)
-    gammas, edges = bins(gammas, bin_edges, logits.device)
+    # the state on the logits' device (the contract checks the logits themselves, once, in softmax_loss)
+    gammas, edges = bins(gammas, bin_edges, getattr(logits, "device", None))
     return softmax_loss(_math.binned_focal, dict(inner_edges=edges[1:-1], gammas=gammas), logits, target,
                         weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
