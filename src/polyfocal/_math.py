@@ -178,7 +178,7 @@ def expected_over_binary(phi, prob: Probability, y: Tensor, **params) -> Tensor:
 
 def alpha_t(y: Tensor, alpha: float | None):
     """RetinaNet's class balance: ``alpha`` on positives, ``1 - alpha`` on negatives."""
-    return 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+    return 1.0 if alpha is None else (1 - alpha) + (2 * alpha - 1) * y  # alpha y + (1 - alpha)(1 - y)
 
 
 def _focal_terms(ce: Tensor, one_minus_pt: Tensor, log1m: Tensor, y: Tensor, gamma, alpha, epsilon) -> Tensor:

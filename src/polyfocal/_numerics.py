@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -15,6 +16,20 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def compute_dtype(x: Tensor) -> torch.dtype:
     """fp16 and bf16 inputs are computed in fp32; other floats in their own dtype."""
     return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
+
+
+def shared_like(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-d tensor that only stands for ``dtype`` and ``device`` (never written: shared by every caller),
+    made once: an allocation per call costs a microsecond, which small batches notice. (Inside
+    ``torch.compile`` a fresh one: the compiler has no use for the cache, and warns about it.)"""
+    if torch.compiler.is_compiling():
+        return torch.empty((), dtype=dtype, device=device)
+    return _shared_like(dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _shared_like(dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.empty((), dtype=dtype, device=device)
 
 
 def output_dtype(x: Tensor) -> torch.dtype:

@@ -19,8 +19,10 @@ def reduction_scale(reduction: str, count, normalizer, like: Tensor) -> Tensor:
         return torch.ones((), dtype=like.dtype, device=like.device)
     if normalizer is not None:
         return 1 / torch.as_tensor(normalizer, dtype=like.dtype, device=like.device)
-    count = torch.as_tensor(count, dtype=like.dtype, device=like.device)
-    return 1 / torch.where(count > 0, count, torch.ones_like(count))
+    if not isinstance(count, torch.Tensor):  # a number of rows known on the host: one op, not four
+        return torch.scalar_tensor(1.0 / count if count > 0 else 1.0, dtype=like.dtype, device=like.device)
+    count = count.to(like.dtype)
+    return torch.where(count > 0, count, 1.0).reciprocal()
 
 
 def reduce_loss(loss: Tensor, reduction: str, scale: Tensor) -> Tensor:

@@ -130,15 +130,20 @@ def _target_probability(shifted_t: Tensor, s_other: Tensor) -> Probability:
     return sigmoid_probability(shifted_t - torch.log(s_other))
 
 
+def _times(x: Tensor, factor) -> Tensor:
+    return x if factor is None else x * factor
+
+
 def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
     """:func:`_row_partials` with the loss's written-out slope (``_math.SLOPES``) where it has one:
-    on a few hundred rows autograd's bookkeeping costs more than the whole pass over the logits."""
+    on a few hundred rows autograd's bookkeeping costs more than the whole pass over the logits.
+    ``factor`` None stands for 1 (no row ignored or weighted)."""
     slope = SLOPES.get(phi)
     if slope is None:
-        return _row_partials(phi, shifted_t, s_other, factor, scale, params)
+        return _row_partials(phi, shifted_t, s_other, 1.0 if factor is None else factor, scale, params)
     prob = _target_probability(shifted_t, s_other)
-    target_grad = slope(prob, **params) * (factor * scale)
-    return phi(prob, **params) * factor, -target_grad / s_other, target_grad
+    target_grad = slope(prob, **params) * _times(scale, factor)
+    return _times(phi(prob, **params), factor), -target_grad / s_other, target_grad
 
 
 def _eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor):
@@ -170,13 +175,15 @@ def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor,
     ``reference(logits)`` is the same loss by autograd, for second derivatives.
     """
     shape = logits.shape
-    x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
-    if engine != "eager":
+    if engine == "eager":  # its ops take (N, C, *) and (N, *) as they come
+        x = logits
+        if not (logits.requires_grad and torch.is_grad_enabled()):  # the values alone
+            shifted_t, s_other, _ = _eager_statistics(x, t, dtype)
+            rows = _times(phi(_target_probability(shifted_t, s_other), **params), factor)
+            return rows.sum() * scale if summed else rows
+    else:
+        x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
         params = as_tensors(params, scale)
-    elif not (logits.requires_grad and torch.is_grad_enabled()):  # the values alone
-        shifted_t, s_other, _ = _eager_statistics(x, t, dtype)
-        rows = phi(_target_probability(shifted_t, s_other), **params) * factor
-        return rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
 
     def compute():
         if engine == "triton":

@@ -17,6 +17,8 @@ per-element loss, shape ``(N, C, *)``.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -24,11 +26,24 @@ from . import _checks, _fused
 from ._backend import engine_for
 from ._errors import InputTypeError, InputValueError
 from ._math import SigmoidMath
-from ._numerics import compute_dtype, is_class, no_autocast, output_dtype, sigmoid_probability
+from ._numerics import compute_dtype, is_class, no_autocast, output_dtype, shared_like, sigmoid_probability
 from ._reduce import reduce_loss, reduction_scale
 
 
-def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -> None:
+class Target(NamedTuple):
+    """A checked target: class ``labels`` ``(N, *)`` with optional float ``scores``, or (labels None) a
+    float target ``y`` the shape of the logits; the mean's ``count``; and ``every_row``, whether the
+    range check found every label a class or background (so, with ``ignore_index`` neither, no row
+    is ignored and no mask is needed)."""
+
+    labels: Tensor | None
+    scores: Tensor | None
+    y: Tensor | None
+    count: Tensor | int
+    every_row: bool = False
+
+
+def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -> bool:
     if logits.ndim < 2:
         raise InputValueError(f"class-index targets need `logits` of shape (N, C, *); got {tuple(logits.shape)}")
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
@@ -39,13 +54,13 @@ def _check_labels(logits: Tensor, labels: Tensor, ignore_index: int, validate) -
         raise InputValueError(
             f"`target` must have shape (N, *) = {expected} for class indices; got {tuple(labels.shape)}"
         )
-    if _checks.should_validate(validate, labels):
-        _checks.check_index_range(labels, logits.shape[1], ignore_index, allow_background=True)
+    in_range = _checks.should_validate(validate, labels) and _checks.check_index_range(
+        labels, logits.shape[1], ignore_index, allow_background=True)
+    return in_range and not 0 <= ignore_index <= logits.shape[1]
 
 
-def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
-    """``(labels, scores, y, count)``: class labels ``(N, *)`` with optional float scores, or
-    (labels None) a float target ``y`` the shape of ``logits``; and the mean's count."""
+def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype) -> Target:
+    """The target checked, in a :class:`Target`."""
     scores = None
     if isinstance(target, tuple):
         if len(target) != 2:
@@ -65,8 +80,8 @@ def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: t
                                   f"got {tuple(target.shape)}")
         if _checks.should_validate(validate, target):
             _checks.check_unit_interval(target, "target")
-        return None, None, target.to(dtype), target.numel()
-    _check_labels(logits, target, ignore_index, validate)
+        return Target(None, None, target.to(dtype), target.numel())
+    every_row = _check_labels(logits, target, ignore_index, validate)
     if scores is not None:
         if scores.shape != target.shape:
             raise InputValueError(f"`target` scores must have the labels' shape {tuple(target.shape)}; "
@@ -74,12 +89,13 @@ def prepare_target(logits: Tensor, target, ignore_index: int, validate, dtype: t
         if _checks.should_validate(validate, scores):
             _checks.check_unit_interval(scores, "target scores")
         scores = scores.to(dtype)
-    return target, scores, None, (target != ignore_index).sum()
+    count = target.numel() if every_row else (target != ignore_index).sum()
+    return Target(target, scores, None, count, every_row)
 
 
 def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: torch.dtype):
     """The target as floats the shape of ``logits``, the valid-location mask (or None) and the count."""
-    labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
+    labels, scores, y, count, _ = prepare_target(logits, target, ignore_index, validate, dtype)
     if labels is None:
         return y, None, count
     y = is_class(logits, labels).to(dtype)
@@ -89,11 +105,12 @@ def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: tor
 def element_inputs(x: Tensor, labels, scores, y, ignore_index: int, math: SigmoidMath, classes=None):
     """``(z, flipped, y, form, valid)``: the loss at every element is ``form(sigmoid(z), y)``
     where ``valid`` (None: everywhere), with ``z = x``, or ``z = -x`` where ``flipped`` for a hard target
-    built from class labels (C = background; the target is built in place, never materialised)."""
+    built from class labels (C = background; the target is built in place, never materialised).
+    ``ignore_index`` None: no label is ignored."""
     if labels is None:
         return x, None, y, math.soft, None
     hot = is_class(x, labels, classes)
-    valid = (labels != ignore_index).unsqueeze(1)
+    valid = None if ignore_index is None else (labels != ignore_index).unsqueeze(1)
     if scores is None:
         return torch.where(hot, x, -x), ~hot, hot.to(x.dtype), math.binary, valid
     # ignored elements are evaluated at 0 (and then masked): the same loss, and in a compiled kernel
@@ -123,12 +140,14 @@ def elements_and_gradient(x: Tensor, scale: Tensor, labels, scores, y, ignore_in
     return loss, slope if flipped is None else torch.where(flipped, -slope, slope)
 
 
-def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels: Tensor, ignore_index: int, weight, *,
+def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels: Tensor, ignore_index: int | None, weight, *,
                     dtype: torch.dtype, scale: Tensor, summed: bool, reference) -> Tensor:
     """Class labels without scores on the eager engine: the binary form and its written-out slope
     in a few eager ops per element, the gradient saved (no autograd graph through the elements)."""
     def compute(gradient: bool = True):
-        z, flipped, y, form, valid = element_inputs(logits.to(dtype), labels, None, None, ignore_index, math)
+        x = logits.to(dtype)
+        classes = _fused.class_indices(x.shape[1], x.device)
+        z, flipped, y, form, valid = element_inputs(x, labels, None, None, ignore_index, math, classes)
         prob = sigmoid_probability(z)
         loss = _masked(form(prob, y, **params), valid, weight)
         loss = loss.sum() * scale if summed else loss
@@ -169,9 +188,9 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
     weight = check_weight(weight, logits)
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with no_autocast(logits):
-        labels, scores, y, count = prepare_target(logits, target, ignore_index, validate, dtype)
+        labels, scores, y, count, every_row = prepare_target(logits, target, ignore_index, validate, dtype)
         weight = None if weight is None else weight.to(dtype)
-        scale = reduction_scale(reduction, count, normalizer, torch.empty((), dtype=dtype, device=logits.device))
+        scale = reduction_scale(reduction, count, normalizer, shared_like(dtype, logits.device))
 
         def reference(x: Tensor) -> Tensor:
             return reduce_loss(elements(x.to(dtype), labels, scores, y, ignore_index, weight, math, **params),
@@ -180,7 +199,8 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
         has_eager = labels is not None and scores is None
         engine = engine_for(backend, logits, (target, weight, params), eager="sigmoid" if has_eager else None)
         if engine == "eager":
-            return _eager_elements(math, params, logits, labels, ignore_index, weight, dtype=dtype, scale=scale,
+            return _eager_elements(math, params, logits, labels, None if every_row else ignore_index, weight,
+                                   dtype=dtype, scale=scale,
                                    summed=reduction != "none", reference=reference).to(out_dtype)
         if engine != "reference":
             try:

@@ -24,7 +24,7 @@ from . import _checks, _fused, _math, _rows
 from ._backend import engine_for, get_backend
 from ._errors import InputTypeError, InputValueError
 from ._numerics import (Probability, class_sum, compute_dtype, from_logs, is_class, log_probability_below,
-                        log_probability_below_target, log_softmax_and_log1m, no_autocast, output_dtype)
+                        log_probability_below_target, log_softmax_and_log1m, no_autocast, output_dtype, shared_like)
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Probability], Tensor]
@@ -40,8 +40,9 @@ def check_logits(logits, name: str = "logits") -> int:
     return num_classes
 
 
-def check_target(logits: Tensor, target, ignore_index: int, validate) -> bool:
-    """Check a class-index or class-probability target; return True for indices."""
+def check_target(logits: Tensor, target, ignore_index: int, validate) -> tuple[bool, bool]:
+    """Check a class-index or class-probability target; return whether it holds indices, and whether
+    the check found every index a class (so none is ignored where ``ignore_index`` is not one)."""
     if not isinstance(target, Tensor):
         raise InputTypeError(f"`target` must be a torch.Tensor; got {type(target).__name__}")
     if _checks.is_index(target):
@@ -50,9 +51,9 @@ def check_target(logits: Tensor, target, ignore_index: int, validate) -> bool:
             raise InputValueError(
                 f"`target` must have shape (N, *) = {expected} for class indices; got {tuple(target.shape)}"
             )
-        if _checks.should_validate(validate, target):
-            _checks.check_index_range(target, logits.shape[1], ignore_index)
-        return True
+        in_range = _checks.should_validate(validate, target) and _checks.check_index_range(
+            target, logits.shape[1], ignore_index)
+        return True, in_range
     if not target.is_floating_point():
         raise InputTypeError(f"`target` must be integer class indices or float class probabilities; got {target.dtype}")
     if tuple(target.shape) == (logits.shape[0],) + tuple(logits.shape[2:]):
@@ -65,7 +66,7 @@ def check_target(logits: Tensor, target, ignore_index: int, validate) -> bool:
         )
     if _checks.should_validate(validate, target):
         _checks.check_unit_interval(target, "target")
-    return False
+    return False, False
 
 
 def class_factor(alpha, num_classes: int, like: Tensor):
@@ -92,8 +93,13 @@ def _at(vector, index: Tensor):
     return vector[index]
 
 
-def _times(x: Tensor, factor):
-    return x if factor is None else x * factor
+def _product(*factors):
+    """The product of the factors given (None stands for 1), or None when every one is None."""
+    result = None
+    for factor in factors:
+        if factor is not None:
+            result = factor if result is None else result * factor
+    return result
 
 
 # --- dense targets, built where they are used: inside a fused kernel, never materialised ----------
@@ -137,12 +143,13 @@ def soft_rows(x: Tensor, target: DenseTarget, phi: PerClass, classes=None, **par
 
 
 def index_rows(x: Tensor, t: Tensor, factor, phi: PerClass, **params) -> Tensor:
-    """``factor * phi(p_t)`` per row, at the target class ``t``."""
+    """``factor * phi(p_t)`` per row, at the target class ``t`` (``factor`` None: 1)."""
     all_logp, all_log1m = log_softmax_and_log1m(x)
     if phi in _math.READS_BELOW:
         params = {**params, "log_below": log_probability_below_target(x, all_logp, t)}
     logp, log1m = (v.gather(1, t.unsqueeze(1)).squeeze(1) for v in (all_logp, all_log1m))
-    return phi(from_logs(logp, log1m), **params) * factor
+    rows = phi(from_logs(logp, log1m), **params)
+    return rows if factor is None else rows * factor
 
 
 def _is_torch_cross_entropy(phi: PerClass, params: dict, logits: Tensor, alpha, row_weight) -> bool:
@@ -163,7 +170,9 @@ def _uses_torch_kernel(engine: str, backend, logits: Tensor) -> bool:
 
 
 def _torch_cross_entropy(logits: Tensor, target: Tensor, w, ignore_index: int, smoothing: float, reduction: str,
-                         normalizer) -> Tensor:
+                         normalizer, every_row: bool) -> Tensor:
+    if every_row and w is None and reduction == "mean" and normalizer is None:  # its count is N * prod(*) > 0
+        return F.cross_entropy(logits, target, ignore_index=ignore_index, label_smoothing=smoothing)
     summed = reduction != "none"
     loss = F.cross_entropy(logits, target, w, ignore_index=ignore_index, label_smoothing=smoothing,
                            reduction="sum" if summed else "none")
@@ -183,17 +192,23 @@ def _count(valid: Tensor, labels: Tensor, w) -> Tensor:
     return valid.sum() if w is None else (w[labels] * valid).sum()
 
 
-def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing: float, dtype: torch.dtype):
+def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing: float, dtype: torch.dtype,
+                  every_row: bool = False):
     """Class indices: ``(t, row_factor, count, dense)`` with ``t`` the labels (ignored ones at 0),
-    the rows' factor (0 where ignored), the mean's count and, with label smoothing, the dense
-    target's builder and arguments (None without)."""
-    valid = target != ignore_index
-    t = target.masked_fill(~valid, 0).long()
-    count = _count(valid, t, w)
-    row_factor = _times(_times(_times(valid.to(dtype), _at(w, t)), _at(a, t)), row_weight)
+    the rows' factor (0 where ignored; None where it is 1 on every row, which ``every_row``, known
+    to hold no ignored row, allows), the mean's count and, with label smoothing, the dense target
+    (None without)."""
+    if every_row:  # no mask to build: the count is the number of rows (an int) or their weights' sum
+        t, mask = target.long(), None
+        count = t.numel() if w is None else w[t].sum()
+    else:
+        valid = target != ignore_index
+        t, mask = torch.where(valid, target, 0).long(), valid.to(dtype)
+        count = _count(valid, t, w)
+    row_factor = _product(mask, _at(w, t), _at(a, t), row_weight)
     dense = None
     if smoothing:  # the class factors apply per class of the smoothed target, not at t
-        dense = DenseTarget(None, t, smoothing, w, a, _times(valid.to(dtype), row_weight))
+        dense = DenseTarget(None, t, smoothing, w, a, _product(mask, row_weight))
     return t, row_factor, count, dense
 
 
@@ -206,22 +221,24 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
     _checks.check_reduction(reduction, normalizer)
     smoothing = _checks.number(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     _checks.integer(ignore_index, "ignore_index", low=-(2**63))
-    index = check_target(logits, target, ignore_index, validate)
+    index, in_range = check_target(logits, target, ignore_index, validate)
+    every_row = in_range and not 0 <= ignore_index < num_classes  # no row is ignored
 
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with no_autocast(logits):
-        like = torch.empty((), dtype=dtype, device=logits.device)
+        like = shared_like(dtype, logits.device)
         w = _checks.class_vector(weight, "weight", num_classes, like)
         a = class_factor(alpha, num_classes, like)
         engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params),
                             eager="softmax" if index else None)
         if index and _uses_torch_kernel(engine, backend, logits) and _is_torch_cross_entropy(phi, params, logits, a,
                                                                                              sample_weight):
-            return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer)
+            return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer, every_row)
         rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
         row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(rows_shape)
         if index:
-            t, row_factor, count, dense = _index_target(target, ignore_index, w, a, row_weight, smoothing, dtype)
+            t, row_factor, count, dense = _index_target(target, ignore_index, w, a, row_weight, smoothing, dtype,
+                                                        every_row and engine == "eager")
         else:
             t = row_factor = None
             count = target.numel() // num_classes

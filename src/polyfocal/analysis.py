@@ -467,7 +467,7 @@ def first_term_share(logits: Tensor, target: Tensor, *, k: int = 1, ignore_index
     """
     k = _integer(k, "k", 1)
     check_logits(logits)
-    index = check_target(logits, target, ignore_index, validate=None)
+    index, _ = check_target(logits, target, ignore_index, validate=None)
     logp = logits.detach().double().log_softmax(1)
     if index:
         valid = target != ignore_index

@@ -319,7 +319,7 @@ def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, redu
     _checks.check_reduction(reduction, None)
     _checks.integer(ignore_index, "ignore_index", low=-(2**63))
     weight = check_weight(weight, logits)
-    labels, scores, y, _ = prepare_target(logits, target, ignore_index, validate, compute_dtype(logits))
+    labels, scores, y, _, _ = prepare_target(logits, target, ignore_index, validate, compute_dtype(logits))
     valid = None
     if scores is not None:  # the detection form: a dense target
         y, valid, _ = dense_target(logits, target, ignore_index, False, compute_dtype(logits))
