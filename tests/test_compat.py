@@ -29,3 +29,17 @@ def test_subparsers_lists_the_commands():
     commands.add_parser("go")
     (action,) = _compat.subparsers(parser)
     assert set(action.choices) == {"go"}
+
+
+def test_recompile_limits_are_raised_and_put_back_even_on_an_error():
+    config = torch._dynamo.config
+    before = (config.recompile_limit, config.accumulated_recompile_limit)
+    with _compat.recompile_limits(300):
+        assert (config.recompile_limit, config.accumulated_recompile_limit) == (300, 4800)
+    assert (config.recompile_limit, config.accumulated_recompile_limit) == before
+    try:
+        with _compat.recompile_limits(300):
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    assert (config.recompile_limit, config.accumulated_recompile_limit) == before

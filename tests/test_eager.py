@@ -258,3 +258,25 @@ def test_eager_engine_dispatches_at_most_its_measured_ops(loss_fn, budget):
     ops = dispatched(lambda: loss_fn(x, t))
     assert len(ops) <= budget, ops
     assert "aten.ne.Scalar" not in ops  # no ignore mask where no label is ignored
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("target_form", ["labels", "labels, one ignored", "float 0/1", "soft"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_ghm_c_eager_equals_the_reference(target_form, reduction, weighted):
+    """GHM-C's harmonised pass on the eager engine: the variant's written-out gradient, saved."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(12, 5, 3, generator=g, dtype=torch.float64) * 3
+    labels = torch.randint(0, 6, (12, 3), generator=g)
+    target = {"labels": labels, "labels, one ignored": labels.index_put((torch.tensor(0), torch.tensor(0)),
+                                                                       torch.tensor(-100)),
+              "float 0/1": (torch.rand(x.shape, generator=g) < 0.3).double(),
+              "soft": torch.rand(x.shape, generator=g, dtype=torch.float64)}[target_form]
+    weight = torch.rand(x.shape, generator=g, dtype=torch.float64) if weighted else None
+    results = []
+    for engine in ("reference", "eager"):
+        xin = x.clone().requires_grad_()
+        loss = pf.ghm_c_loss(xin, target, weight=weight, reduction=reduction, backend=engine)
+        results.append((loss, torch.autograd.grad(loss.sum(), xin)[0]))
+        assert is_saved_gradient(loss) == (engine == "eager")
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)

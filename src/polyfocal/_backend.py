@@ -109,6 +109,3 @@ def _requires_grad(values) -> bool:
             return True
     return False
 
-
-def wants_fused(backend: str | None, logits: Tensor, others=()) -> bool:
-    return engine_for(backend, logits, others) not in ("reference", "eager")

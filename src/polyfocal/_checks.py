@@ -137,6 +137,11 @@ def check_index_range(target: Tensor, num_classes: int, ignore_index: int, name:
     return False
 
 
+def is_binary(values: Tensor) -> bool:
+    """Whether every value is 0 or 1 (read on the host: for values a check already read)."""
+    return torch.equal(values, values.round())
+
+
 def check_unit_interval(values: Tensor, name: str) -> None:
     values = values.detach()  # a soft target may require a gradient (distillation); its values are what is checked
     if values.numel():

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from . import _compat
-from ._numerics import Probability, is_special_exponent
+from ._numerics import Probability, is_special_exponent, sigmoid_probability
 
 _compiled: dict[Callable, Callable] = {}
 _broken: str | None = None
@@ -148,9 +148,17 @@ def as_tensors(params: dict, like: Tensor) -> dict:
     return {name: convert(value) for name, value in params.items()}
 
 
-@functools.lru_cache(maxsize=32)
 def class_indices(num_classes: int, device: torch.device) -> Tensor:
-    """``arange(C)``, made once per size and device, for :func:`polyfocal._numerics.is_class`."""
+    """``arange(C)``, made once per size and device, for :func:`polyfocal._numerics.is_class` (never
+    written to: shared); inside ``torch.compile`` a fresh one (the compiler has no use for the cache,
+    and warns about it)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(num_classes, device=device)
+    return _class_indices(num_classes, device)
+
+
+@functools.lru_cache(maxsize=32)
+def _class_indices(num_classes: int, device: torch.device) -> Tensor:
     return torch.arange(num_classes, device=device)
 
 
@@ -207,6 +215,13 @@ def sigmoid_parts(z: Tensor) -> Probability:
     positive = z >= 0
     logp, log1m = torch.clamp_max(z, 0) - log_e, torch.clamp_max(-z, 0) - log_e
     return Probability(logp, log1m, torch.where(positive, big, small), torch.where(positive, small, big))
+
+
+def margin_probability(z: Tensor) -> Probability:
+    """``sigmoid(z)`` in its four parts for a kernel that runs compiled or eagerly: compiled,
+    :func:`sigmoid_parts` (one exponential per element); eagerly, two ``logsigmoid`` and two
+    exponentials (five ops where :func:`sigmoid_parts` dispatches sixteen)."""
+    return sigmoid_parts(z) if torch.compiler.is_compiling() else sigmoid_probability(z)
 
 
 def log_sigmoid_slope(phi: Callable, z: Tensor, cotangent: Tensor):

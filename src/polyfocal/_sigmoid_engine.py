@@ -140,20 +140,28 @@ def elements_and_gradient(x: Tensor, scale: Tensor, labels, scores, y, ignore_in
     return loss, slope if flipped is None else torch.where(flipped, -slope, slope)
 
 
-def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels: Tensor, ignore_index: int | None, weight, *,
+def _hard_inputs(x: Tensor, labels, y, ignore_index: int | None, math: SigmoidMath):
+    """:func:`element_inputs` for a hard target: class ``labels``, or (labels None) a float target ``y``
+    that holds only 0 and 1, which takes the same binary form (no log of the target, no mixing)."""
+    if labels is not None:
+        return element_inputs(x, labels, None, None, ignore_index, math, _fused.class_indices(x.shape[1], x.device))
+    hot = y.bool()
+    return torch.where(hot, x, -x), ~hot, y, math.binary, None
+
+
+def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels, y, ignore_index: int | None, weight, *,
                     dtype: torch.dtype, scale: Tensor, summed: bool, reference) -> Tensor:
-    """Class labels without scores on the eager engine: the binary form and its written-out slope
-    in a few eager ops per element, the gradient saved (no autograd graph through the elements)."""
+    """A hard target (class labels without scores, or a float 0/1 target ``y``) on the eager engine:
+    the binary form and its written-out slope in a few eager ops per element, the gradient saved (no
+    autograd graph through the elements)."""
     def compute(gradient: bool = True):
-        x = logits.to(dtype)
-        classes = _fused.class_indices(x.shape[1], x.device)
-        z, flipped, y, form, valid = element_inputs(x, labels, None, None, ignore_index, math, classes)
+        z, flipped, y_hard, form, valid = _hard_inputs(logits.to(dtype), labels, y, ignore_index, math)
         prob = sigmoid_probability(z)
-        loss = _masked(form(prob, y, **params), valid, weight)
+        loss = _masked(form(prob, y_hard, **params), valid, weight)
         loss = loss.sum() * scale if summed else loss
         if not gradient:
             return loss
-        slope = _masked(math.binary_slope(prob, y, **params), valid, weight) * scale
+        slope = _masked(math.binary_slope(prob, y_hard, **params), valid, weight) * scale
         return loss, torch.where(flipped, -slope, slope).to(logits.dtype)
 
     if not (logits.requires_grad and torch.is_grad_enabled()):
@@ -196,10 +204,14 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
             return reduce_loss(elements(x.to(dtype), labels, scores, y, ignore_index, weight, math, **params),
                                reduction, scale)
 
-        has_eager = labels is not None and scores is None
+        # a float target read by the value check (CPU) may turn out to be 0/1 (a one-hot): the labels' engine
+        read = labels is None and _checks.should_validate(validate, y)
+        has_eager = (labels is not None and scores is None) or read
         engine = engine_for(backend, logits, (target, weight, params), eager="sigmoid" if has_eager else None)
+        if engine == "eager" and labels is None and not _checks.is_binary(y):
+            engine = "reference"
         if engine == "eager":
-            return _eager_elements(math, params, logits, labels, None if every_row else ignore_index, weight,
+            return _eager_elements(math, params, logits, labels, y, None if every_row else ignore_index, weight,
                                    dtype=dtype, scale=scale,
                                    summed=reduction != "none", reference=reference).to(out_dtype)
         if engine != "reference":

@@ -18,8 +18,8 @@ does; ``False`` keeps the classic behaviour of the reference implementation.
 
 from __future__ import annotations
 
+import functools
 import math
-
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import _checks, _math
 from ._declare import declare, public_names
 from . import _fused
-from ._backend import wants_fused
+from ._backend import engine_for
 from ._errors import InputValueError
 from ._numerics import (bernoulli_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_probability,
                         sigmoid_target_gap)
@@ -57,8 +57,8 @@ class _MovingCounts:
         self.steps.add_(seen.to(self.steps.dtype))
         if not self.bias_correction:
             return self.counts.to(dtype)
-        unbias = 1 - torch.pow(torch.full_like(self.counts, self.momentum), self.steps)
-        return (self.counts / torch.where(unbias > 0, unbias, torch.ones_like(unbias))).to(dtype)
+        unbias = 1 - torch.pow(self.momentum, self.steps)  # 0 only where a bin was never seen, and its count is 0
+        return (self.counts / torch.where(unbias > 0, unbias, 1.0)).to(dtype)
 
 
 # --- bins: an element's bin is the number of inner edges its statistic reaches ---------------------
@@ -75,6 +75,20 @@ def margin_edges(bins: int, like: Tensor) -> Tensor:
     """:func:`unit_edges` mapped through ``logit``: ``sigmoid(s) >= k / bins`` iff ``s >= logit(k / bins)``."""
     k = torch.arange(1, bins, dtype=torch.float64, device=like.device)
     return torch.log(k / (bins - k)).to(like.dtype)
+
+
+def cached_edges(edges: Callable, bins: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``edges(bins, ...)`` in ``dtype`` on ``device``, made once per call signature (five ops a call
+    that small batches notice); fresh inside ``torch.compile``, which has no use for the cache. Never
+    written to: every caller shares them."""
+    if torch.compiler.is_compiling():
+        return edges(bins, torch.empty((), dtype=dtype, device=device))
+    return _cached_edges(edges, bins, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_edges(edges: Callable, bins: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return edges(bins, torch.empty((), dtype=dtype, device=device))
 
 
 def bin_index(statistic: Tensor, edges: Tensor) -> Tensor:
@@ -135,7 +149,7 @@ def bin_density(totals: Tensor, bins: int, state: _MovingCounts | None = None,
     batch_counts, n = totals[:bins], totals[bins]
     counts = batch_counts if state is None else state.update(batch_counts)
     density = counts * (batch_counts > 0).sum().to(counts.dtype)
-    return torch.where(density > 0, density, torch.ones_like(density)), n
+    return torch.where(density > 0, density, 1.0), n
 
 
 @torch.no_grad()
@@ -182,22 +196,23 @@ def _regression_loss(x: Tensor, y: Tensor, mu) -> Tensor:
 
 @dataclass(frozen=True)
 class _Elements:
-    """What GHM knows of each element besides its logit: class ``labels`` (with ``ignore_index``) or a
-    dense target ``y`` (with a ``valid`` mask where some elements do not count), the element
-    ``weight``, and the bin ``edges`` of the statistic."""
+    """What GHM knows of each element besides its logit: class ``labels`` (with ``ignore_index``; None
+    where no label is ignored) or a dense target ``y`` (with a ``valid`` mask where some elements do
+    not count), the element ``weight``, and the bin ``edges`` of the statistic."""
 
     labels: Tensor | None
     y: Tensor | None
     valid: Tensor | None
     weight: Tensor | None
-    ignore_index: int
+    ignore_index: int | None
     edges: Tensor
 
     def target_and_weight(self, x: Tensor, classes=None) -> tuple[Tensor, Tensor]:
         """The dense target and the element weights (0 where ignored)."""
         y, valid = self.y, self.valid
         if self.labels is not None:
-            y, valid = is_class(x, self.labels, classes).to(x.dtype), (self.labels != self.ignore_index).unsqueeze(1)
+            y = is_class(x, self.labels, classes).to(x.dtype)
+            valid = None if self.ignore_index is None else (self.labels != self.ignore_index).unsqueeze(1)
         w = torch.ones_like(x) if self.weight is None else self.weight.expand_as(x)
         return y, w if valid is None else torch.where(valid, w, torch.zeros_like(w))
 
@@ -241,14 +256,15 @@ def _harmonized(x: Tensor, elements: _Elements, variant: _Variant, density, n, m
 
 def _hard_harmonized_and_gradient(x: Tensor, scale: Tensor, elements: _Elements, density, n,
                                   classes=None) -> tuple[Tensor, Tensor]:
-    """:func:`_harmonized` of GHM-C with 0/1 targets, and the gradient of its sum times ``scale``,
-    written out: ``-beta sigmoid(-z)`` in ``z``."""
+    """:func:`_harmonized` of GHM-C with 0/1 targets, ``-beta log p_t`` with ``p_t = sigmoid(z)``, and the
+    gradient of its sum times ``scale``, written out: ``-beta (1 - p_t)`` in ``z``."""
     y, w = elements.target_and_weight(x, classes)
     positive = y > 0
     z = torch.where(positive, x, -x)
     beta = w * per_bin(-z, n / density, elements.edges)
-    value, slope = _fused.log_slope(lambda pt: -beta * pt.logp, _fused.sigmoid_parts(z), scale.expand_as(x))
-    return value, torch.where(positive, slope, -slope)
+    p_t = _fused.margin_probability(z)
+    slope = -beta * p_t.one_minus_p * scale
+    return -beta * p_t.logp, torch.where(positive, slope, -slope)
 
 
 def _soft_harmonized_and_gradient(x: Tensor, scale: Tensor, elements: _Elements, density, n,
@@ -257,7 +273,7 @@ def _soft_harmonized_and_gradient(x: Tensor, scale: Tensor, elements: _Elements,
     written out: ``beta (p - y)`` with ``p - y = (1-y) p - y (1-p)`` (no cancellation, no logarithm of
     the target)."""
     y, w = elements.target_and_weight(x, classes)
-    prob = _fused.sigmoid_parts(x)
+    prob = _fused.margin_probability(x)
     beta = w * per_bin(sigmoid_target_gap(prob, y), n / density, elements.edges)
     return beta * bernoulli_cross_entropy(prob, y), beta * ((1 - y) * prob.p - y * prob.one_minus_p) * scale
 
@@ -268,18 +284,19 @@ _HARD_CLASSIFICATION = _Variant(_negative_margin, margin_edges, _hard_classifica
 _REGRESSION = _Variant(_regression_gap, unit_edges, _regression_loss, takes_mu=True)
 
 
-def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: int, variant: _Variant, mu,
+def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int | None, bins: int, variant: _Variant, mu,
          reduction: str, distributed, state: _MovingCounts | None, backend) -> Tensor:
     """Histogram pass, density (all-reduce, moving average: exactly once), then the harmonised loss
-    (in the fused engine by the variant's written-out gradient, where it has one)."""
+    (on the eager and fused engines by the variant's written-out gradient, where it has one)."""
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with torch.autocast(logits.device.type, enabled=False):
-        edges = variant.edges(bins, torch.empty((), dtype=dtype, device=logits.device))
+        edges = cached_edges(variant.edges, bins, dtype, logits.device)
         elements = _Elements(labels, None if y is None else y.to(dtype), valid,
                              None if weight is None else weight.to(dtype), ignore_index, edges)
         shape = logits.shape
-        fused, totals = wants_fused(backend, logits, (y, weight)), None
-        classes = None if labels is None or not fused else _fused.class_indices(shape[1], logits.device)
+        engine = engine_for(backend, logits, (y, weight), eager="sigmoid" if variant.with_gradient else None)
+        fused, totals = engine not in ("reference", "eager"), None
+        classes = None if labels is None else _fused.class_indices(shape[1], logits.device)
         if fused:
             try:
                 totals = _fused.run(_histogram, logits.reshape(_fused.shape_3d(shape)), elements.in_3d(logits), variant,
@@ -287,21 +304,35 @@ def _ghm(logits: Tensor, labels, y, valid, weight, *, ignore_index: int, bins: i
             except _fused.FusedUnavailable:
                 fused = False
         if totals is None:
-            totals = _histogram(logits.detach(), elements, variant, mu, dtype)
+            totals = _histogram(logits.detach(), elements, variant, mu, dtype, classes)
         density, n = bin_density(totals, bins, state, distributed)
-        scale = reduction_scale(reduction, n, None, n)
+        scale, summed = reduction_scale(reduction, n, None, n), reduction != "none"
 
         def reference(x: Tensor) -> Tensor:
-            return reduce_loss(_harmonized(x.to(dtype), elements, variant, density, n, mu), reduction, scale)
+            return reduce_loss(_harmonized(x.to(dtype), elements, variant, density, n, mu, classes), reduction, scale)
 
+        if engine == "eager" and logits.requires_grad and torch.is_grad_enabled():
+            return _eager_harmonized(logits, elements, variant, density, n, classes, dtype=dtype, scale=scale,
+                                     summed=summed, reference=reference).to(out_dtype)
         if fused:
             try:
                 return _fused_harmonized(logits, elements.in_3d(logits), variant, density, n, mu, classes, dtype=dtype,
-                                         scale=scale, summed=reduction != "none", loss_shape=shape,
+                                         scale=scale, summed=summed, loss_shape=shape,
                                          reference=reference).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
         return reference(logits).to(out_dtype)
+
+
+def _eager_harmonized(logits: Tensor, elements: _Elements, variant: _Variant, density, n, classes, *,
+                      dtype: torch.dtype, scale: Tensor, summed: bool, reference) -> Tensor:
+    """The harmonised pass on the eager engine (small inputs): the variant's written-out gradient in a
+    few eager ops, saved (no autograd graph through the elements, nothing to compile)."""
+    def compute():
+        value, grad = variant.with_gradient(logits.to(dtype), scale, elements, density, n, classes)
+        return (value.sum() * scale if summed else value), grad.to(logits.dtype)
+
+    return _fused.with_saved_gradient(logits, compute, reference)
 
 
 def _fused_harmonized(logits: Tensor, elements: _Elements, variant: _Variant, density, n, mu, classes, **kwargs):
@@ -319,13 +350,13 @@ def _ghm_c(logits: Tensor, target, *, bins: int, weight, ignore_index: int, redu
     _checks.check_reduction(reduction, None)
     _checks.integer(ignore_index, "ignore_index", low=-(2**63))
     weight = check_weight(weight, logits)
-    labels, scores, y, _, _ = prepare_target(logits, target, ignore_index, validate, compute_dtype(logits))
+    labels, scores, y, _, every_row = prepare_target(logits, target, ignore_index, validate, compute_dtype(logits))
     valid = None
     if scores is not None:  # the detection form: a dense target
         y, valid, _ = dense_target(logits, target, ignore_index, False, compute_dtype(logits))
         labels = None
     hard = labels is not None  # class labels: exact 0/1 targets, half the transcendentals
-    return _ghm(logits, labels, y, valid, weight, ignore_index=ignore_index, bins=bins,
+    return _ghm(logits, labels, y, valid, weight, ignore_index=None if every_row else ignore_index, bins=bins,
                 variant=_HARD_CLASSIFICATION if hard else _CLASSIFICATION, mu=0.0, reduction=reduction,
                 distributed=distributed, state=state, backend=backend)
 
