@@ -97,8 +97,8 @@ class _SavedGradient(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, compute: Callable, reference: Callable):
-        loss, grad = compute()
+    def forward(ctx, logits: Tensor, loss_and_grad: tuple[Tensor, Tensor], reference: Callable):
+        loss, grad = loss_and_grad
         ctx.save_for_backward(grad)
         ctx.logits, ctx.version, ctx.reference = logits, logits._version, reference
         return loss
@@ -129,11 +129,11 @@ def _differentiable_gradient(ctx, grad_output: Tensor) -> Tensor:
     return grad
 
 
-def with_saved_gradient(logits: Tensor, compute: Callable[[], tuple[Tensor, Tensor]],
-                        reference: Callable[[Tensor], Tensor]) -> Tensor:
-    """``compute()``'s loss, differentiated by its saved gradient; ``reference(logits)`` is the same
-    loss by autograd, for derivatives of second order."""
-    return _SavedGradient.apply(logits, compute, reference)
+def with_saved_gradient(logits: Tensor, loss: Tensor, grad: Tensor, reference: Callable[[Tensor], Tensor]) -> Tensor:
+    """``loss`` (computed without autograd, e.g. under ``torch.no_grad()``), differentiated in ``logits`` by
+    its gradient ``grad``; ``reference(logits)`` is the same loss by autograd, for derivatives of
+    second order."""
+    return _SavedGradient.apply(logits, (loss, grad), reference)
 
 
 def as_tensors(params: dict, like: Tensor) -> dict:
@@ -260,9 +260,8 @@ def value_and_grad(f: Callable, logits: Tensor, args: tuple, params: dict, *, dt
     if not with_gradient:
         f, args = _autograd_gradient, (f, *args)
 
-    def compute():
+    with torch.no_grad():
         loss, grad = run(_value_and_grad_kernel, f, summed, logits.reshape(shape_3d(logits.shape)), scale, dtype,
                          args, params)
-        return (loss if summed else loss.reshape(loss_shape)), grad.reshape(logits.shape)
-
-    return with_saved_gradient(logits, compute, reference)
+    return with_saved_gradient(logits, loss if summed else loss.reshape(loss_shape), grad.reshape(logits.shape),
+                               reference)

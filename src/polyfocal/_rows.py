@@ -146,61 +146,72 @@ def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, s
     return _times(phi(prob, **params), factor), -target_grad / s_other, target_grad
 
 
-def _eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor):
+# --- the three ways the row engine runs: each ``(phi, params, logits, t, factor, dtype, scale, gradient)``
+# -> ``(rows, grad)``, the rows ``(N, *)`` and the gradient of their sum times ``scale`` (None without
+# ``gradient``), for logits ``(N, C, *)``
+
+def eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
+               gradient: bool = True):
+    """The passes as a handful of eager ops, with the loss's written-out slope on the rows (no
+    compilation, no per-call compiled-code overhead: small inputs); they take (N, C, *) as it comes."""
     shifted_t, s_other, exp_other = _eager_statistics(x, t, dtype)
+    if not gradient:
+        return _times(phi(_target_probability(shifted_t, s_other), **params), factor), None
     rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
     grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
     return rows, grad.to(x.dtype)
 
 
-def softmax_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *, dtype: torch.dtype,
-                 scale: Tensor, summed: bool, reference: Callable[[Tensor], Tensor],
-                 engine: str = "fused") -> Tensor:
-    """A softmax loss ``factor * phi(p_t)`` per row, with its saved gradient.
+def fused_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
+               gradient: bool = True):
+    """One compiled pass computes the statistics and writes ``exp(x_k - m)`` into the buffer that
+    becomes the gradient, then one in-place multiply by the row coefficient (a vectorised eager op)
+    finishes it: one exponential per element in all (the gradient too for the values alone: it costs
+    less than a second, values-only kernel would save)."""
+    shape = logits.shape
+    x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
+    classes = class_indices(x.shape[1], x.device)
+    rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype, factor, scale,
+                                                   as_tensors(params, scale))
+    grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
+    return rows.reshape(shape[:1] + shape[2:]), grad.reshape(shape)
+
+
+def triton_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
+                gradient: bool = True):
+    """The Triton kernels make two passes (statistics, then gradient), with the written-out slope's few
+    eager ops on the N rows between them; they compute in fp32, so an fp64 loss takes :func:`fused_rows`."""
+    from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
+
+    if not _triton.handles(dtype):
+        return fused_rows(phi, params, logits, t, factor, dtype, scale, gradient)
+    shape = logits.shape
+    x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
+    shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
+    rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, as_tensors(params, scale))
+    grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
+    return rows.reshape(shape[:1] + shape[2:]), grad.reshape(shape)
+
+
+#: the row engine's kernels, by the engine :func:`polyfocal._backend.engine_for` chose
+ROW_KERNELS: dict[str, Callable] = {"eager": eager_rows, "fused": fused_rows, "triton": triton_rows}
+
+
+def softmax_rows(kernel: Callable, phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *,
+                 dtype: torch.dtype, scale: Tensor, summed: bool, reference: Callable[[Tensor], Tensor]) -> Tensor:
+    """A softmax loss ``factor * phi(p_t)`` per row, computed by ``kernel`` (one of :data:`ROW_KERNELS`),
+    with its saved gradient.
 
     With ``m``/``s`` the max and shifted exp-sum of the non-target logits, ``log(1-p_t)`` and
     ``log p_t`` follow exactly. The row loss ``L`` depends on the logits through ``p_t`` alone; with
-    ``g = dL/dx_t`` (:func:`log_slope`, autograd of ``phi`` on the N rows) the other classes get
-    ``-g p_k / (1-p_t) = -g exp(x_k - m) / s``: one exponential per element, no overflow, and no
-    cancellation for losses that fall as p_t rises. ``engine`` says how the passes run:
-
-    * ``"fused"``: one compiled pass computes the statistics and writes ``exp(x_k - m)`` into the
-      buffer that becomes the gradient, then one in-place multiply by the row coefficient (a
-      vectorised eager op) finishes it: one exponential per element in all;
-    * ``"triton"``: the Triton kernels make two passes (statistics, then gradient); they compute
-      in fp32, so an fp64 loss still takes the compiled passes;
-    * ``"eager"``: the same passes as a handful of eager ops, with the loss's written-out slope
-      on the rows (no compilation, no per-call compiled-code overhead: small inputs).
+    ``g = dL/dx_t`` (the written-out slope, or :func:`log_slope`, autograd of ``phi`` on the N rows)
+    the other classes get ``-g p_k / (1-p_t) = -g exp(x_k - m) / s``: one exponential per element, no
+    overflow, and no cancellation for losses that fall as p_t rises.
 
     ``reference(logits)`` is the same loss by autograd, for second derivatives.
     """
-    shape = logits.shape
-    if engine == "eager":  # its ops take (N, C, *) and (N, *) as they come
-        x = logits
-        if not (logits.requires_grad and torch.is_grad_enabled()):  # the values alone
-            shifted_t, s_other, _ = _eager_statistics(x, t, dtype)
-            rows = _times(phi(_target_probability(shifted_t, s_other), **params), factor)
-            return rows.sum() * scale if summed else rows
-    else:
-        x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
-        params = as_tensors(params, scale)
-
-    def compute():
-        if engine == "triton":
-            from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
-        if engine == "eager":
-            rows, grad = _eager_rows(phi, params, x, t, factor, dtype, scale)
-        elif engine == "triton" and _triton.handles(dtype):
-            shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
-            # eager work on the N rows: the written-out slope's few ops, not autograd's dozens of launches
-            rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
-            grad = _triton.row_gradient(x, t, m_other, other_coef, target_grad)
-        else:
-            classes = class_indices(x.shape[1], x.device)
-            rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype,
-                                                           factor, scale, params)
-            grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
-        rows = rows.sum() * scale if summed else rows.reshape(shape[:1] + shape[2:])
-        return rows, grad.reshape(shape)
-
-    return with_saved_gradient(logits, compute, reference)
+    gradient = logits.requires_grad and torch.is_grad_enabled()
+    with torch.no_grad():
+        rows, grad = kernel(phi, params, logits, t, factor, dtype, scale, gradient)
+        rows = rows.sum() * scale if summed else rows
+    return with_saved_gradient(logits, rows, grad, reference) if gradient else rows

@@ -154,19 +154,17 @@ def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels, y, 
     """A hard target (class labels without scores, or a float 0/1 target ``y``) on the eager engine:
     the binary form and its written-out slope in a few eager ops per element, the gradient saved (no
     autograd graph through the elements)."""
-    def compute(gradient: bool = True):
+    gradient = logits.requires_grad and torch.is_grad_enabled()
+    with torch.no_grad():
         z, flipped, y_hard, form, valid = _hard_inputs(logits.to(dtype), labels, y, ignore_index, math)
         prob = sigmoid_probability(z)
         loss = _masked(form(prob, y_hard, **params), valid, weight)
         loss = loss.sum() * scale if summed else loss
-        if not gradient:
+        if not gradient:  # the values alone
             return loss
         slope = _masked(math.binary_slope(prob, y_hard, **params), valid, weight) * scale
-        return loss, torch.where(flipped, -slope, slope).to(logits.dtype)
-
-    if not (logits.requires_grad and torch.is_grad_enabled()):
-        return compute(gradient=False)
-    return _fused.with_saved_gradient(logits, compute, reference)
+        grad = torch.where(flipped, -slope, slope).to(logits.dtype)
+    return _fused.with_saved_gradient(logits, loss, grad, reference)
 
 
 def check_weight(weight, logits: Tensor, name: str = "weight"):

@@ -14,7 +14,8 @@ by the sum of ``weight[target]`` over non-ignored examples (their count when
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from functools import partial
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -234,8 +235,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         if index and _uses_torch_kernel(engine, backend, logits) and _is_torch_cross_entropy(phi, params, logits, a,
                                                                                              sample_weight):
             return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer, every_row)
-        rows_shape = (logits.shape[0],) + tuple(logits.shape[2:])
-        row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(rows_shape)
+        row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(_rows_shape(logits))
         if index:
             t, row_factor, count, dense = _index_target(target, ignore_index, w, a, row_weight, smoothing, dtype,
                                                         every_row and engine == "eager")
@@ -244,41 +244,66 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
             count = target.numel() // num_classes
             dense = DenseTarget(target.to(dtype), None, smoothing, w, a, row_weight)
         scale = reduction_scale(reduction, count, normalizer, like)
-        summed = reduction != "none"
         by_index = index and not smoothing
-        if engine == "eager" and (not by_index or phi in _math.READS_BELOW):
-            engine = "reference"  # the eager engine has the row form of functions of p_t only
+        rows = RowTarget(t, row_factor, dense)
+        path = _path(engine, phi, by_index)  # the one decision: which kernel computes this call
 
         def reference(x: Tensor) -> Tensor:
             x = x.to(dtype)
-            rows = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, dense, phi, **params)
-            return reduce_loss(rows, reduction, scale)
+            per_row = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, dense, phi, **params)
+            return reduce_loss(per_row, reduction, scale)
 
-        if engine != "reference":
+        if path is not None:
             try:
-                if phi in _math.READS_BELOW:  # not a function of p_t alone: compiled autograd of the reference
-                    rows, args = _row_wide(logits, t, row_factor, dense, phi, by_index)
-                    loss = _fused.value_and_grad(rows, logits, args, params, dtype=dtype, scale=scale, summed=summed,
-                                                 loss_shape=rows_shape, reference=reference)
-                elif by_index:
-                    loss = _rows.softmax_rows(phi, params, logits, t, row_factor, dtype=dtype, scale=scale,
-                                               summed=summed, reference=reference, engine=engine)
-                else:
-                    loss = _fused_soft_rows(phi, params, logits, dense, dtype=dtype, scale=scale,
-                                            summed=summed, loss_shape=rows_shape, reference=reference)
-                return loss.to(out_dtype)
+                return path(phi, params, logits, rows, dtype=dtype, scale=scale, summed=reduction != "none",
+                            reference=reference).to(out_dtype)
             except _fused.FusedUnavailable:
                 pass
         return reference(logits).to(out_dtype)
 
 
-def _row_wide(logits: Tensor, t, row_factor, dense, phi: PerClass, by_index: bool) -> tuple:
-    """``(rows, args)`` for :func:`polyfocal._fused.value_and_grad` of a function that reads the whole
-    row (:data:`polyfocal._math.READS_BELOW`): the reference's own rows, on the 3-d view."""
-    if by_index:
+class RowTarget(NamedTuple):
+    """The target per row of ``(N, C, *)`` logits: class indices ``t`` with their factor, and (label
+    smoothing, probabilities) the ``dense`` target."""
+
+    t: Tensor | None
+    factor: Tensor | float | None
+    dense: DenseTarget | None
+
+
+def _path(engine: str, phi: PerClass, by_index: bool) -> Callable | None:
+    """The kernel that computes a call, given its engine (None: the reference, autograd through the math).
+
+    Class indices take the row engine's kernel of that engine (a loss of ``p_t`` alone); a loss that reads
+    more of the row (:data:`polyfocal._math.READS_BELOW`) compiled autograd of the reference rows; dense
+    targets the compiled soft rows. The eager engine has the row form only."""
+    if engine == "reference" or (engine == "eager" and (not by_index or phi in _math.READS_BELOW)):
+        return None
+    if phi in _math.READS_BELOW:
+        return _wide_rows
+    return _ROW_PATHS[engine] if by_index else _fused_soft_rows
+
+
+def _row_path(kernel: Callable, phi: PerClass, params: dict, logits: Tensor, rows: RowTarget, **kwargs) -> Tensor:
+    return _rows.softmax_rows(kernel, phi, params, logits, rows.t, rows.factor, **kwargs)
+
+
+_ROW_PATHS = {engine: partial(_row_path, kernel) for engine, kernel in _rows.ROW_KERNELS.items()}
+
+
+def _rows_shape(logits: Tensor) -> tuple[int, ...]:
+    return (logits.shape[0],) + tuple(logits.shape[2:])
+
+
+def _wide_rows(phi: PerClass, params: dict, logits: Tensor, rows: RowTarget, **kwargs) -> Tensor:
+    """A function that reads the whole row (:data:`polyfocal._math.READS_BELOW`) on the fused engine:
+    compiled autograd of the reference's own rows, on the 3-d view."""
+    if rows.dense is None:
         shape = logits.shape
-        return index_rows, (_fused.rows_3d(t, shape), _fused.rows_3d(row_factor, shape), phi)
-    return soft_rows, _soft_args(logits, dense, phi)
+        f, args = index_rows, (_fused.rows_3d(rows.t, shape), _fused.rows_3d(rows.factor, shape), phi)
+    else:
+        f, args = soft_rows, _soft_args(logits, rows.dense, phi)
+    return _fused.value_and_grad(f, logits, args, params, loss_shape=_rows_shape(logits), **kwargs)
 
 
 def _soft_args(logits: Tensor, dense: DenseTarget, phi: PerClass) -> tuple:
@@ -286,10 +311,10 @@ def _soft_args(logits: Tensor, dense: DenseTarget, phi: PerClass) -> tuple:
     return dense.in_3d(logits), phi, _fused.class_indices(logits.shape[1], logits.device)
 
 
-def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, dense: DenseTarget, **kwargs) -> Tensor:
+def _fused_soft_rows(phi: PerClass, params: dict, logits: Tensor, rows: RowTarget, **kwargs) -> Tensor:
     """Dense targets on the fused engine: the written-out gradient of
     :func:`polyfocal._rows.soft_rows_and_gradient`, or autograd for a function of ``log p`` alone."""
-    args = _soft_args(logits, dense, phi)
+    args, kwargs = _soft_args(logits, rows.dense, phi), dict(kwargs, loss_shape=_rows_shape(logits))
     read = _rows.parts_read(phi, params)
     if not any(read[1:]):
         return _fused.value_and_grad(soft_rows, logits, args, params, **kwargs)

@@ -328,11 +328,10 @@ def _eager_harmonized(logits: Tensor, elements: _Elements, variant: _Variant, de
                       dtype: torch.dtype, scale: Tensor, summed: bool, reference) -> Tensor:
     """The harmonised pass on the eager engine (small inputs): the variant's written-out gradient in a
     few eager ops, saved (no autograd graph through the elements, nothing to compile)."""
-    def compute():
+    with torch.no_grad():
         value, grad = variant.with_gradient(logits.to(dtype), scale, elements, density, n, classes)
-        return (value.sum() * scale if summed else value), grad.to(logits.dtype)
-
-    return _fused.with_saved_gradient(logits, compute, reference)
+    return _fused.with_saved_gradient(logits, value.sum() * scale if summed else value, grad.to(logits.dtype),
+                                      reference)
 
 
 def _fused_harmonized(logits: Tensor, elements: _Elements, variant: _Variant, density, n, mu, classes, **kwargs):
