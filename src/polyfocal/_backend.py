@@ -100,6 +100,8 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
 def _requires_grad(values) -> bool:
     """Whether any tensor among ``values`` (nested in tuples, lists and dicts) requires a gradient."""
     for value in values:
+        if value is None:  # most optional inputs: one compare, not three isinstance checks
+            continue
         if isinstance(value, Tensor):
             if value.requires_grad:
                 return True

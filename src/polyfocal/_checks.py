@@ -60,7 +60,7 @@ def number(value, name: str, *, low: float | None = None, high: float | None = N
 
 
 def integer(value, name: str, *, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, Integral)):
         raise InputTypeError(f"`{name}` must be an int; got {type(value).__name__} {value!r}")
     if value < low:
         raise InputValueError(f"`{name}` must be >= {low}; got {value}")
