@@ -9,6 +9,7 @@ slopes, the choice of engine, plain cross-entropy as ``F.cross_entropy``) are ch
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -280,3 +281,19 @@ def test_ghm_c_eager_equals_the_reference(target_form, reduction, weighted):
         results.append((loss, torch.autograd.grad(loss.sum(), xin)[0]))
         assert is_saved_gradient(loss) == (engine == "eager")
     torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+
+
+def test_the_per_signature_caches_stay_out_of_compiled_code():
+    """The cached 0-d stand-in, class indices and GHM bin edges are made fresh inside torch.compile:
+    dynamo warns about every lru_cache it traces through."""
+    x, t = torch.randn(8, 5), torch.randint(0, 5, (8,))
+
+    def losses(x, t):
+        return pf.focal_loss(x, t) + pf.sigmoid_focal_loss(x, t) + pf.ghm_c_loss(x, t)
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = torch.compile(losses, fullgraph=True)(x, t)
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    torch.testing.assert_close(got, losses(x, t))
