@@ -297,3 +297,15 @@ def test_the_per_signature_caches_stay_out_of_compiled_code():
         got = torch.compile(losses, fullgraph=True)(x, t)
     assert not [w for w in caught if "lru_cache" in str(w.message)]
     torch.testing.assert_close(got, losses(x, t))
+
+
+def test_ghm_c_with_a_target_laid_out_unlike_the_logits_does_not_warn():
+    """bucketize warned on a strided statistic (torch warns once per process: this test catches a
+    regression where it is the first to reach that warning, as when run alone)."""
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    y = (torch.rand(4, 5, 3) < 0.3).float().transpose(1, 2)  # strided: as F.one_hot(...).permute makes it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = pf.ghm_c_loss(x, y)
+        loss.backward()
+    torch.testing.assert_close(loss, pf.ghm_c_loss(x.detach(), y.contiguous(), backend="reference"))

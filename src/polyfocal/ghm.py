@@ -92,8 +92,10 @@ def _cached_edges(edges: Callable, bins: int, dtype: torch.dtype, device: torch.
 
 
 def bin_index(statistic: Tensor, edges: Tensor) -> Tensor:
-    """The number of ``edges`` each element's statistic reaches, 0 .. len(edges)."""
-    return torch.bucketize(statistic, edges, right=True)
+    """The number of ``edges`` each element's statistic reaches, 0 .. len(edges). (Contiguous first:
+    ``bucketize`` copies a strided input anyway, and warns when it does, e.g. for a target laid out
+    unlike the logits.)"""
+    return torch.bucketize(statistic.contiguous(), edges, right=True)
 
 
 def _compiled_bins(edges: Tensor) -> bool:
