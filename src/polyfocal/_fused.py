@@ -24,7 +24,6 @@ the reference engine takes over. Set ``POLYFOCAL_STRICT=1`` to raise instead.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import warnings
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor
 
 from . import _compat
-from ._numerics import Probability, is_special_exponent, sigmoid_probability
+from ._numerics import Probability, cached_outside_compile, is_special_exponent, sigmoid_probability
 
 _compiled: dict[Callable, Callable] = {}
 _broken: str | None = None
@@ -148,17 +147,9 @@ def as_tensors(params: dict, like: Tensor) -> dict:
     return {name: convert(value) for name, value in params.items()}
 
 
+@cached_outside_compile
 def class_indices(num_classes: int, device: torch.device) -> Tensor:
-    """``arange(C)``, made once per size and device, for :func:`polyfocal._numerics.is_class` (never
-    written to: shared); inside ``torch.compile`` a fresh one (the compiler has no use for the cache,
-    and warns about it)."""
-    if torch.compiler.is_compiling():
-        return torch.arange(num_classes, device=device)
-    return _class_indices(num_classes, device)
-
-
-@functools.lru_cache(maxsize=32)
-def _class_indices(num_classes: int, device: torch.device) -> Tensor:
+    """``arange(C)``, made once per size and device, for :func:`polyfocal._numerics.is_class`."""
     return torch.arange(num_classes, device=device)
 
 

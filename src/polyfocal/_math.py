@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._numerics import (Probability, bernoulli_cross_entropy, is_constant, power, safe_pow,
+from ._numerics import (Probability, bernoulli_cross_entropy, bucket_index, is_constant, power, safe_pow,
                         sigmoid_complement_of_target, sigmoid_target_gap)
 
 
@@ -125,8 +125,7 @@ def sample_dependent_focal_slope(prob: Probability, *, bounds: Sequence, gammas:
 
 def binned_gamma(p: Tensor, inner_edges: Tensor, gammas: Tensor) -> Tensor:
     """``gammas[b]`` for the bin ``b`` of ``p`` (the number of inner edges it reaches), no derivative."""
-    # contiguous: bucketize copies a strided input anyway, and warns when it does
-    return gammas.to(p.dtype)[torch.bucketize(p.detach().contiguous(), inner_edges.to(p.dtype), right=True)]
+    return gammas.to(p.dtype)[bucket_index(p.detach(), inner_edges.to(p.dtype))]
 
 
 def binned_focal(prob: Probability, *, inner_edges: Tensor, gammas: Tensor) -> Tensor:

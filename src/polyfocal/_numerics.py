@@ -18,18 +18,39 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float32 if x.dtype in _LOW_PRECISION else x.dtype
 
 
+def cached_outside_compile(make):
+    """``make``, its results cached per arguments: for small constant tensors (a dtype's stand-in, class
+    indices, bin edges) that every call would otherwise allocate again, a microsecond each, which small
+    batches notice. The results are shared, so never written to. Inside ``torch.compile`` ``make`` runs
+    itself: the compiler has no use for the cache, and warns about every ``lru_cache`` it traces."""
+    cached = functools.lru_cache(maxsize=64)(make)
+
+    @functools.wraps(make)
+    def call(*args):
+        return make(*args) if torch.compiler.is_compiling() else cached(*args)
+
+    return call
+
+
+@cached_outside_compile
 def shared_like(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """A 0-d tensor that only stands for ``dtype`` and ``device`` (never written: shared by every caller),
-    made once: an allocation per call costs a microsecond, which small batches notice. (Inside
-    ``torch.compile`` a fresh one: the compiler has no use for the cache, and warns about it.)"""
-    if torch.compiler.is_compiling():
-        return torch.empty((), dtype=dtype, device=device)
-    return _shared_like(dtype, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _shared_like(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A 0-d tensor that only stands for ``dtype`` and ``device``."""
     return torch.empty((), dtype=dtype, device=device)
+
+
+def bucket_index(values: Tensor, inner_edges: Tensor) -> Tensor:
+    """The number of ``inner_edges`` each value reaches (a value on an edge takes the bin above it).
+    Contiguous first: ``bucketize`` copies a strided input anyway, and warns when it does."""
+    return torch.bucketize(values.contiguous(), inner_edges, right=True)
+
+
+def optional_product(*factors):
+    """The product of the factors given (None stands for 1), or None when every one is None."""
+    result = None
+    for factor in factors:
+        if factor is not None:
+            result = factor if result is None else result * factor
+    return result
 
 
 def output_dtype(x: Tensor) -> torch.dtype:

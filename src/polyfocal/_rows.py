@@ -22,7 +22,7 @@ from torch import Tensor
 from ._fused import (as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, sigmoid_parts,
                      with_saved_gradient)
 from ._math import SLOPES
-from ._numerics import Probability, class_sum, is_class, sigmoid_probability
+from ._numerics import Probability, class_sum, is_class, optional_product, sigmoid_probability
 
 
 # --- softmax losses with probability targets (and label smoothing) ------------------------------
@@ -130,10 +130,6 @@ def _target_probability(shifted_t: Tensor, s_other: Tensor) -> Probability:
     return sigmoid_probability(shifted_t - torch.log(s_other))
 
 
-def _times(x: Tensor, factor) -> Tensor:
-    return x if factor is None else x * factor
-
-
 def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
     """:func:`_row_partials` with the loss's written-out slope (``_math.SLOPES``) where it has one:
     on a few hundred rows autograd's bookkeeping costs more than the whole pass over the logits.
@@ -142,8 +138,8 @@ def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, s
     if slope is None:
         return _row_partials(phi, shifted_t, s_other, 1.0 if factor is None else factor, scale, params)
     prob = _target_probability(shifted_t, s_other)
-    target_grad = slope(prob, **params) * _times(scale, factor)
-    return _times(phi(prob, **params), factor), -target_grad / s_other, target_grad
+    target_grad = slope(prob, **params) * optional_product(scale, factor)
+    return optional_product(phi(prob, **params), factor), -target_grad / s_other, target_grad
 
 
 # --- the three ways the row engine runs: each ``(phi, params, logits, t, factor, dtype, scale, gradient)``
@@ -156,7 +152,7 @@ def eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype:
     compilation, no per-call compiled-code overhead: small inputs); they take (N, C, *) as it comes."""
     shifted_t, s_other, exp_other = _eager_statistics(x, t, dtype)
     if not gradient:
-        return _times(phi(_target_probability(shifted_t, s_other), **params), factor), None
+        return optional_product(phi(_target_probability(shifted_t, s_other), **params), factor), None
     rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
     grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
     return rows, grad.to(x.dtype)

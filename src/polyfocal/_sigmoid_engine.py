@@ -102,7 +102,7 @@ def dense_target(logits: Tensor, target, ignore_index: int, validate, dtype: tor
     return (y if scores is None else y * scores.unsqueeze(1)), (labels != ignore_index).unsqueeze(1), count
 
 
-def element_inputs(x: Tensor, labels, scores, y, ignore_index: int, math: SigmoidMath, classes=None):
+def element_inputs(x: Tensor, labels, scores, y, ignore_index: int | None, math: SigmoidMath, classes=None):
     """``(z, flipped, y, form, valid)``: the loss at every element is ``form(sigmoid(z), y)``
     where ``valid`` (None: everywhere), with ``z = x``, or ``z = -x`` where ``flipped`` for a hard target
     built from class labels (C = background; the target is built in place, never materialised).
@@ -115,7 +115,8 @@ def element_inputs(x: Tensor, labels, scores, y, ignore_index: int, math: Sigmoi
         return torch.where(hot, x, -x), ~hot, hot.to(x.dtype), math.binary, valid
     # ignored elements are evaluated at 0 (and then masked): the same loss, and in a compiled kernel
     # every element's math then follows the labels' indexing, so the compiler makes one loop of it
-    return torch.where(valid, x, torch.zeros_like(x)), None, hot.to(x.dtype) * scores.unsqueeze(1), math.soft, valid
+    z = x if valid is None else torch.where(valid, x, torch.zeros_like(x))
+    return z, None, hot.to(x.dtype) * scores.unsqueeze(1), math.soft, valid
 
 
 def _masked(loss: Tensor, valid, weight) -> Tensor:
@@ -195,6 +196,8 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
     dtype, out_dtype = compute_dtype(logits), output_dtype(logits)
     with no_autocast(logits):
         labels, scores, y, count, every_row = prepare_target(logits, target, ignore_index, validate, dtype)
+        if every_row:  # no label is ignored: no mask on any engine
+            ignore_index = None
         weight = None if weight is None else weight.to(dtype)
         scale = reduction_scale(reduction, count, normalizer, shared_like(dtype, logits.device))
 
@@ -209,8 +212,7 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
         if engine == "eager" and labels is None and not _checks.is_binary(y):
             engine = "reference"
         if engine == "eager":
-            return _eager_elements(math, params, logits, labels, y, None if every_row else ignore_index, weight,
-                                   dtype=dtype, scale=scale,
+            return _eager_elements(math, params, logits, labels, y, ignore_index, weight, dtype=dtype, scale=scale,
                                    summed=reduction != "none", reference=reference).to(out_dtype)
         if engine != "reference":
             try:

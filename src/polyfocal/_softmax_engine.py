@@ -25,7 +25,8 @@ from . import _checks, _fused, _math, _rows
 from ._backend import engine_for, get_backend
 from ._errors import InputTypeError, InputValueError
 from ._numerics import (Probability, class_sum, compute_dtype, from_logs, is_class, log_probability_below,
-                        log_probability_below_target, log_softmax_and_log1m, no_autocast, output_dtype, shared_like)
+                        log_probability_below_target, log_softmax_and_log1m, no_autocast, optional_product,
+                        output_dtype, shared_like)
 from ._reduce import reduce_loss, reduction_scale
 
 PerClass = Callable[[Probability], Tensor]
@@ -92,15 +93,6 @@ def _at(vector, index: Tensor):
     if not isinstance(vector, Tensor):
         return vector
     return vector[index]
-
-
-def _product(*factors):
-    """The product of the factors given (None stands for 1), or None when every one is None."""
-    result = None
-    for factor in factors:
-        if factor is not None:
-            result = factor if result is None else result * factor
-    return result
 
 
 # --- dense targets, built where they are used: inside a fused kernel, never materialised ----------
@@ -206,10 +198,10 @@ def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing
         valid = target != ignore_index
         t, mask = torch.where(valid, target, 0).long(), valid.to(dtype)
         count = _count(valid, t, w)
-    row_factor = _product(mask, _at(w, t), _at(a, t), row_weight)
+    row_factor = optional_product(mask, _at(w, t), _at(a, t), row_weight)
     dense = None
     if smoothing:  # the class factors apply per class of the smoothed target, not at t
-        dense = DenseTarget(None, t, smoothing, w, a, _product(mask, row_weight))
+        dense = DenseTarget(None, t, smoothing, w, a, optional_product(mask, row_weight))
     return t, row_factor, count, dense
 
 
@@ -237,6 +229,7 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
             return _torch_cross_entropy(logits, target, w, ignore_index, smoothing, reduction, normalizer, every_row)
         row_weight = None if sample_weight is None else sample_weight.to(dtype).expand(_rows_shape(logits))
         if index:
+            # unmasked on the eager engine only: a compiled kernel would specialise on a number-valued factor
             t, row_factor, count, dense = _index_target(target, ignore_index, w, a, row_weight, smoothing, dtype,
                                                         every_row and engine == "eager")
         else:

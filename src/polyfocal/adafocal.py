@@ -23,6 +23,7 @@ from . import _checks, _math
 from ._declare import declare, public_names
 from ._errors import InputTypeError, InputValueError
 from ._loss_module import _EXAMPLES, LossModule
+from ._numerics import bucket_index
 from ._softmax_engine import softmax_loss
 
 
@@ -104,7 +105,7 @@ def calibration_gaps(confidence: Tensor, correct: Tensor, num_bins: int) -> tupl
     edges = torch.quantile(confidence, torch.linspace(0, 1, num_bins + 1, dtype=torch.float64,
                                                       device=confidence.device))
     edges[0], edges[-1] = 0.0, 1.0
-    index = torch.bucketize(confidence, edges[1:-1], right=True)
+    index = bucket_index(confidence, edges[1:-1])
     count = torch.bincount(index, minlength=num_bins).double()
     gap = torch.bincount(index, weights=confidence - correct.double(), minlength=num_bins)
     return edges, torch.where(count > 0, gap / count.clamp_min(1), 0.0)

@@ -18,7 +18,6 @@ does; ``False`` keeps the classic behaviour of the reference implementation.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -33,8 +32,8 @@ from ._declare import declare, public_names
 from . import _fused
 from ._backend import engine_for
 from ._errors import InputValueError
-from ._numerics import (bernoulli_cross_entropy, compute_dtype, is_class, output_dtype, sigmoid_probability,
-                        sigmoid_target_gap)
+from ._numerics import (bernoulli_cross_entropy, bucket_index, cached_outside_compile, compute_dtype, is_class,
+                        output_dtype, shared_like, sigmoid_probability, sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
 from ._sigmoid_engine import check_weight, dense_target, prepare_target
 
@@ -77,25 +76,15 @@ def margin_edges(bins: int, like: Tensor) -> Tensor:
     return torch.log(k / (bins - k)).to(like.dtype)
 
 
+@cached_outside_compile
 def cached_edges(edges: Callable, bins: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``edges(bins, ...)`` in ``dtype`` on ``device``, made once per call signature (five ops a call
-    that small batches notice); fresh inside ``torch.compile``, which has no use for the cache. Never
-    written to: every caller shares them."""
-    if torch.compiler.is_compiling():
-        return edges(bins, torch.empty((), dtype=dtype, device=device))
-    return _cached_edges(edges, bins, dtype, device)
-
-
-@functools.lru_cache(maxsize=64)
-def _cached_edges(edges: Callable, bins: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    return edges(bins, torch.empty((), dtype=dtype, device=device))
+    """``edges(bins, ...)`` in ``dtype`` on ``device``, made once per call signature (five ops a call)."""
+    return edges(bins, shared_like(dtype, device))
 
 
 def bin_index(statistic: Tensor, edges: Tensor) -> Tensor:
-    """The number of ``edges`` each element's statistic reaches, 0 .. len(edges). (Contiguous first:
-    ``bucketize`` copies a strided input anyway, and warns when it does, e.g. for a target laid out
-    unlike the logits.)"""
-    return torch.bucketize(statistic.contiguous(), edges, right=True)
+    """The number of ``edges`` each element's statistic reaches, 0 .. len(edges)."""
+    return bucket_index(statistic, edges)
 
 
 def _compiled_bins(edges: Tensor) -> bool:
