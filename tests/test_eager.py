@@ -309,3 +309,15 @@ def test_ghm_c_with_a_target_laid_out_unlike_the_logits_does_not_warn():
         loss = pf.ghm_c_loss(x, y)
         loss.backward()
     torch.testing.assert_close(loss, pf.ghm_c_loss(x.detach(), y.contiguous(), backend="reference"))
+
+
+def test_a_float_one_hot_target_takes_the_labels_eager_engine_and_a_soft_one_does_not():
+    """On CPU the value check reads a float target anyway; one that holds only 0 and 1 (a one-hot, as
+    torchvision users pass) then runs the binary form with its saved gradient, as class labels do."""
+    x, labels = torch.randn(16, 5, requires_grad=True), torch.randint(0, 5, (16,))
+    one_hot = F.one_hot(labels, 5).float()
+    loss = pf.sigmoid_focal_loss(x, one_hot, reduction="sum")  # the mean's counts differ: elements, locations
+    assert is_saved_gradient(loss)
+    torch.testing.assert_close(loss, pf.sigmoid_focal_loss(x, labels, reduction="sum"))
+    assert not is_saved_gradient(pf.sigmoid_focal_loss(x, one_hot * 0.9))  # soft: the reference
+    assert not is_saved_gradient(pf.sigmoid_focal_loss(x, one_hot, validate=False))  # values unread
