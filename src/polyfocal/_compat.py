@@ -5,7 +5,7 @@ loudly which one a new release removed, instead of a fused kernel or an error me
 somewhere far from the cause.
 
 * dynamo's recompile limits and the exceptions ``fullgraph=True`` raises at them
-  (:func:`recompile_limits`, :data:`RECOMPILE_LIMIT_HIT`);
+  (:func:`recompile_limits`, :func:`recompile_limit_hit`), imported only where something compiles;
 * autograd's stack of default saved-tensor hooks (:func:`saved_tensor_hooks_suspended`);
 * argparse's list of actions and its sub-parsers action (:func:`subparsers`).
 
@@ -31,10 +31,13 @@ PRIVATE = [
     ("argparse", "_SubParsersAction"),
 ]
 
-#: raised at a recompile limit under ``fullgraph=True`` (``FailOnCacheLimitHit`` before torch 2.6)
-RECOMPILE_LIMIT_HIT = tuple(getattr(torch._dynamo.exc, name)
-                            for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
-                            if hasattr(torch._dynamo.exc, name))
+
+def recompile_limit_hit() -> tuple[type[Exception], ...]:
+    """What ``fullgraph=True`` raises at a recompile limit (``FailOnCacheLimitHit`` before torch 2.6).
+    Asked for only once something was compiled: importing dynamo costs a second and a half, which
+    ``import polyfocal`` does not pay."""
+    exc = importlib.import_module("torch._dynamo.exc")
+    return tuple(getattr(exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit") if hasattr(exc, name))
 
 
 def missing() -> list[str]:
@@ -46,7 +49,7 @@ def missing() -> list[str]:
                 absent.append(f"{module}.{name}")
         except ImportError:
             absent.append(f"{module}.{name}")
-    if not RECOMPILE_LIMIT_HIT:
+    if not recompile_limit_hit():
         absent.append("torch._dynamo.exc.FailOnRecompileLimitHit")
     return absent
 

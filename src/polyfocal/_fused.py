@@ -62,7 +62,7 @@ def run(kernel: Callable, *args):
         with _compat.recompile_limits(RECOMPILE_LIMIT), _compat.saved_tensor_hooks_suspended():
             try:
                 return _compiled[kernel](*args)
-            except _compat.RECOMPILE_LIMIT_HIT:
+            except _compat.recompile_limit_hit():
                 return _uncompiled(kernel, *args)
     except (MemoryError, torch.OutOfMemoryError):
         raise  # the input's size, not the engine: the reference engine would need more memory still
