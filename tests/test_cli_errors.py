@@ -44,6 +44,9 @@ MISTAKES = [
     (["compare", "--task", "digits-lt", "--imbalance", "0.5"], "--imbalance: expected a number >= 1"),
     (["compare", "--task", "digits-lt", "--out", "afile"], "--out: expected a directory; 'afile' is a file"),
     (["compare", "--task", "digits-lt", "--out", "afile/runs"], "--out: cannot make directory 'afile/runs'"),
+    (["compare", "--task", "digits-lt", "--out", "/proc/forbidden/out"],  # names the folder that can't be made
+     "--out: cannot make directory '/proc/forbidden' (for '/proc/forbidden/out'): No such file or directory"),
+    (["reproduce", "--out", "/proc/forbidden"], "--out: cannot make directory '/proc/forbidden' (for '/proc/forbidden')"),
     (["compare", "--data", "empty.csv"], "`--data` 'empty.csv' is empty"),
     (["compare", "--data", "images", "--epochs", "1"], "broken.png' cannot be read"),
     (["compare", "--task", "digits-lt", "--bogus"], "unrecognized arguments: --bogus (see `polyfocal compare --help`)"),

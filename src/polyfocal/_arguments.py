@@ -86,15 +86,16 @@ def output_directory(path: str) -> str:
     writable directory. Nothing is created here (that waits until results are written)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"expected a directory; {path!r} is a file")
-    probe = os.path.abspath(path)
+    probe, missing = os.path.abspath(path), None
     while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
+        probe, missing = os.path.dirname(probe), probe
     if not os.path.isdir(probe):
         raise argparse.ArgumentTypeError(f"cannot make directory {path!r}: {probe!r} is a file")
     try:  # permissions alone do not tell (root, read-only or virtual file systems)
         tempfile.TemporaryDirectory(dir=probe).cleanup()
     except OSError as error:
-        raise argparse.ArgumentTypeError(f"cannot write to {path!r}: {probe!r}: {error.strerror}") from None
+        what = f"cannot make directory {missing!r}" if missing else f"cannot write to {probe!r}"
+        raise argparse.ArgumentTypeError(f"{what} (for {path!r}): {error.strerror}") from None
     return path
 
 
@@ -111,3 +112,10 @@ def fail(message: str) -> int:
     """Print a user error as the one line ``polyfocal: error: ...``; the exit code 2."""
     print(f"polyfocal: error: {message}", file=sys.stderr)
     return 2
+
+
+def interrupted(where: str = "") -> int:
+    """Print an interrupt (Ctrl-C) as the one line ``polyfocal: interrupted``, with where the results that
+    finished were written; the exit code 130, as a shell gives a process that SIGINT stopped."""
+    print("polyfocal: interrupted" + (f"; {where}" if where else ""), file=sys.stderr)
+    return 130

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from . import __version__, analysis
-from ._arguments import (Parser, at_least_one, fail, innermost, non_negative_int, output_directory, positive_float,
+from ._arguments import (Parser, at_least_one, fail, innermost, interrupted, non_negative_int, output_directory,
+                         positive_float,
                          positive_int)
 from ._backend import use_backend
 from ._errors import InputError, InputValueError
@@ -389,18 +390,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 success, 2 usage or input error)."""
-    parser = build_parser()
+    """Run the command line; returns the exit code (0 success, 2 usage or input error, 130 interrupted)."""
     try:
-        args, extra = parser.parse_known_args(argv)
-        if extra:
-            innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
-    except SystemExit as exit_:  # --help, --version, usage errors
-        return exit_.code if isinstance(exit_.code, int) else 2
-    try:
+        parser = build_parser()
+        try:
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                innermost(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
+        except SystemExit as exit_:  # --help, --version, usage errors
+            return exit_.code if isinstance(exit_.code, int) else 2
         return args.handler(args)
     except InputError as error:  # a user's mistake; any other exception is a bug, with its traceback
         return fail(str(error))
+    except KeyboardInterrupt:  # Ctrl-C: one line; commands that write results wrote what finished
+        return interrupted()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 
-from .._arguments import at_least_one, non_negative_int, output_directory, positive_float, positive_int
+from .._arguments import at_least_one, interrupted, non_negative_int, output_directory, positive_float, positive_int
 from .._errors import InputValueError
 from .distributed import join_from_environment, leave
-from .report import format_table, print_written, write_report
+from .report import format_table, partial_output, print_written, write_report
 from .tasks import TASKS, load_data, make_task
 from .train import compare, parse_losses
 
@@ -63,14 +63,15 @@ def _compare(args, main: bool) -> int:
             raise InputValueError("`--label-column` applies only to `--data`")
         task = make_task(args.task, imbalance=args.imbalance, n_train=args.n_train, seed=args.data_seed)
     results = compare(task, specs, args.seeds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      backend=args.backend, threads=args.threads, progress=main and not args.quiet)
+                      backend=args.backend, threads=args.threads, progress=main and not args.quiet, partial=main)
     if not main:
         return 0  # under torchrun, rank 0 reports
     print(f"{task.name}: {task.description}; {len(args.seeds)} seed(s), {results['config']['epochs']} epochs; "
           f"test metrics at the final epoch, mean [95% t-interval]")
     print(format_table(results))
-    print_written(write_report(results, args.out))
-    return 0
+    out = partial_output(args.out) if results["unfinished"] else args.out
+    print_written(write_report(results, out))
+    return interrupted(f"the runs that finished are in {out}") if results["unfinished"] else 0
 
 
 def add_training_arguments(p) -> None:

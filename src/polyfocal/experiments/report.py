@@ -65,6 +65,17 @@ def format_table(results: dict, markdown: bool = False) -> str:
     return table.markdown() if markdown else table.text()
 
 
+def partial_output(out: str) -> str:
+    """Where an interrupted run writes what finished: ``out`` when it holds no earlier run's results, else
+    a new folder ``out/interrupted-N``, so that an interrupted run overwrites nothing the user had."""
+    if not any(os.path.exists(os.path.join(out, name)) for name in ("results.json", "report.md", "report.html")):
+        return out
+    number = 1
+    while os.path.exists(os.path.join(out, f"interrupted-{number}")):
+        number += 1
+    return os.path.join(out, f"interrupted-{number}")
+
+
 def print_written(paths: dict[str, str]) -> None:
     """Tell the user where each written file is."""
     for path in paths.values():
@@ -167,6 +178,8 @@ def write_report(results: dict, out: str) -> dict[str, str]:
         lines += ["(no figure: matplotlib is not installed)", ""]
     lines += ["Losses: " + "; ".join(f"`{l['label']}` = {l['name']}{l['params'] or ''}" for l in config["losses"]),
               "", "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()), ""]
+    if results.get("unfinished"):
+        lines[2:2] = [f"**Interrupted:** not finished: {', '.join(results['unfinished'])}.", ""]
     with open(paths["markdown"], "w") as handle:
         handle.write("\n".join(lines))
     return paths

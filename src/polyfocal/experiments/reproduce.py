@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from .. import analysis
-from .._arguments import output_directory, positive_int
+from .._arguments import interrupted, output_directory, positive_int
 from .._backend import use_backend
 from .._errors import InputValueError
 from ..sigmoid import poly1_focal_loss
 from . import boxes
 from .distributed import require_single_process
 from .metrics import t_interval
-from .report import json_safe, print_written, summarize
+from .report import json_safe, partial_output, print_written, summarize
 from .tasks import make_task
 from .figures import errorbars, seed_dots
 from .tables import Table
@@ -310,8 +310,9 @@ def positive_loss_rises(epsilon: float, gamma: float = 2.0, alpha: float = 0.25)
 def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = False, only=None) -> dict:
     """Run the findings (``only``: a subset of :data:`FINDINGS` keys); the results, JSON-ready but for tasks.
 
-    Returns ``{"config", "versions", "seconds", "findings": {key: {...}}}``; a finding not run
-    has the verdict :attr:`Outcome.NOT_RUN`. Verdicts are :class:`~polyfocal.experiments.verdicts.Verdict`
+    Returns ``{"config", "versions", "seconds", "interrupted", "findings": {key: {...}}}``; a finding not run
+    has the verdict :attr:`Outcome.NOT_RUN`. Interrupted (Ctrl-C) once a finding is done, it returns the
+    finished ones, the others :attr:`Outcome.NOT_FINISHED`; before any, the interrupt goes on. Verdicts are :class:`~polyfocal.experiments.verdicts.Verdict`
     (or ``Verdicts``) objects, written to ``results.json`` as their outcome and text.
     """
     config = config or ReproduceConfig()
@@ -330,7 +331,7 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
 
     only = list(FINDINGS) if only is None else list(only)
     findings = {}
-    before = torch.get_num_threads()
+    before, interrupted = torch.get_num_threads(), False
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -350,13 +351,18 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
         if "calibration" in only:
             say("finding 7: FLSD-53 and AdaFocal vs cross-entropy, calibration")
             findings["calibration"] = _calibration(config, run)
+    except KeyboardInterrupt:
+        if not findings:
+            raise  # nothing finished, nothing to report
+        interrupted = True
     finally:
         torch.set_num_threads(before)
     for key in FINDINGS:
-        findings.setdefault(key, Finding(claim="", setting="", verdict=Verdict(Outcome.NOT_RUN)))
+        outcome = Outcome.NOT_FINISHED if interrupted and key in only else Outcome.NOT_RUN
+        findings.setdefault(key, Finding(claim="", setting="", verdict=Verdict(outcome)))
     seconds = time.perf_counter() - start
-    say(f"done in {seconds:.1f} s")
-    return {"config": asdict(config), "versions": versions(), "seconds": seconds,
+    say(f"{'interrupted after' if interrupted else 'done in'} {seconds:.1f} s")
+    return {"config": asdict(config), "versions": versions(), "seconds": seconds, "interrupted": interrupted,
             "findings": {k: findings[k] for k in FINDINGS}}
 
 
@@ -600,8 +606,9 @@ def _run_command(args) -> int:
           f"{results['seconds']:.0f} s")
     for key, finding in results["findings"].items():
         print(f"  {FINDINGS[key]}\n      {finding.verdict}")
-    print_written(write_reproduce_report(results, args.out))
-    return 0
+    out = partial_output(args.out) if results["interrupted"] else args.out
+    print_written(write_reproduce_report(results, out))
+    return interrupted(f"the findings that finished are in {out}") if results["interrupted"] else 0
 
 
 def add_reproduce(commands) -> None:

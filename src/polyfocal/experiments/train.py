@@ -300,19 +300,19 @@ def versions() -> dict[str, str]:
 
 
 def _progress(total: int, enabled: bool):
-    """A tqdm bar if tqdm is installed, else plain lines on stderr; ``update(text)`` per run."""
+    """A tqdm bar where standard error is a terminal and tqdm is installed, else one plain line per run
+    on stderr (a bar's carriage returns would flood a log); ``update(text)`` per run."""
     if not enabled:
         return lambda text: None, lambda: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
+    bar_class = _tqdm() if sys.stderr.isatty() else None
+    if bar_class is None:
         count = [0]
 
         def update(text):
             count[0] += 1
             print(f"[{count[0]}/{total}] {text}", file=sys.stderr, flush=True)
         return update, lambda: None
-    bar = tqdm(total=total, file=sys.stderr)
+    bar = bar_class(total=total, file=sys.stderr)
 
     def update(text):
         bar.set_postfix_str(text)
@@ -320,10 +320,22 @@ def _progress(total: int, enabled: bool):
     return update, bar.close
 
 
+def _tqdm():
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int | None = None,
             lr: float | None = None, backend: str = "reference", threads: int | None = 1,
-            progress: bool = False) -> dict:
+            progress: bool = False, partial: bool = False) -> dict:
     """Train every loss with every seed; the results as a JSON-ready dict.
+
+    With ``partial``, an interrupt (Ctrl-C) after at least one run returns the runs that finished and
+    names the others in ``"unfinished"`` (empty after a whole comparison); before any, or without
+    ``partial``, the interrupt goes on.
 
     ``backend="reference"`` by default: these models are small, and compiling a fused
     kernel would take longer than the run. ``threads`` sets ``torch.set_num_threads`` for
@@ -349,9 +361,14 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
                 primary = task.metrics_for(spec.box)[0]
                 update(f"{spec.label} seed {seed}: {primary}={run['metrics'][primary]:.4f} "
                        f"({run['seconds']:.1f} s)")
+    except KeyboardInterrupt:
+        if not (partial and runs):
+            raise  # nothing finished to report, or the caller stops as a whole
     finally:
         close()
         torch.set_num_threads(before)
+    finished = {(run["loss"], run["seed"]) for run in runs}
+    unfinished = [f"{spec.label} seed {seed}" for spec in specs for seed in seeds if (spec.label, seed) not in finished]
     config = {"task": task.name, "task_options": task.options, "losses": [asdict(s) for s in specs],
               "seeds": seeds, "epochs": task.epochs if epochs is None else epochs,
               "batch_size": batch_size or task.batch_size, "lr": lr or task.lr, "backend": backend,
@@ -360,4 +377,4 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
               "processes": current().world}
     metrics = task.metrics_for(specs[0].box)
     return {"config": config, "versions": versions(), "task": task.summary(), "metrics": list(metrics),
-            "primary": metrics[0], "runs": runs}
+            "primary": metrics[0], "runs": runs, "unfinished": unfinished}

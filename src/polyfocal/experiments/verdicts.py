@@ -19,6 +19,7 @@ class Outcome(str, Enum):
     NOT_REPRODUCED = "not reproduced"
     INCONCLUSIVE = "inconclusive"
     NOT_RUN = "not run yet"
+    NOT_FINISHED = "not finished (interrupted)"
 
 
 @dataclass(frozen=True)
@@ -127,4 +128,4 @@ def any_of(parts: list[tuple[str, Verdict]], what: str) -> Verdict:
 
 #: the report's colour class of each outcome
 CSS_CLASS = {Outcome.REPRODUCED: "reproduced", Outcome.NOT_REPRODUCED: "not", Outcome.INCONCLUSIVE: "inconclusive",
-             Outcome.NOT_RUN: "pending"}
+             Outcome.NOT_RUN: "pending", Outcome.NOT_FINISHED: "pending"}
