@@ -346,8 +346,18 @@ def test_progress_uses_tqdm_when_installed(monkeypatch):
             seen.append("closed")
 
     monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a bar only on a terminal
     ex.compare(ex.make_task("dense-toy", n_train=4), ex.parse_losses("bce"), seeds=[3], epochs=1, progress=True)
     assert seen[0] == ("total", 1) and seen[1].startswith("bce seed 3: map=") and seen[-1] == "closed"
+
+
+def test_progress_is_plain_lines_in_a_log_even_with_tqdm(monkeypatch, capsys):
+    """Redirected (a log, CI), a bar's carriage-return redraws would flood the file: one line per run."""
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    ex.compare(ex.make_task("dense-toy", n_train=4), ex.parse_losses("bce"), seeds=[0, 1], epochs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("\n") == 2 and "[2/2] bce seed 1" in err
 
 
 def test_compare_figure_is_a_readable_grid_of_dots_that_keeps_a_collapsed_seed_in_view():
@@ -366,7 +376,9 @@ def test_compare_figure_is_a_readable_grid_of_dots_that_keeps_a_collapsed_seed_i
     fig = compare_figure(results, summarize(results))
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == len(metrics) + 2
-    assert fig.get_figwidth() <= 3 * 4.2 + 1e-9  # at most three panels a row
+    assert fig.get_figwidth() <= 11 + 1e-9  # at most two panels a row, the HTML report's width at 100 dpi
+    # losses of different formulas have no common scale: each training curve starts at 1
+    assert {line.get_ydata()[0] for line in visible[len(metrics)].get_lines()} == {1.0}
     for ax, metric in zip(visible, metrics):
         assert not ax.patches, f"{metric}: bars (a zoomed axis would exaggerate them)"
         low, high = ax.get_ylim()

@@ -1,17 +1,23 @@
 """``polyfocal reproduce``: verdicts on hand-made intervals, the report files, the CLI."""
 
 import base64
+import html
 import json
 import math
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+from figure_checks import assert_legible  # noqa: E402
 from polyfocal.cli import main  # noqa: E402
 from polyfocal.experiments import reproduce as R  # noqa: E402
+from polyfocal.experiments.figures import DPI, TEXT_PT  # noqa: E402
 from polyfocal.experiments.verdicts import Outcome, Verdict, Verdicts  # noqa: E402
 
 NAN = math.nan
@@ -53,12 +59,26 @@ def test_truncation_verdict():
         return str(R.truncation_verdict(ns, diffs))
 
     assert text([short, short, short, _d(-0.01, 0.02), _d(-0.01, 0.01)]) == \
-        "reproduced: every N below 10 falls short of cross-entropy; N=20 matches it"
+        "reproduced: every N below 10 falls short of cross-entropy; N=20 matches it (within 0.02)"
     assert text([short] * 5).startswith("reproduced: every N below 10 falls short")
     assert text([short, _d(-0.01, 0.01)] + [_d(-0.01, 0.01)] * 3) == \
         "not reproduced: N=2 terms already match cross-entropy (within 0.02)"
     assert text([short, short, _d(-0.1, 0.01), short, short]).startswith("inconclusive: N=5")
     assert text([_d(NAN, NAN)] * 5).startswith("inconclusive: no interval")
+
+
+def test_truncation_rows_use_the_headlines_words():
+    """Each N's row says what the headline says of it: a headline 'N=20 matches it' has N=20's row
+    'matches' too, never the interval's 'inconclusive' of a claim the finding does not make."""
+    ns = [1, 5, 20, 100]
+    diffs = [_d(-0.2, -0.05), _d(-0.01, 0.01), _d(-0.01, 0.02), _d(-0.2, -0.05)]
+    rows = [str(v) for v in R.truncation_rows(ns, diffs)]
+    assert rows == ["reproduced: falls short of cross-entropy",
+                    "not reproduced: matches cross-entropy (within 0.02)",
+                    "reproduced: matches cross-entropy (within 0.02)",
+                    "inconclusive: falls short of cross-entropy"]
+    headline = str(R.truncation_verdict([1, 20], [diffs[0], diffs[2]]))
+    assert headline.endswith("N=20 matches it (within 0.02)") and "matches cross-entropy" in rows[2]
 
 
 def test_positive_loss_rises_for_negative_epsilon():
@@ -78,7 +98,8 @@ def test_verdicts_of_several_claims_agree_or_are_inconclusive():
     assert R.any_of([("epsilon=1", no), ("epsilon=-1", no)], "epsilon").outcome is Outcome.NOT_REPRODUCED
     assert str(R.any_of([], "epsilon")) == "inconclusive: no epsilon run"
     assert {o: R.CSS_CLASS[o] for o in Outcome} == {Outcome.REPRODUCED: "reproduced", Outcome.NOT_REPRODUCED: "not",
-                                                    Outcome.INCONCLUSIVE: "inconclusive", Outcome.NOT_RUN: "pending"}
+                                                    Outcome.INCONCLUSIVE: "inconclusive", Outcome.NOT_RUN: "pending",
+                                                    Outcome.NOT_FINISHED: "pending"}
 
 
 def test_paired_difference_pairs_runs_by_seed():
@@ -145,6 +166,62 @@ def test_each_metric_of_a_finding_gets_its_own_difference_axis(tiny_report):
     fig = R.finding_figure("qfl_dfl", results["findings"]["qfl_dfl"])
     labels = [ax.get_xlabel() for ax in fig.axes[1:]]
     assert labels == [f"paired difference in {m} (95% interval)" for m in ("map_box", "loc_error", "map")]
+
+
+@pytest.mark.parametrize("key", list(R.FINDINGS))
+def test_every_finding_figure_is_legible(tiny_report, key):
+    """At the report's width, full-size text, no overlapping tick labels, every axis labelled."""
+    _, results = tiny_report
+    assert_legible(R.finding_figure(key, results["findings"][key]))
+
+
+def test_a_finding_of_several_claims_shows_every_claims_numbers_in_its_summary_row(tiny_report):
+    paths, results = tiny_report
+    finding = results["findings"]["calibration"]
+    metrics = {d["metric"] for d in finding.differences}
+    assert len(metrics) > 1
+    row = next(line for line in open(paths["markdown"]).read().splitlines()
+               if line.startswith(f"| {R.FINDINGS['calibration']} |"))
+    assert all(f"] {metric}" in row for metric in metrics), row
+
+
+def test_the_headline_and_the_rows_use_one_vocabulary(tiny_report):
+    """Finding 1's rows say 'falls short' or 'matches' as its headline does, not a claim's bare verdict."""
+    _, results = tiny_report
+    finding = results["findings"]["truncation"]
+    for d in finding.differences:
+        assert "cross-entropy" in str(d["verdict"]) or "no interval" in str(d["verdict"]), d["verdict"]
+
+
+MEASURE = """<pre id='measure'></pre><script>
+const images = [...document.images].map(i => ({natural: i.naturalWidth, shown: i.getBoundingClientRect().width}));
+const body = parseFloat(getComputedStyle(document.body).fontSize);
+document.getElementById('measure').textContent = JSON.stringify({images, body, page: document.body.scrollWidth});
+</script>"""
+
+
+def test_the_report_is_legible_in_a_browser_at_1280_px(tiny_report, tmp_path):
+    """Headless Chromium shows the report at 1280 px: every figure unscaled, its text (TEXT_PT at DPI) at
+    least the body text's size, nothing wider than the window. A screenshot is left for a look."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium for this test (.ci/run)")
+        pytest.skip("no chromium here (apt-get install chromium)")
+    paths, _ = tiny_report
+    page = tmp_path / "measured.html"
+    page.write_text(open(paths["html"]).read().replace("</body>", MEASURE + "</body>"))
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--window-size=1280,900", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    measured = json.loads(html.unescape(re.search(r"<pre id=\"measure\">(.*?)</pre>", dom, re.S).group(1)))
+    assert len(measured["images"]) == len(R.FINDINGS) and measured["page"] <= 1280
+    for image in measured["images"]:
+        scale = image["shown"] / image["natural"]
+        assert scale >= 0.99, image  # not shrunk to fit
+        assert TEXT_PT * DPI / 72 * scale >= measured["body"], (image, measured["body"])
+    subprocess.run([*flags, f"--screenshot={tmp_path / 'report.png'}", page.as_uri()], capture_output=True, timeout=120)
 
 
 def test_html_is_self_contained(tiny_report):

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from .figures import errorbars, seed_dots
+from .figures import DPI, errorbars, legible, panels, seed_dots
 from .metrics import metric_range, t_interval
 from .tables import Table
 from .tasks import LOWER_IS_BETTER
@@ -47,11 +47,15 @@ def _cell(stats: dict) -> str:
 
 
 def _best(summary: dict, metric: str) -> str | None:
+    """The loss with the best mean; none where that mean's interval spans the metric's whole range (it
+    says nothing then)."""
     means = {loss: s[metric]["mean"] for loss, s in summary.items() if not math.isnan(s[metric]["mean"])}
     if not means:
         return None
     pick = min if metric in LOWER_IS_BETTER else max
-    return pick(means, key=means.get)
+    best = pick(means, key=means.get)
+    low, high = metric_range(metric)
+    return None if summary[best][metric]["low"] <= low and summary[best][metric]["high"] >= high else best
 
 
 def format_table(results: dict, markdown: bool = False) -> str:
@@ -96,20 +100,14 @@ def json_safe(value):
     return value
 
 
+@legible
 def compare_figure(results: dict, summary: dict):
     """The figure of a comparison: per metric, each loss's mean and 95% interval with its seeds
-    (dots, not bars, so the axis may zoom without exaggerating), then the training curves."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    (dots, not bars, so the axis may zoom without exaggerating), then the training curves: the training
+    loss relative to its own first epoch (losses of different formulas have no common scale), and the
+    test metric."""
     metrics, losses = results["metrics"], list(summary)
-    panels = len(metrics) + 2  # a grid at most three panels wide, each at a readable size
-    ncols = min(3, panels)
-    fig = Figure(figsize=(4.2 * ncols, 3.5 * math.ceil(panels / ncols)), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(math.ceil(panels / ncols), ncols, squeeze=False).ravel()
-    for ax in axes[panels:]:
-        ax.set_visible(False)
+    fig, axes = panels(len(metrics) + 2)
     x = np.arange(len(losses))
     colors = [f"C{i % 10}" for i in range(len(losses))]
     for ax, metric in zip(axes, metrics):  # dots and intervals, not bars: the axis need not start at 0
@@ -125,27 +123,38 @@ def compare_figure(results: dict, summary: dict):
         if finite.size:
             pad = 0.15 * max(finite.max() - finite.min(), 1e-3)
             ax.set_ylim(finite.min() - pad, finite.max() + pad)
-        ax.set_xticks(x, losses, rotation=30, ha="right", fontsize=8)
-        ax.set_title(metric + (" (lower better)" if metric in LOWER_IS_BETTER else ""), fontsize=10)
-    curve_keys = ("train_loss", f"test_{results['primary']}")
-    for ax, key in zip(axes[len(metrics):panels], curve_keys):
-        for i, loss in enumerate(losses):
-            curves = [r["curves"] for r in results["runs"] if r["loss"] == loss and r["curves"][key]]
-            if not curves:
-                continue
-            values = np.array([c[key] for c in curves], dtype=np.float64)
-            epochs = curves[0]["epoch"]
-            ax.plot(epochs, np.nanmean(values, 0), color=colors[i], label=loss, lw=1.5)
-            if len(values) > 1:
-                ax.fill_between(epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=colors[i], alpha=0.15)
-        ax.set_xlabel("epoch")
-        ax.set_title(key.replace("_", " ") + " (mean, min-max over seeds)", fontsize=10)
-        if key == "train_loss":
-            ax.set_yscale("log")
-    axes[panels - 1].legend(fontsize=7)
-    fig.suptitle(f"{results['config']['task']}: {len(results['config']['seeds'])} seeds, "
-                 f"95% t-intervals", fontsize=11)
+        ax.set_xticks(x, losses, rotation=30, ha="right")
+        ax.set_xlabel("loss")
+        ax.set_ylabel(f"test {metric}" + (" (lower better)" if metric in LOWER_IS_BETTER else ""))
+        ax.set_title("mean, 95% interval, seeds")
+    for ax, key in zip(axes[len(metrics):], ("train_loss", f"test_{results['primary']}")):
+        _curves(ax, key, results, losses, colors)
+    axes[-1].legend()
+    fig.suptitle(f"{results['config']['task']}: {len(results['config']['seeds'])} seeds, 95% t-intervals")
     return fig
+
+
+def _curves(ax, key: str, results: dict, losses: list, colors: list) -> None:
+    """Per loss, the mean over seeds of a curve (band: min to max); the training loss relative to epoch 1."""
+    relative = key == "train_loss"
+    for color, loss in zip(colors, losses):
+        curves = [r["curves"] for r in results["runs"] if r["loss"] == loss and r["curves"][key]]
+        if not curves:
+            continue
+        values = np.array([c[key] for c in curves], dtype=np.float64)
+        if relative:
+            values = values / values[:, :1]
+        epochs = curves[0]["epoch"]
+        ax.plot(epochs, np.nanmean(values, 0), color=color, label=loss, lw=1.5)
+        if len(values) > 1:
+            ax.fill_between(epochs, np.nanmin(values, 0), np.nanmax(values, 0), color=color, alpha=0.15)
+    ax.set_xlabel("epoch")
+    if relative:
+        ax.set_yscale("log")
+        ax.set_ylabel("training loss / its first epoch's")
+    else:
+        ax.set_ylabel(key.replace("_", " "))
+    ax.set_title("mean, min-max over seeds")
 
 
 def write_report(results: dict, out: str) -> dict[str, str]:
@@ -158,7 +167,7 @@ def write_report(results: dict, out: str) -> dict[str, str]:
     image = None
     try:
         image = os.path.join(out, "report.png")
-        compare_figure(results, summary).savefig(image, dpi=110)
+        compare_figure(results, summary).savefig(image, dpi=DPI)
         paths["png"] = image
     except ImportError:
         image = None

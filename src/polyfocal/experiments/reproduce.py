@@ -43,11 +43,11 @@ from .distributed import require_single_process
 from .metrics import t_interval
 from .report import json_safe, partial_output, print_written, summarize
 from .tasks import make_task
-from .figures import errorbars, seed_dots
+from .figures import DPI, errorbars, few_ticks, legible, panels, seed_dots
 from .tables import Table
 from .train import VALIDATION_FRACTION, compare, parse_losses, train_run, versions
-from .verdicts import (CSS_CLASS, Outcome, Verdict, Verdicts, any_of, paired_difference, truncation_verdict,
-                       verdict)
+from .verdicts import (CSS_CLASS, Outcome, Verdict, Verdicts, any_of, paired_difference, truncation_rows,
+                       truncation_verdict, verdict)
 
 __all__ = ["ReproduceConfig", "reproduce_findings", "verdict", "truncation_verdict", "paired_difference",
            "write_reproduce_report", "positive_loss_rises", "add_reproduce", "FINDINGS"]
@@ -128,7 +128,10 @@ def _truncation(config: ReproduceConfig, run) -> Finding:
     results = run(task, labels, config.digits_epochs)
     metric = "accuracy"
     diffs = [_difference_row(results, f"truncated:n_terms={n}", "ce", metric, "less") for n in config.n_terms]
-    # matching CE: the interval of (truncated - CE) reaches 0 or above
+    rows = truncation_rows(list(config.n_terms), diffs, config.many_terms, config.match_margin)
+    for d, row in zip(diffs, rows):  # each N in the headline's words: falls short, matches, neither
+        d["verdict"] = row
+    # matching CE: the interval of (truncated - CE) lies above -margin
     matches = [n for n, d in zip(config.n_terms, diffs) if d["low"] > -config.match_margin]
     overall = truncation_verdict(list(config.n_terms), diffs, config.many_terms, config.match_margin)
     return Finding(
@@ -377,9 +380,9 @@ def _fmt(mean, low, high, digits=4) -> str:
 
 
 def _verdict_numbers(finding: Finding) -> str:
-    """The differences a verdict rests on, with their intervals: ``(a - b: mean [low, high] metric)``."""
-    shown = [f"{d['a']} - {d['b']}: {_fmt(d['mean'], d['low'], d['high'])} {d['metric']}"
-             for d in finding.differences if d["metric"] == finding.metric]
+    """Every difference a verdict rests on, with its interval, whatever its metric (a finding of several
+    claims has several): ``(a - b: mean [low, high] metric; ...)``."""
+    shown = [f"{d['a']} - {d['b']}: {_fmt(d['mean'], d['low'], d['high'])} {d['metric']}" for d in finding.differences]
     return f"({'; '.join(shown)})" if shown else ""
 
 
@@ -416,11 +419,13 @@ def _difference_axis(ax, diffs: list, metric: str):
     for margin in margins:
         ax.axvline(-margin, color="k", lw=0.8, ls="--", label=f"-margin ({margin:g})")
     if margins:
-        ax.legend(fontsize=8)
-    ax.set_yticks(y, [_difference_name(d, metric).replace(" - ", "\n- ") for d in diffs], fontsize=7)
+        ax.legend()
+    ax.set_yticks(y, [_difference_name(d, metric).replace(" - ", "\n- ") for d in diffs])
     ax.invert_yaxis()
+    few_ticks(ax)
     ax.set_xlabel(f"paired difference in {metric} (95% interval)")
-    ax.set_title("difference (green: as claimed, red: opposite)", fontsize=9)
+    ax.set_ylabel("variants a - b")
+    ax.set_title("green: as claimed, red: opposite")
 
 
 def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> None:
@@ -436,7 +441,7 @@ def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> N
         errorbars(ax, ns, [summary[l][metric] for l in labels], "C0", "truncated to N terms")
         ax.set_xscale("log")
         ax.set_xlabel("N (terms kept)")
-        ax.legend(fontsize=8)
+        ax.legend()
     elif key == "poly1_epsilon":
         eps = [float(l.split("=")[1]) for l in summary]
         labels = list(summary)
@@ -444,54 +449,53 @@ def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> N
         errorbars(ax, eps, [summary[l][metric] for l in labels], "C1", "Poly-1")
         ax.axvline(0, color="k", lw=0.6, ls=":")
         ax.set_xlabel("epsilon (0 = cross-entropy)")
-        ax.legend(fontsize=8)
+        ax.legend()
     else:
         labels = list(summary)
         x = np.arange(len(labels))
         seed_dots(ax, x + 0.12, results, labels, metric, "C2")
         errorbars(ax, x, [summary[l][metric] for l in labels], "C2", fmt="o")
-        ax.set_xticks(x, labels, rotation=15, fontsize=8)
+        ax.set_xticks(x, [label.replace("+", "\n+") for label in labels])
         ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel("variant")
     ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"{metric}: mean and 95% interval over {len(results['config']['seeds'])} seeds "
-                 f"(dots: seeds)", fontsize=9)
+    ax.set_title(f"mean, 95% interval, {len(results['config']['seeds'])} seeds (dots)")
 
 
+@legible
 def finding_figure(key: str, finding: Finding):
     """A finding's figure: its metric per variant, then its paired differences, one axis per metric."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     results, metric = finding.results, finding.metric
     summary = summarize(results)
     by_metric: dict[str, list] = {}
     for d in finding.differences:
         by_metric.setdefault(d["metric"], []).append(d)
-    ncols = 1 + len(by_metric) + (key == "poly1_epsilon")
-    fig = Figure(figsize=(max(11, 4.2 * ncols), 3.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols)
+    fig, axes = panels(1 + len(by_metric) + (key == "poly1_epsilon"), first_wide=True)
     _variants_axis(axes[0], key, results, summary, metric)
     for ax, (name, diffs) in zip(axes[1:], by_metric.items()):
         _difference_axis(ax, diffs, name)
     if key == "poly1_epsilon":
-        ax = axes[-1]
-        for i, (label, rows) in enumerate(finding.extra["shares"].items()):
-            values = np.array(rows, dtype=float)
-            steps = np.arange(values.shape[1])
-            ax.plot(steps, values.mean(0), color=f"C{i}", label=label)
-            ax.fill_between(steps, values.min(0), values.max(0), color=f"C{i}", alpha=0.15)
-        ax.axhline(0.5, color="k", lw=0.8, ls="--")
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("first term's share of CE gradient (= p_t)")
-        ax.set_title("gradient share (mean, min-max over seeds)", fontsize=9)
-        ax.legend(fontsize=8)
-    fig.suptitle(FINDINGS[key], fontsize=11)
+        _share_axis(axes[-1], finding.extra["shares"])
+    fig.suptitle(FINDINGS[key])
     return fig
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+def _share_axis(ax, shares: dict) -> None:
+    """Finding 2's gradient share per training step: mean and min-max over seeds, per variant."""
+    for i, (label, rows) in enumerate(shares.items()):
+        values = np.array(rows, dtype=float)
+        steps = np.arange(values.shape[1])
+        ax.plot(steps, values.mean(0), color=f"C{i}", label=label)
+        ax.fill_between(steps, values.min(0), values.max(0), color=f"C{i}", alpha=0.15)
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("first term's share of CE gradient")
+    ax.set_title("= p_t; mean, min-max over seeds")
+    ax.legend()
+
+
+_CSS = """body{font-family:system-ui,sans-serif;font-size:15px;max-width:1150px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:.6em 0 1em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 font-size:.9em}th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}
 .verdict{display:inline-block;padding:.15em .6em;border-radius:4px;font-weight:600}
@@ -528,7 +532,7 @@ def _finding_section(key: str, finding: Finding, out: str, paths: dict) -> tuple
         section.append(f"<p>{html.escape(text)}</p>")
     try:
         image = os.path.join(out, f"{key}.png")
-        finding_figure(key, finding).savefig(image, dpi=100)
+        finding_figure(key, finding).savefig(image, dpi=DPI)
         paths[f"png_{key}"] = image
         md += [f"![{key}]({key}.png)", ""]
         with open(image, "rb") as handle:

@@ -32,6 +32,7 @@ from .._arguments import output_directory, positive_int
 from .._errors import InputValueError
 from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
+from .figures import DPI, legible, panels
 from .report import json_safe, print_written
 from .tasks import LOWER_IS_BETTER, TASKS, make_task
 from .tables import Table
@@ -356,14 +357,10 @@ def format_trials(results: dict) -> str:
     return Table(header, rows).text()
 
 
+@legible
 def _plot(results: dict, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     space, primary, trials = results["config"]["space"], results["primary"], results["trials"]
-    fig = Figure(figsize=(4.2 * len(space), 3.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(space), squeeze=False)[0]
+    fig, axes = panels(len(space))
     best = results["best"]
     values = np.array([np.nan if t["value"] is None else t["value"] for t in trials], dtype=np.float64)
     for ax, param in zip(axes, space):
@@ -386,10 +383,10 @@ def _plot(results: dict, path: str) -> None:
             ax.plot([bx], [best["value"]], "*", color="C3", ms=14, label=f"best (trial {best['number']})")
         ax.set_xlabel(param["name"])
         ax.set_ylabel(f"test {primary}")
-        ax.legend(fontsize=7)
+        ax.legend()
     fig.suptitle(f"{results['config']['task']}, {results['config']['loss']}: {primary} against each "
-                 f"parameter ({len(trials)} trials, mean over {len(results['config']['seeds'])} seed(s))", fontsize=10)
-    fig.savefig(path, dpi=110)
+                 f"parameter\n({len(trials)} trials, mean over {len(results['config']['seeds'])} seed(s))")
+    fig.savefig(path, dpi=DPI)
 
 
 def write_sweep(results: dict, out: str) -> dict[str, str]:

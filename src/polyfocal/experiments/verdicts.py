@@ -92,25 +92,49 @@ def verdict(low: float, high: float, claim: str = "greater", margin: float = 0.0
     return Verdict(Outcome.INCONCLUSIVE, "the interval includes 0")
 
 
-def truncation_verdict(n_terms, differences, many: int = 10, margin: float = 0.02) -> Verdict:
-    """Finding 1's verdict from the intervals of (truncated to N terms - CE), one per N (ascending).
+def _truncation_class(d: dict, margin: float) -> str:
+    """How N terms compare with cross-entropy: ``"matches"`` (the interval of N terms minus CE lies above
+    ``-margin``), ``"short"`` (below 0), else ``"unclear"``."""
+    return "matches" if d["low"] > -margin else "short" if d["high"] < 0 else "unclear"
 
-    N *matches* CE when its interval lies above ``-margin``; it *falls short* when it lies
-    below 0. Reproduced when every N below ``many`` falls short; not reproduced when one of
-    them matches; inconclusive otherwise (or without intervals).
+
+def truncation_rows(n_terms, differences, many: int = 10, margin: float = 0.02) -> list[Verdict]:
+    """Each N's verdict, in the headline's words: below ``many`` terms the paper expects N to fall short of
+    CE (matching it is not reproduced); from ``many`` on, to match it."""
+    rows = []
+    for n, d in zip(n_terms, differences):
+        if math.isnan(d["low"]):
+            rows.append(NO_INTERVAL)
+            continue
+        kind = _truncation_class(d, margin)
+        words = {"matches": f"matches cross-entropy (within {margin:g})", "short": "falls short of cross-entropy",
+                 "unclear": f"neither clearly below cross-entropy nor within {margin:g} of it"}[kind]
+        expected = "short" if n < many else "matches"
+        outcome = (Outcome.REPRODUCED if kind == expected else Outcome.INCONCLUSIVE if kind == "unclear" or n >= many
+                   else Outcome.NOT_REPRODUCED)
+        rows.append(Verdict(outcome, words))
+    return rows
+
+
+def truncation_verdict(n_terms, differences, many: int = 10, margin: float = 0.02) -> Verdict:
+    """Finding 1's verdict from the intervals of (truncated to N terms - CE), one per N (ascending), with
+    the rows' own words (:func:`truncation_rows`).
+
+    Reproduced when every N below ``many`` falls short of CE; not reproduced when one of them matches it;
+    inconclusive otherwise (or without intervals).
     """
     if any(math.isnan(d["low"]) for d in differences):
         return NO_INTERVAL
-    few = [(n, d) for n, d in zip(n_terms, differences) if n < many]
-    matches = [n for n, d in zip(n_terms, differences) if d["low"] > -margin]
-    early = [n for n in matches if n < many]
+    kinds = [(n, _truncation_class(d, margin)) for n, d in zip(n_terms, differences)]
+    early = [n for n, kind in kinds if n < many and kind == "matches"]
     if early:
         return Verdict(Outcome.NOT_REPRODUCED, f"N={early[0]} terms already match cross-entropy (within {margin:g})")
-    unclear = [n for n, d in few if d["high"] >= 0]
+    unclear = [n for n, kind in kinds if n < many and kind == "unclear"]
     if unclear:
         return Verdict(Outcome.INCONCLUSIVE,
                        f"N={unclear[0]} is neither clearly below cross-entropy nor within {margin:g} of it")
-    found = f"N={matches[0]} matches it" if matches else "no N tried matches it"
+    matches = [n for n, kind in kinds if kind == "matches"]
+    found = f"N={matches[0]} matches it (within {margin:g})" if matches else "no N tried matches it"
     return Verdict(Outcome.REPRODUCED, f"every N below {many} falls short of cross-entropy; {found}")
 
 
