@@ -82,3 +82,14 @@ def test_an_interrupt_before_anything_finished_is_one_line(tmp_path):
     assert lines[-1] == "polyfocal: interrupted", lines
     assert not any("Traceback" in line for line in lines), lines
     assert not out.exists()
+
+
+def test_an_interrupted_sweep_is_one_line_and_keeps_its_trials(tmp_path):
+    """Optuna logs a trial stopped by Ctrl-C as failed, with its traceback, unless told not to."""
+    storage = f"sqlite:///{tmp_path / 'sweep.db'}"
+    code, lines = interrupt(["sweep", "--task", "digits-lt", "--loss", "focal", "--param", "gamma=0:2", "--trials", "50",
+                             "--epochs", "20", "--storage", storage, "--out", str(tmp_path / "out")],
+                            after="[trial 0]", cwd=tmp_path)
+    assert code == 130, lines
+    assert lines[-1] == f"polyfocal: interrupted; the finished trials are in {storage} (run the same command to go on)"
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in lines), lines

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from timm import create_model  # noqa: E402
 from timm.data import Mixup  # noqa: E402
-from timm.loss import (BinaryCrossEntropy, LabelSmoothingCrossEntropy, PolyBinaryCrossEntropy,  # noqa: E402
+from timm.loss import (LabelSmoothingCrossEntropy, PolyBinaryCrossEntropy,  # noqa: E402
                        PolyCrossEntropy, SoftTargetCrossEntropy, create_classification_loss)
 from timm.task import ClassificationTask  # noqa: E402
 

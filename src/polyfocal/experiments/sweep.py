@@ -16,10 +16,12 @@ a new trial. Needs ``pip install optuna``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._arguments import output_directory, positive_int
+from .._arguments import interrupted, output_directory, positive_int
 from .._errors import InputValueError
 from .command import _seeds, add_training_arguments
 from .distributed import require_single_process
@@ -231,7 +233,42 @@ def _open_study(optuna, args, config: dict, direction: str):
     return study, storage, storage.get_study_id_from_name(study.study_name)
 
 
-def _objective(args, task, base: LossSpec, space, total: int, storage, study_id: int):
+class _Interrupts:
+    """Ctrl-C during a sweep. Optuna's own bookkeeping must not be cut in the middle (an interrupt inside its
+    ``tell`` leaves a trial half-recorded and raises an error of its own), so SIGINT only sets a flag there;
+    inside a trial's training it stops the trial at once (recorded as pruned). The sweep stops after that."""
+
+    def __init__(self):
+        self.requested = self.training = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        signal.signal(signal.SIGINT, self.previous)
+        return False
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        if self.training:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def training_run(self):
+        """A trial's training: an interrupt here stops the trial (pruned) and, after it, the sweep."""
+        self.training = True
+        try:
+            if self.requested:
+                raise KeyboardInterrupt
+            yield
+        except KeyboardInterrupt:
+            raise _optuna().TrialPruned("interrupted (Ctrl-C)") from None
+        finally:
+            self.training = False
+
+
+def _objective(args, task, base: LossSpec, space, total: int, storage, study_id: int, interrupts: _Interrupts):
     optuna = _optuna()
     from optuna.trial import TrialState
 
@@ -248,7 +285,7 @@ def _objective(args, task, base: LossSpec, space, total: int, storage, study_id:
         params = {p.name: p.suggest(trial) for p in space}
         spec = LossSpec(base.label, base.name, {**base.params, **params})
         with beating(storage, storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
-                     args.heartbeat):
+                     args.heartbeat), interrupts.training_run():
             runs = [train_run(task, spec, seed, args.epochs, args.batch_size, args.lr, args.backend)
                     for seed in args.seeds]
         metrics = {m: float(np.mean([r["metrics"][m] for r in runs])) for m in task.metrics}
@@ -267,9 +304,6 @@ def _objective(args, task, base: LossSpec, space, total: int, storage, study_id:
 def run_sweep(args) -> dict:
     """Run (or resume, or join) the sweep of ``args``; the completed trials as a JSON-ready dict."""
     optuna = _optuna()
-    from optuna.trial import TrialState
-
-    from .liveness import fail_lapsed
 
     names = [p.name for p in args.param]
     if len(set(names)) != len(names):
@@ -298,30 +332,44 @@ def run_sweep(args) -> dict:
               "batch_size": args.batch_size or task.batch_size, "lr": args.lr or task.lr,
               "backend": args.backend, "primary": args.objective.label}
     study, storage, study_id = _open_study(optuna, args, config, direction)
-    objective = _objective(args, task, base, args.param, args.trials, storage, study_id)
+    interrupts = _Interrupts()
+    objective = _objective(args, task, base, args.param, args.trials, storage, study_id, interrupts)
     before = torch.get_num_threads()
-    waited = False
     try:
         if args.threads:
             torch.set_num_threads(args.threads)
-        while True:
-            fail_lapsed(storage, study_id, args.heartbeat)  # trials of processes that died
-            live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-            complete = sum(t.state == TrialState.COMPLETE for t in live)
-            if complete >= args.trials:
-                break
-            if len(live) >= args.trials:  # the rest are running elsewhere: wait for them
-                if not waited and not args.quiet:
-                    print(f"waiting for {len(live) - complete} running trial(s) of other workers "
-                          f"(a dead worker's trial is dropped after {3 * args.heartbeat} s)",
-                          file=sys.stderr, flush=True)
-                waited = True
-                time.sleep(min(1.0, args.heartbeat))
-                continue
-            study.optimize(objective, n_trials=1)
+        with interrupts:
+            _optimize(study, objective, args, storage, study_id, interrupts)
     finally:
         torch.set_num_threads(before)
     return _results(study, args, config, args.objective.label, direction)
+
+
+def _optimize(study, objective, args, storage, study_id: int, interrupts: _Interrupts) -> None:
+    """Run trials until ``args.trials`` are complete (counting other workers'); a Ctrl-C stops it after
+    the trial it cut short."""
+    from optuna.trial import TrialState
+
+    from .liveness import fail_lapsed
+
+    waited = False
+    while True:
+        fail_lapsed(storage, study_id, args.heartbeat)  # trials of processes that died
+        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        complete = sum(t.state == TrialState.COMPLETE for t in live)
+        if complete >= args.trials:
+            return
+        if len(live) >= args.trials:  # the rest are running elsewhere: wait for them
+            if not waited and not args.quiet:
+                print(f"waiting for {len(live) - complete} running trial(s) of other workers "
+                      f"(a dead worker's trial is dropped after {3 * args.heartbeat} s)",
+                      file=sys.stderr, flush=True)
+            waited = True
+            time.sleep(min(1.0, args.heartbeat))
+            continue
+        study.optimize(objective, n_trials=1)
+        if interrupts.requested:
+            raise KeyboardInterrupt
 
 
 def _results(study, args, config: dict, primary: str, direction: str) -> dict:
@@ -406,7 +454,10 @@ def write_sweep(results: dict, out: str) -> dict[str, str]:
 
 def _run(args) -> int:
     require_single_process("sweep", "Start several `polyfocal sweep` processes on one --storage to share a study.")
-    results = run_sweep(args)
+    try:
+        results = run_sweep(args)
+    except KeyboardInterrupt:
+        return interrupted(f"the finished trials are in {_redact(args.storage)} (run the same command to go on)")
     config, best = results["config"], results["best"]
     print(f"study {results['study']!r} in {results['storage']}: {len(results['trials'])} completed trial(s); "
           f"{config['task']}, {config['loss']}, {len(config['seeds'])} seed(s), {config['epochs']} epochs; "
