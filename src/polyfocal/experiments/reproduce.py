@@ -421,7 +421,7 @@ def _difference_axis(ax, diffs: list, metric: str):
     if margins:
         ax.legend()
     ax.set_yticks(y, [_difference_name(d, metric).replace(" - ", "\n- ") for d in diffs])
-    ax.invert_yaxis()
+    ax.set_ylim(len(diffs) - 0.4, -0.6)  # top to bottom, each difference a row's height from the frame
     few_ticks(ax)
     ax.set_xlabel(f"paired difference in {metric} (95% interval)")
     ax.set_ylabel("variants a - b")
@@ -491,7 +491,7 @@ def _share_axis(ax, shares: dict) -> None:
     ax.set_ylim(0, 1)
     ax.set_xlabel("training step")
     ax.set_ylabel("first term's share of CE gradient")
-    ax.set_title("= p_t; mean, min-max over seeds")
+    ax.set_title("the share is p_t; mean, min-max over seeds")
     ax.legend()
 
 
