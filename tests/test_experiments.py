@@ -132,6 +132,23 @@ def _check_outputs(out, n_runs, metrics):
     return results
 
 
+def test_no_best_mark_where_the_best_interval_spans_the_whole_metric_range():
+    """Two seeds that disagree wildly give accuracy [0, 1]: that says nothing, so no loss is starred."""
+    from polyfocal.experiments.report import format_table
+
+    def results(values):
+        runs = [{"loss": loss, "seed": seed, "metrics": {"accuracy": value}}
+                for loss, pair in values.items() for seed, value in enumerate(pair)]
+        return {"metrics": ["accuracy"], "runs": runs}
+
+    wild = format_table(results({"ce": (0.05, 0.99), "focal": (0.4, 0.41)}))
+    assert summarize(results({"ce": (0.05, 0.99)}))["ce"]["accuracy"]["low"] == 0.0
+    assert "*" not in wild
+    clear = format_table(results({"ce": (0.80, 0.82), "focal": (0.4, 0.41)}))
+    (ce_row,) = [line for line in clear.splitlines() if line.startswith("ce ")]
+    assert clear.count("*") == 1 and ce_row.rstrip().endswith("*")
+
+
 def test_one_table_model_renders_markdown_html_and_text():
     from polyfocal.experiments.tables import Table
 
