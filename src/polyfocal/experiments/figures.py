@@ -36,13 +36,13 @@ def legible(build):
 
 def panels(count: int, columns: int = COLUMNS, first_wide: bool = False):
     """A Figure with ``count`` axes in a grid at most ``columns`` wide; returns ``(figure, axes)``, the axes
-    in reading order (a grid's spare cells hidden). ``first_wide``: the first axes spans the whole top row
-    (room for variants' names side by side)."""
+    in reading order (a spare cell of the last row stays empty). ``first_wide``: the first axes spans the
+    whole top row (room for variants' names side by side)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rest = count - 1 if first_wide else count
-    ncols = max(1, min(columns, rest if rest else 1, count))
+    ncols = max(1, min(columns, rest))
     nrows = math.ceil(rest / ncols) + first_wide
     fig = Figure(figsize=(PANEL[0] * (columns if first_wide else ncols), PANEL[1] * nrows), layout="constrained")
     FigureCanvasAgg(fig)
