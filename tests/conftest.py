@@ -4,6 +4,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))  # tests import `reference`
 os.environ.setdefault("TRITON_INTERPRET", "1")  # Triton kernels run on CPU in the tests (read at import)
 os.environ.setdefault("POLYFOCAL_STRICT", "1")  # a fused-engine failure is a test failure, not a fallback
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # fused calls compile in the call (tests of the background: test_cold_start)
 
 import polyfocal._backend as backend  # noqa: E402
 
@@ -32,3 +33,17 @@ if os.environ.get("POLYFOCAL_INDUCTOR_TRITON") == "1":  # the compiled kernels a
     def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"inductor Triton kernel launches: {inductor_triton.launches}")
 
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def fused_uncompiled(monkeypatch):
+    """The fused engine's path (saved gradient, create_graph through the reference closure, fallbacks)
+    with its kernels run as plain Python: for tests of the engine's logic over the whole loss matrix,
+    where each compiled variant would cost seconds of compilation (tests/test_fused.py compiles them)."""
+    from polyfocal import _fused
+
+    monkeypatch.setattr(_fused, "_compiled", {})
+    monkeypatch.setattr(_fused, "compile_kernel", lambda kernel: kernel)

@@ -14,10 +14,11 @@ import torch
 
 import polyfocal as pf
 import reference as ref
-from polyfocal import _fused, _rows
+from polyfocal import _fused, _rows, _softmax_engine
 from polyfocal._backend import use_backend
 
 SHAPE = (5, 4, 3)
+_ROW_EAGER = _softmax_engine._ROW_PATHS["eager"]
 #: on a GPU these losses run as the Triton that inductor generates from the same math (the sigmoid
 #: family, GHM, softmax probability targets): test_triton runs the marked tests under Triton's interpreter
 INDUCTOR_TRITON = pytest.mark.inductor_triton
@@ -310,7 +311,7 @@ def test_auto_backend_picks_fused_for_large_inputs_with_gradients(monkeypatch):
         assert not is_fused(pf.focal_loss(big, t))
 
 
-def test_compile_failure_falls_back_to_the_reference_with_one_warning(monkeypatch):
+def test_compile_failure_falls_back_to_the_eager_engine_with_one_warning(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 
@@ -318,14 +319,22 @@ def test_compile_failure_falls_back_to_the_reference_with_one_warning(monkeypatc
     monkeypatch.setattr(_fused, "_compiled", {})
     monkeypatch.setattr(_fused, "_broken", None)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: broken)
+    eager = []
+    monkeypatch.setitem(_softmax_engine._ROW_PATHS, "eager",
+                        lambda *args, **kw: eager.append(1) or _ROW_EAGER(*args, **kw))
     x, t = torch.randn(SHAPE, requires_grad=True), torch.randint(0, 4, (SHAPE[0], SHAPE[2]))
+    y = torch.softmax(torch.randn(SHAPE), 1)
     with use_backend("fused"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loss = pf.focal_loss(x, t)
-    assert any("fused engine is unavailable" in str(w.message) for w in caught)
-    assert not is_fused(loss) and not _fused.available()
+        loss, dense_loss = pf.focal_loss(x, t), pf.focal_loss(x, y)
+    assert [str(w.message) for w in caught if "fused engine is unavailable" in str(w.message)] == [
+        "polyfocal: the fused engine is unavailable (RuntimeError: no C++ compiler); using the eager engine (the "
+        "reference for a loss without one)"]
+    assert eager == [1] and not _fused.available()
+    assert not is_fused(dense_loss)  # probability targets have no eager engine: the reference's autograd
     with use_backend("reference"):
         torch.testing.assert_close(loss, pf.focal_loss(x, t))
+        torch.testing.assert_close(dense_loss, pf.focal_loss(x, y))
 
 
 def test_variants_past_the_recompile_limit_run_uncompiled_and_keep_the_engine(monkeypatch):

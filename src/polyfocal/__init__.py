@@ -12,6 +12,7 @@ read from those declarations.
 from . import softmax, adafocal, sigmoid, gfl, ghm  # noqa: I001
 from . import calibration, modules, registry
 from ._backend import get_backend, set_backend, use_backend
+from ._background import wait_for_compiles
 from ._errors import InputError, InputTypeError, InputValueError
 from .adafocal import *  # noqa: F401,F403 (AdaFocal's loss, Module and update rule)
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)
@@ -30,7 +31,7 @@ __all__ = [
     # the fused linear head
     "linear_loss", "LinearLoss", "vocab_parallel_linear_loss",
     # engines
-    "set_backend", "get_backend", "use_backend",
+    "set_backend", "get_backend", "use_backend", "wait_for_compiles",
     # a caller's mistakes (ValueError / TypeError subclasses)
     "InputError", "InputValueError", "InputTypeError",
 ]

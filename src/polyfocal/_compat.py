@@ -6,6 +6,7 @@ somewhere far from the cause.
 
 * dynamo's recompile limits and the exceptions ``fullgraph=True`` raises at them
   (:func:`recompile_limits`, :func:`recompile_limit_hit`), imported only where something compiles;
+* inductor's compile cache folder (:func:`compile_cache_dir`);
 * autograd's stack of default saved-tensor hooks (:func:`saved_tensor_hooks_suspended`);
 * argparse's list of actions and its sub-parsers action (:func:`subparsers`).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 
 import torch
 
@@ -28,6 +30,7 @@ PRIVATE = [
     ("torch._C._autograd", "_top_saved_tensors_default_hooks"),
     ("torch._C._autograd", "_pop_saved_tensors_default_hooks"),
     ("torch._C._autograd", "_push_saved_tensors_default_hooks"),
+    ("torch._inductor.runtime.cache_dir_utils", "default_cache_dir"),
     ("argparse", "_SubParsersAction"),
 ]
 
@@ -38,6 +41,15 @@ def recompile_limit_hit() -> tuple[type[Exception], ...]:
     ``import polyfocal`` does not pay."""
     exc = importlib.import_module("torch._dynamo.exc")
     return tuple(getattr(exc, name) for name in ("FailOnRecompileLimitHit", "FailOnCacheLimitHit") if hasattr(exc, name))
+
+
+def compile_cache_dir() -> str:
+    """The folder inductor writes its kernels to: ``TORCHINDUCTOR_CACHE_DIR``, or its default (a
+    ``torchinductor_<user>`` folder in the temporary directory); asked for without making it."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if folder is None:
+        folder = importlib.import_module("torch._inductor.runtime.cache_dir_utils").default_cache_dir()
+    return os.path.abspath(folder)
 
 
 def missing() -> list[str]:
@@ -58,7 +70,8 @@ class recompile_limits:  # noqa: N801 (used as a context, like the function it r
     """A context in which one compiled function may have ``limit`` variants (16 x that in all).
 
     The two settings are set and put back directly: ``config.patch`` costs 16 us per call on this
-    machine, which every fused call paid; this costs 8."""
+    machine, which every fused call paid; this costs 8. Dynamo's settings are per thread, so the
+    background compilation (:mod:`polyfocal._background`) enters its own."""
 
     def __init__(self, limit: int):
         self.limits = (limit, 16 * limit)

@@ -26,16 +26,18 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from . import _compat
+from . import _background, _compat
 from ._numerics import Probability, cached_outside_compile, is_special_exponent, sigmoid_probability
 
 _compiled: dict[Callable, Callable] = {}
+_cache_checked: list[str] = []  # the compile cache folder, once found writable
 _broken: str | None = None
 RECOMPILE_LIMIT = 256  # compiled variants (loss, target form, dtype, ...) per kernel; more run uncompiled
 _limit_warned: set[str] = set()
@@ -45,23 +47,43 @@ class FusedUnavailable(RuntimeError):
     """The fused engine cannot run here; the caller falls back to the reference engine."""
 
 
+class NotCompiledYet(FusedUnavailable):
+    """This call's kernel is compiling in the background; the caller runs its eager engine (or the
+    reference, for a loss without one) meanwhile."""
+
+
 def available() -> bool:
     return _broken is None
 
 
 def run(kernel: Callable, *args):
-    """Call the compiled ``kernel``; a failure disables the fused engine (or raises when strict)."""
+    """Call the compiled ``kernel``; a failure disables the fused engine (or raises when strict).
+
+    A variant not compiled yet compiles in the background (:mod:`polyfocal._background`) and this call
+    raises :class:`NotCompiledYet`, for the caller to run its eager engine."""
     global _broken
+    if _broken is not None:  # failed once in this process (warned then): not again per kernel
+        raise FusedUnavailable(_broken)
     if kernel not in _compiled:
-        _compiled[kernel] = torch.compile(kernel, dynamic=True, fullgraph=True)
+        _check_cache()
+        _compiled[kernel] = compile_kernel(kernel)
+    compiled, state = _compiled[kernel], _background.READY
+    if _background.in_background():
+        state = _background.outcome(compiled, _background.variant(kernel, args), RECOMPILE_LIMIT, args)
+        if state is _background.PENDING:
+            raise NotCompiledYet("the fused kernel of this call is compiling in the background")
     try:
+        if isinstance(state, BaseException):  # its compilation failed in the background
+            raise state
+        if state is _background.OVER_LIMIT:
+            return _uncompiled(kernel, *args)
         # One kernel serves every loss and dtype: each is a specialisation, not a recompile storm.
         # the kernels save nothing for autograd (they run in no-grad mode in _SavedGradient's
         # forward): a caller's saved-tensor hooks, which torch.func refuses to trace under, are
         # lifted for the call; the gradient that forward saves does go through them
         with _compat.recompile_limits(RECOMPILE_LIMIT), _compat.saved_tensor_hooks_suspended():
             try:
-                return _compiled[kernel](*args)
+                return compiled(*args)
             except _compat.recompile_limit_hit():
                 return _uncompiled(kernel, *args)
     except (MemoryError, torch.OutOfMemoryError):
@@ -70,9 +92,37 @@ def run(kernel: Callable, *args):
         if os.environ.get("POLYFOCAL_STRICT"):
             raise
         _broken = f"{type(error).__name__}: {error}"
-        warnings.warn(f"polyfocal: the fused engine is unavailable ({_broken}); using the reference engine",
+        warnings.warn(f"polyfocal: the fused engine is unavailable ({_broken}); using the eager engine (the "
+                      "reference for a loss without one)",
                       RuntimeWarning, stacklevel=3)
         raise FusedUnavailable(_broken) from error
+
+
+def compile_kernel(kernel: Callable) -> Callable:
+    """``kernel`` compiled: one function for every shape (dynamic) and no graph breaks. (The tests'
+    ``fused_uncompiled`` fixture makes this the identity, to run the engine's logic without compiling.)"""
+    return torch.compile(kernel, dynamic=True, fullgraph=True)
+
+
+def _check_cache() -> None:
+    """Before the first compilation: inductor's cache folder must be writable (a read-only home, a full
+    disk); else one warning that names it, and the eager engine runs (an error when strict)."""
+    global _broken
+    if _cache_checked:
+        return
+    folder = _compat.compile_cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        _broken = f"the compile cache {folder} cannot be written ({error})"
+        if os.environ.get("POLYFOCAL_STRICT"):
+            raise
+        warnings.warn(f"polyfocal: {_broken}; the fused engine is off and the eager engine runs instead (set "
+                      "TORCHINDUCTOR_CACHE_DIR to a writable folder)", RuntimeWarning, stacklevel=4)
+        raise FusedUnavailable(_broken) from error
+    _cache_checked.append(folder)
 
 
 def _uncompiled(kernel: Callable, *args):

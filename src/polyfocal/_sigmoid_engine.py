@@ -209,12 +209,7 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
         read = labels is None and _checks.should_validate(validate, y)
         has_eager = (labels is not None and scores is None) or read
         engine = engine_for(backend, logits, (target, weight, params), eager="sigmoid" if has_eager else None)
-        if engine == "eager" and labels is None and not _checks.is_binary(y):
-            engine = "reference"
-        if engine == "eager":
-            return _eager_elements(math, params, logits, labels, y, ignore_index, weight, dtype=dtype, scale=scale,
-                                   summed=reduction != "none", reference=reference).to(out_dtype)
-        if engine != "reference":
+        if engine not in ("eager", "reference"):
             try:
                 shape = logits.shape
                 args = (_fused.rows_3d(labels, shape), _fused.rows_3d(scores, shape), _fused.full_3d(y, logits),
@@ -224,6 +219,11 @@ def sigmoid_loss(math: SigmoidMath, params: dict, logits: Tensor, target, *, wei
                 return _fused.value_and_grad(elements_and_gradient, logits, args, params_3d, dtype=dtype, scale=scale,
                                              loss_shape=shape, summed=reduction != "none", reference=reference,
                                              with_gradient=True).to(out_dtype)
-            except _fused.FusedUnavailable:
-                pass
+            except _fused.FusedUnavailable:  # compiling in the background, or unable to: the eager engine
+                engine = "eager" if has_eager else "reference"
+        if engine == "eager" and labels is None and not _checks.is_binary(y):
+            engine = "reference"
+        if engine == "eager":
+            return _eager_elements(math, params, logits, labels, y, ignore_index, weight, dtype=dtype, scale=scale,
+                                   summed=reduction != "none", reference=reference).to(out_dtype)
         return reference(logits).to(out_dtype)

@@ -239,19 +239,22 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         scale = reduction_scale(reduction, count, normalizer, like)
         by_index = index and not smoothing
         rows = RowTarget(t, row_factor, dense)
-        path = _path(engine, phi, by_index)  # the one decision: which kernel computes this call
 
         def reference(x: Tensor) -> Tensor:
             x = x.to(dtype)
             per_row = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, dense, phi, **params)
             return reduce_loss(per_row, reduction, scale)
 
-        if path is not None:
+        # the one decision: which kernel computes this call; the eager one while the fused one compiles
+        # in the background or where it cannot run
+        for path in (_path(engine, phi, by_index), _path("eager", phi, by_index)):
+            if path is None:
+                break
             try:
                 return path(phi, params, logits, rows, dtype=dtype, scale=scale, summed=reduction != "none",
                             reference=reference).to(out_dtype)
             except _fused.FusedUnavailable:
-                pass
+                continue
         return reference(logits).to(out_dtype)
 
 
