@@ -30,12 +30,28 @@ if os.environ.get("POLYFOCAL_INDUCTOR_TRITON") == "1":  # the compiled kernels a
 
     inductor_triton.install()
 
-    def pytest_terminal_summary(terminalreporter):
-        terminalreporter.write_line(f"inductor Triton kernel launches: {inductor_triton.launches}")
-
 
 
 import pytest  # noqa: E402
+
+#: tests that take minutes on their own (a subprocess over many compiled kernels): collected first, so that
+#: under `-n 2` one worker starts them while the other takes the rest (last, they were the run's tail)
+_FIRST = ("test_triton.py::test_inductor_generated_triton_passes_the_fused_engine_tests",)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.endswith(_FIRST))  # stable: the rest keep their order
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many compiled kernels the compile cache holds (CI gives the run an empty one: the suite's count)."""
+    from polyfocal import _compat
+
+    folder = _compat.compile_cache_dir()
+    kernels = sum(name.endswith(".so") for _, _, names in os.walk(folder) for name in names)
+    terminalreporter.write_line(f"compile cache {folder}: {kernels} compiled kernels (.so)")
+    if os.environ.get("POLYFOCAL_INDUCTOR_TRITON") == "1":
+        terminalreporter.write_line(f"inductor Triton kernel launches: {inductor_triton.launches}")
 
 
 @pytest.fixture

@@ -292,10 +292,19 @@ def test_new_hyperparameters_do_not_recompile():
 
     x, t = torch.randn(SHAPE, requires_grad=True), torch.randint(0, 5, (SHAPE[0], SHAPE[2]))
     with use_backend("fused"):
-        pf.sigmoid_focal_loss(x, t, gamma=1.0, alpha=0.3)
+        pf.sigmoid_focal_loss(x, t, gamma=1.5, alpha=0.3)  # not 0, 1 or 2: those compile as constants
         before = counters["stats"]["unique_graphs"]
         pf.sigmoid_focal_loss(x, t, gamma=3.0, alpha=0.6)
         pf.sigmoid_focal_loss(torch.randn(7, 4, 9, requires_grad=True), torch.randint(0, 5, (7, 9)), gamma=0.5)
+    assert counters["stats"]["unique_graphs"] == before
+    # the softmax row engine: one kernel for every gamma (but 0, 1 and 2), size and reduction
+    t = torch.randint(0, 4, (SHAPE[0], SHAPE[2]))
+    with use_backend("fused"):
+        pf.focal_loss(x, t, gamma=1.5)
+        before = counters["stats"]["unique_graphs"]
+        for gamma, reduction in ((0.5, "mean"), (3.0, "none"), (2.5, "sum")):
+            pf.focal_loss(x, t, gamma=gamma, reduction=reduction)
+        pf.focal_loss(torch.randn(7, 4, 9, requires_grad=True), torch.randint(0, 4, (7, 9)), gamma=0.7)
     assert counters["stats"]["unique_graphs"] == before
 
 
