@@ -6,14 +6,15 @@ kernel and builds it); each later variant a few seconds. A user who tries a loss
 wait that long. So by default (``POLYFOCAL_COMPILE=background``) the first call of a variant hands
 the compilation to one background thread and raises :class:`NotCompiledYet`; the caller computes
 that call on its eager engine (the reference where a loss has none), and so does every call of the
-variant until the thread has built it (the engine raises ``NotCompiledYet`` for :data:`PENDING`). ``POLYFOCAL_COMPILE=wait`` compiles within the call instead
-(the tests' setting, and what a benchmark of compiled code wants); :func:`wait_for_compiles` waits
-for the thread.
+variant until the thread has built it (the engine raises ``NotCompiledYet`` for :data:`PENDING`).
+``POLYFOCAL_COMPILE=wait`` compiles within the call instead (the tests' setting, and what a
+benchmark of compiled code wants); :func:`wait_for_compiles` waits for the thread.
 
 A variant is told apart by :func:`variant`: the kernel, the grad and inference modes, and each
 argument's dtype, device, rank, which sizes are 0 or 1, contiguity and ``requires_grad`` (through
-tuples, dicts and dataclasses), or its value where it is not a tensor. That is what the compiled kernel (``dynamic=True``) specialises on,
-give or take a guard: where dynamo still wants another variant, that call compiles as before.
+tuples, dicts and dataclasses), or its value where it is not a tensor. That is what the compiled
+kernel (``dynamic=True``) specialises on, give or take a guard: where dynamo still wants another
+variant, that call compiles as before.
 
 The thread takes the call's own arguments (the compilation runs the kernel once, on them) and keeps
 them until it has compiled: memory for a few seconds, never a copy.

@@ -44,7 +44,8 @@ _limit_warned: set[str] = set()
 
 
 class FusedUnavailable(RuntimeError):
-    """The fused engine cannot run here; the caller falls back to the reference engine."""
+    """The fused engine cannot run here (or not yet: :class:`NotCompiledYet`); the caller falls back to
+    its eager engine, or the reference for a loss without one."""
 
 
 class NotCompiledYet(FusedUnavailable):
