@@ -1,6 +1,6 @@
 """The fused linear head against the unfused path and torch's checkpointed chunks, side by side.
 
-    python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--out benchmarks/results/linear-head-cpu.json]
+    python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--shapes N,H,V ...] [--no-growth] [--out FILE]
     python benchmarks/linear_head.py --small [--threads 1]    # ordinary heads: time ratios only
 
 For each shape, every implementation takes ``hidden (N, H)``, ``head_weight (V, H)`` and class
@@ -10,12 +10,14 @@ indices (1 in 8 ignored) and runs forward + backward to the gradients of both in
 * ``unfused pf.focal_loss``: the same logits through polyfocal's focal loss;
 * ``torch checkpointed chunks``: ``torch.utils.checkpoint`` over chunks of matmul + cross-entropy
   (torchtune's recipe), chunks of the same rows as ``linear_loss``'s;
+* ``torch F.linear_cross_entropy``: torch's own fused head (2.13+), its default options;
 * ``pf.linear_loss`` with CE, focal, Poly-1 and DFT.
 
 Time: the median over interleaved rounds in this process, as a ratio to the baseline. Memory: the
 peak resident memory of one forward + backward in a fresh process, beyond the inputs and their
 gradients (``VmHWM`` after ``clear_refs``, less the resident memory before the call and the
-gradients' bytes), as a ratio to the baseline's. Then how that peak grows with N at V = 128,256.
+gradients' bytes), as a ratio to the baseline's; with ``MALLOC_MMAP_THRESHOLD_=131072``, so that large
+buffers are mapped and unmapped, and resident memory tracks live memory. Then how that peak grows with N at V = 128,256.
 """
 
 from __future__ import annotations
@@ -35,17 +37,13 @@ from torch.utils.checkpoint import checkpoint
 
 import polyfocal as pf
 
-SHAPES = [(8192, 1024, 32000), (2048, 1024, 128256)]
+SHAPES = [(4096, 512, 32000), (1024, 512, 128256), (8192, 1024, 32000), (2048, 1024, 128256)]
 GROWTH = [(1024, 1024, 128256), (2048, 1024, 128256), (4096, 1024, 128256)]
 SMALL = [(32, 128, 100), (256, 256, 1000), (1024, 512, 8000)]
 
 
-def chunk_rows(vocabulary: int) -> int:
-    return max(1, pf.linear.CHUNK_ELEMENTS // vocabulary)
-
-
 def checkpointed_chunks(h, w, t):
-    total, rows = 0, chunk_rows(w.shape[0])
+    total, rows = 0, pf.linear.default_chunk_rows(*h.shape, w.shape[0])
     for hc, tc in zip(h.split(rows), t.split(rows)):
         total = total + checkpoint(lambda a, b: F.cross_entropy(a @ w.T, b, reduction="sum"), hc, tc,
                                    use_reentrant=False)
@@ -56,6 +54,8 @@ IMPLEMENTATIONS = {
     "unfused F.cross_entropy": lambda h, w, t: F.cross_entropy(h @ w.T, t),
     "unfused pf.focal_loss": lambda h, w, t: pf.focal_loss(h @ w.T, t),
     "torch checkpointed chunks": checkpointed_chunks,
+    "torch F.linear_cross_entropy": lambda h, w, t: F.linear_cross_entropy(
+        h, w, t, options=torch.nn.LinearCrossEntropyOptions()),
     "pf.linear_loss cross_entropy": lambda h, w, t: pf.linear_loss(h, w, t),
     "pf.linear_loss focal_loss": lambda h, w, t: pf.linear_loss(h, w, t, loss="focal_loss"),
     "pf.linear_loss poly1_cross_entropy": lambda h, w, t: pf.linear_loss(h, w, t, loss="poly1_cross_entropy"),
@@ -114,23 +114,29 @@ def _status(field: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
 
-def peak_in_this_process(name: str, shape) -> int:
-    """Bytes of resident memory one forward + backward adds at its peak, beyond inputs and gradients."""
-    data = inputs(*shape)
-    step(name, *data)  # warm up
+def measure_peak(run, gradients: int) -> int:
+    """Bytes of resident memory ``run()`` (one forward + backward) adds at its peak, beyond the inputs and
+    the ``gradients`` bytes it returns; ``run`` is called once before, to warm up."""
+    run()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident size
     before = _status("VmRSS:")
-    step(name, *data)
-    gradients = sum(t.numel() * t.element_size() for t in data[:2])
+    run()
     return _status("VmHWM:") - before - gradients
 
 
-def peak(name: str, shape) -> int:
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import linear_head as b; "
+def peak_in_this_process(name: str, shape) -> int:
+    data = inputs(*shape)
+    return measure_peak(lambda: step(name, *data), sum(t.numel() * t.element_size() for t in data[:2]))
+
+
+def peak(name: str, shape, module: str = "linear_head") -> int:
+    """:func:`peak_in_this_process` of ``module`` (a benchmark beside this one) in a fresh process."""
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import {module} as b; "
             f"print(b.peak_in_this_process({name!r}, {tuple(shape)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+                         env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                              "MALLOC_MMAP_THRESHOLD_": "131072"})
     return int(out.stdout.split()[-1])
 
 
@@ -151,6 +157,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
     parser.add_argument("--small", action="store_true", help="ordinary heads (N, H, V up to 1024, 512, 8000)")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="N,H,V",
+                        help="only these shapes (default: the four of the README's table)")
+    parser.add_argument("--no-growth", action="store_true", help="skip the table of peak memory against N")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.small:
@@ -159,12 +168,13 @@ def main() -> None:
             print(shape, {name: f"{value / t[BASELINE]:.2f}x" for name, value in t.items()}, flush=True)
         return
     results = []
-    for shape in SHAPES:
+    for shape in [tuple(int(v) for v in text.split(",")) for text in args.shapes] if args.shapes else SHAPES:
         results.append({"shape": shape, "time": times(shape, args.rounds),
                         "peak": {name: peak(name, shape) for name in IMPLEMENTATIONS}})
         print(table(results[-1:]), flush=True)
-    growth = [{"shape": shape, "peak": {name: peak(name, shape) for name in (BASELINE, "pf.linear_loss focal_loss")}}
-              for shape in GROWTH]
+    growth = [] if args.no_growth else [
+        {"shape": shape, "peak": {name: peak(name, shape) for name in (BASELINE, "pf.linear_loss focal_loss")}}
+        for shape in GROWTH]
     print("\n| N (H = 1024, V = 128,256) | unfused F.cross_entropy (MiB) | pf.linear_loss focal_loss (MiB) |\n|---|---|---|")
     for row in growth:
         print(f"| {row['shape'][0]} | {row['peak'][BASELINE] / 2**20:.0f} | "

@@ -47,3 +47,32 @@ def run_ranks(worker: Path, data, tmp_path: Path, world: int = 2, timeout: float
     for rank, proc in enumerate(procs):
         assert proc.returncode == 0, f"rank {rank} failed:\n{logs[rank]}"
     return [torch.load(tmp_path / f"out{rank}.pt") for rank in range(world)]
+
+
+def serve_rank(run) -> None:
+    """A worker's main: join the group its command line names, call ``run(rank, data)`` on DATA_FILE's
+    contents and save what it returns to OUT_FILE."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    rank, world = int(sys.argv[1]), int(sys.argv[2])
+    store_file, data_file, out_file = sys.argv[3:6]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=30))
+    try:
+        torch.save(run(rank, torch.load(data_file)), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def assert_shards_agree(ranks: list, case: int, want, **tolerance) -> None:
+    """Each rank's case ``case`` holds ``(loss, hidden's gradient, its shard of the head's and the bias's
+    gradients)``: the loss and hidden's gradient equal ``want``'s on every rank, the shards, concatenated in
+    rank order, ``want``'s whole gradients."""
+    for r in ranks:
+        torch.testing.assert_close(r[case][0], want[0], **tolerance)
+        torch.testing.assert_close(r[case][1], want[1], **tolerance)
+    for part in (2, 3):
+        torch.testing.assert_close(torch.cat([r[case][part] for r in ranks]), want[part], **tolerance)

@@ -9,38 +9,26 @@ shard of the weight and of the bias.
 
 from __future__ import annotations
 
-import sys
-from datetime import timedelta
-
 import torch
-import torch.distributed as dist
 
+from _gloo import serve_rank
 from polyfocal.vocab_parallel import vocab_parallel_linear_loss
 
 
-def main() -> None:
-    rank, world = int(sys.argv[1]), int(sys.argv[2])
-    store_file, data_file, out_file = sys.argv[3:6]
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=30))
-    try:
-        data = torch.load(data_file)
-        bounds = [0, data["split"], data["weight"].shape[0]]
-        rows = slice(bounds[rank], bounds[rank + 1])
-        out = []
-        for name, kwargs, reduction in data["cases"]:
-            h = data["hidden"].clone().requires_grad_()
-            w, b = (data[k][rows].clone().requires_grad_() for k in ("weight", "bias"))
-            loss = vocab_parallel_linear_loss(h, w, data["target"], vocab_start=bounds[rank],
-                                              num_classes=data["weight"].shape[0], loss=name, head_bias=b,
-                                              chunk_size=5, reduction=reduction, **kwargs)
-            upstream = data["upstream"] if reduction == "none" else torch.ones(())
-            out.append((loss.detach(), *torch.autograd.grad((loss * upstream).sum(), (h, w, b))))
-        torch.save(out, out_file)
-    finally:
-        dist.destroy_process_group()
+def run(rank: int, data: dict) -> list:
+    bounds = [0, data["split"], data["weight"].shape[0]]
+    rows = slice(bounds[rank], bounds[rank + 1])
+    out = []
+    for name, kwargs, reduction in data["cases"]:
+        h = data["hidden"].clone().requires_grad_()
+        w, b = (data[k][rows].clone().requires_grad_() for k in ("weight", "bias"))
+        loss = vocab_parallel_linear_loss(h, w, data["target"], vocab_start=bounds[rank],
+                                          num_classes=data["weight"].shape[0], loss=name, head_bias=b,
+                                          chunk_size=5, reduction=reduction, **kwargs)
+        upstream = data["upstream"] if reduction == "none" else torch.ones(())
+        out.append((loss.detach(), *torch.autograd.grad((loss * upstream).sum(), (h, w, b))))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    serve_rank(run)

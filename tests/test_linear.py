@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
 import reference as ref
-from _gloo import needs_gloo, run_ranks
+from _gloo import assert_shards_agree, needs_gloo, run_ranks
 from polyfocal import _triton
 from reference import declared
 
@@ -257,11 +257,7 @@ def test_vocab_parallel_over_two_ranks_equals_one_process(tmp_path):
     for case, (name, kwargs, reduction) in enumerate(PARALLEL_CASES):
         want = loss_and_grads(fused(name, target, reduction=reduction, **kwargs), hidden, weight, bias,
                               upstream if reduction == "none" else None)
-        for r in ranks:
-            torch.testing.assert_close(r[case][0], want[0], rtol=2e-5, atol=2e-6)
-            torch.testing.assert_close(r[case][1], want[1], rtol=2e-5, atol=2e-6)
-        torch.testing.assert_close(torch.cat([r[case][2] for r in ranks]), want[2], rtol=2e-5, atol=2e-6)
-        torch.testing.assert_close(torch.cat([r[case][3] for r in ranks]), want[3], rtol=2e-5, atol=2e-6)
+        assert_shards_agree(ranks, case, want, rtol=2e-5, atol=2e-6)
 
 
 def test_vocab_parallel_refuses_label_smoothing_a_row_wide_loss_and_a_shard_outside_the_vocabulary():
@@ -291,3 +287,31 @@ def test_a_scaled_and_a_repeated_backward_take_the_same_gradients(reduction):
     want = loss_and_grads(unfused("focal_loss", target, reduction=reduction), *exact)
     for got, expected in zip(inputs, want[1:]):
         torch.testing.assert_close(got.grad, 6 * expected.float(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("shape, rows", [((4096, 512, 32000), 128), ((1024, 512, 128256), 128),
+                                         ((8192, 1024, 32000), 160), ((2048, 1024, 128256), 128),
+                                         ((16384, 1024, 128256), 130), ((100000, 64, 1000), 808)])
+def test_the_default_chunk_is_sized_to_the_problem(shape, rows):
+    """About N H / V rows (a chunk's logits the size of hidden), at most (N + V) H / (8 V) (the chunk's
+    logits and their gradient a quarter of the inputs and their gradients), at least 128 rows."""
+    n, h, v = shape
+    assert pf.linear.default_chunk_rows(n, h, v) == rows
+    chunk_and_gradient, inputs_and_gradients = 2 * rows * v, 2 * (n + v) * h
+    assert chunk_and_gradient <= max(inputs_and_gradients / 4, 2 * pf.linear.MIN_CHUNK_ROWS * v)
+
+
+def test_the_default_chunk_is_flat_in_the_number_of_rows():
+    """At V = 128,256 and H = 1024, from 1,024 to 16,384 rows: the head's extra memory within 10%."""
+    rows = [pf.linear.default_chunk_rows(n, 1024, 128256) for n in (1024, 2048, 4096, 8192, 16384)]
+    assert max(rows) <= 1.1 * min(rows)
+
+
+def test_linear_loss_runs_the_default_chunk(monkeypatch):
+    monkeypatch.setattr(pf.linear, "MIN_CHUNK_ROWS", 1)
+    seen, chunk = [], pf.linear._chunk
+    monkeypatch.setattr(pf.linear, "_chunk", lambda head, h, *args: seen.append(h.shape[0]) or chunk(head, h, *args))
+    hidden, weight, bias, target = head(n=96, h=8, v=40)
+    pf.linear_loss(hidden, weight, target, head_bias=bias)
+    rows = pf.linear.default_chunk_rows(96, 8, 40)
+    assert 1 < rows < 96 and seen == [rows] * (96 // rows) + ([96 % rows] if 96 % rows else [])

@@ -34,9 +34,18 @@ from .registry import softmax_loss_function
 
 __all__ = ["linear_loss", "LinearLoss"]
 
-#: logits per chunk when ``chunk_size`` is not given: 2^25 values (128 MiB in fp32), so that a chunk has
-#: hundreds of rows at V = 32k-128k (a matmul of fewer rows runs slower: 1.2-1.5x per row at 32 rows)
-CHUNK_ELEMENTS = 1 << 25
+#: the fewest rows of a default chunk: a matrix product of fewer rows runs slower per row (one thread at
+#: (4096, 512, 32000), forward + backward as a ratio to the unfused path: 64 rows 1.28x, 128 rows 0.89x)
+MIN_CHUNK_ROWS = 128
+
+
+def default_chunk_rows(rows: int, hidden: int, vocabulary: int) -> int:
+    """Rows per chunk when ``chunk_size`` is not given: a chunk's logits about as large as the hidden input
+    (``N H`` values), and never more than an eighth of the inputs' values (``(N + V) H / 8``, so that the
+    chunk's logits and their gradient, the head's extra memory, are at most a quarter of the bytes of the
+    inputs and their gradients); at least :data:`MIN_CHUNK_ROWS`. Sized to the problem, not a fixed budget:
+    the extra memory is then flat in N once N H exceeds 128 V."""
+    return max(MIN_CHUNK_ROWS, min(rows, (rows + vocabulary) // 8) * hidden // vocabulary)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,10 @@ class _Head:
         z = self.z_loss * torch.logsumexp(x, 1).square() * (target != self.ignore_index)
         return loss, z if reduction == "none" else z.sum()
 
+    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
+        """:func:`_chunk` on the rows ``rows`` (``h`` is hidden's rows there)."""
+        return _chunk(self, h, self.target[rows], weight, bias, seed)
+
 
 def _chunk(head: _Head, h: Tensor, t: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
     """One chunk: its loss (per row, or summed) and z-loss, and with ``seed`` (the upstream gradient:
@@ -85,10 +98,12 @@ def _chunk(head: _Head, h: Tensor, t: Tensor, weight: Tensor, bias: Tensor | Non
     return loss.detach(), z.detach(), g.to(weight.dtype)
 
 
-def _chunk_gradients(head: _Head, hidden: Tensor, weight: Tensor, bias: Tensor | None, upstream: Tensor | None,
+def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, upstream: Tensor | None,
                      needs: tuple[bool, bool, bool]):
     """The loss (summed and scaled, or per row), the z-loss, and the gradients of hidden, weight and
-    bias, a chunk of rows at a time; ``upstream`` is the upstream gradient (per row for ``reduction="none"``)."""
+    bias, a chunk of rows at a time; ``upstream`` is the upstream gradient (per row for ``reduction="none"``).
+    ``head`` is a :class:`_Head` or another head with its ``reduction``, ``scale``, ``chunk`` (rows) and
+    ``run_chunk`` (the distillation heads of :mod:`polyfocal.distill`)."""
     n, per_row = hidden.shape[0], head.reduction == "none"
     accumulate = torch.float32 if weight.dtype != torch.float64 else weight.dtype
     grad_hidden = torch.zeros_like(hidden) if needs[0] else None
@@ -100,7 +115,7 @@ def _chunk_gradients(head: _Head, hidden: Tensor, weight: Tensor, bias: Tensor |
         h = hidden[rows]
         seed = None if not any(needs) else upstream[rows] if per_row else head.scale * (
             1 if upstream is None else upstream)
-        loss, z, g = _chunk(head, h, head.target[rows], weight, bias, seed)
+        loss, z, g = head.run_chunk(rows, h, weight, bias, seed)
         losses.append(loss.reshape(-1))
         z_losses.append(z.reshape(-1))
         if needs[0]:
@@ -136,11 +151,12 @@ def no_second_derivatives(name: str) -> None:
                            "loss on materialised logits for those")
 
 
-class _FusedLinearLoss(torch.autograd.Function):
-    """``(loss, z_loss)`` of a :class:`_Head` over ``hidden @ weight.T + bias``; see the module docstring."""
+class FusedLinearLoss(torch.autograd.Function):
+    """``(loss, z_loss)`` of a :class:`_Head` (or a head like it) over ``hidden @ weight.T + bias``; see the
+    module docstring."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, head: _Head):
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, head):
         ctx.head, ctx.grads = head, None
         needs = (False, False, False) if head.reduction == "none" else tuple(ctx.needs_input_grad[:3])
         loss, z, grads = _chunk_gradients(head, hidden, weight, bias, None, needs)
@@ -153,7 +169,7 @@ class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor, grad_z: Tensor):
         del grad_z  # the z-loss is returned for logging; its gradient is in the loss's
-        no_second_derivatives("linear_loss")
+        no_second_derivatives(getattr(ctx.head, "name", "linear_loss"))
         hidden, weight, bias = ctx.saved_tensors
         recompute = lambda: list(_chunk_gradients(ctx.head, hidden, weight, bias, grad_loss,  # noqa: E731
                                                   tuple(ctx.needs_input_grad[:3]))[2])
@@ -184,12 +200,19 @@ def _check_head(hidden, head_weight, head_bias, target) -> None:
                               f"got {tuple(target.shape)}")
 
 
-def _head_options(chunk_size, vocabulary: int, z_loss, softcap) -> tuple:
-    """The rows per chunk (default ``CHUNK_ELEMENTS // V``), and ``z_loss`` and ``softcap`` checked (None: off)."""
-    chunk = max(1, CHUNK_ELEMENTS // vocabulary) if chunk_size is None else _checks.integer(chunk_size, "chunk_size", low=1)
+def chunk_rows(chunk_size, hidden: Tensor, head_weight: Tensor) -> int:
+    """``chunk_size`` checked, or :func:`default_chunk_rows` for these inputs."""
+    if chunk_size is not None:
+        return _checks.integer(chunk_size, "chunk_size", low=1)
+    width = hidden.shape[-1]
+    return default_chunk_rows(hidden.numel() // max(width, 1), width, head_weight.shape[0])
+
+
+def _head_options(z_loss, softcap) -> tuple:
+    """``z_loss`` and ``softcap`` checked (None: off)."""
     z_loss = None if z_loss is None else _checks.number(z_loss, "z_loss", low=0.0)
     softcap = None if softcap is None else _checks.number(softcap, "softcap", low=0.0, low_open=True)
-    return chunk, z_loss, softcap
+    return z_loss, softcap
 
 
 def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: str = "cross_entropy",
@@ -211,7 +234,8 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
             ``"dft"``...); ``**loss_params`` are its own keywords (``gamma``, ``epsilon``, ``alpha``,
             ``label_smoothing``, ``backend``...).
         head_bias: ``(V,)`` or None.
-        chunk_size: rows per chunk; default ``max(1, 2^25 // V)`` (128 MiB of fp32 logits).
+        chunk_size: rows per chunk; default :func:`default_chunk_rows`: about ``N H / V`` (a chunk's
+            logits the size of ``hidden``), at most ``(N + V) H / (8 V)``, at least 128.
         z_loss: PaLM's auxiliary ``z * logsumexp(logits)^2`` per non-ignored row, added to the loss
             and reduced as it is; None (off) or a number >= 0.
         softcap: Gemma's logit soft-capping ``c * tanh(logits / c)`` before the softmax; None or c > 0.
@@ -237,7 +261,8 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
     _checks.check_reduction(reduction, normalizer)
     ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
     vocabulary = head_weight.shape[0]
-    chunk, z_loss, softcap = _head_options(chunk_size, vocabulary, z_loss, softcap)
+    chunk = chunk_rows(chunk_size, hidden, head_weight)
+    z_loss, softcap = _head_options(z_loss, softcap)
     flat = target.reshape(-1)
     like = torch.empty((), dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32, device=hidden.device)
     w = _checks.class_vector(weight, "weight", vocabulary, like)
@@ -247,7 +272,7 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
         _checks.check_index_range(flat, vocabulary, ignore_index)
     params = {**loss_params, "validate": False, **({} if weight is None else {"weight": weight})}
     head = _Head(function, params, flat, ignore_index, reduction, scale, chunk, z_loss, softcap)
-    value, z = _FusedLinearLoss.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, head_bias, head)
+    value, z = FusedLinearLoss.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, head_bias, head)
     if reduction == "none":
         value, z = value.reshape(target.shape), z.reshape(target.shape)
     value = value.to(hidden.dtype)

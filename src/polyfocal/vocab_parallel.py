@@ -24,7 +24,7 @@ from . import _checks
 from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .linear import CHUNK_ELEMENTS, _check_head, hand_out, no_second_derivatives
+from .linear import _check_head, chunk_rows, hand_out, no_second_derivatives
 from .registry import declaration, softmax_loss_function
 
 __all__ = ["vocab_parallel_linear_loss"]
@@ -124,6 +124,16 @@ class _VocabParallel(torch.autograd.Function):
         return (*grads, None)
 
 
+def check_shard(vocab_start, num_classes, size: int) -> tuple[int, int]:
+    """``vocab_start`` and ``num_classes`` checked, and the shard's ``size`` classes from ``vocab_start`` within them."""
+    num_classes = _checks.integer(num_classes, "num_classes", low=2)
+    vocab_start = _checks.integer(vocab_start, "vocab_start", low=0)
+    if vocab_start + size > num_classes:
+        raise InputValueError(f"this shard (classes {vocab_start}..{vocab_start + size - 1}) must lie "
+                              f"within `num_classes` = {num_classes}")
+    return vocab_start, num_classes
+
+
 def vocab_parallel_linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, vocab_start: int,
                                num_classes: int, loss: str = "cross_entropy", head_bias: Tensor | None = None,
                                group=None, chunk_size: int | None = None, weight: Tensor | None = None,
@@ -150,11 +160,7 @@ def vocab_parallel_linear_loss(hidden: Tensor, head_weight: Tensor, target: Tens
     if loss_params.get("label_smoothing"):
         raise InputValueError("`label_smoothing` needs every class's probability; vocab_parallel_linear_loss takes "
                               "losses of p_t alone (use linear_loss on one machine)")
-    num_classes = _checks.integer(num_classes, "num_classes", low=2)
-    vocab_start = _checks.integer(vocab_start, "vocab_start", low=0)
-    if vocab_start + head_weight.shape[0] > num_classes:
-        raise InputValueError(f"this shard (classes {vocab_start}..{vocab_start + head_weight.shape[0] - 1}) must lie "
-                              f"within `num_classes` = {num_classes}")
+    vocab_start, num_classes = check_shard(vocab_start, num_classes, head_weight.shape[0])
     _checks.check_reduction(reduction, normalizer)
     flat = target.reshape(-1)
     if _checks.should_validate(loss_params.pop("validate", None), hidden):  # no rank would hold a class >= C
@@ -170,8 +176,7 @@ def vocab_parallel_linear_loss(hidden: Tensor, head_weight: Tensor, target: Tens
     count = _count(valid, labels, w)
     factor = valid.float() * (1 if w is None else w[labels]) * (1 if a is None else a[labels])
     scale = reduction_scale(reduction, count, normalizer, like)
-    chunk = max(1, CHUNK_ELEMENTS // head_weight.shape[0]) if chunk_size is None else _checks.integer(
-        chunk_size, "chunk_size", low=1)
+    chunk = chunk_rows(chunk_size, hidden, head_weight)
     shard = _Shard(function, loss_params, flat, factor, vocab_start, scale, reduction, chunk, group)
     value = _VocabParallel.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, head_bias, shard)
     return (value.reshape(target.shape) if reduction == "none" else value).to(hidden.dtype)
