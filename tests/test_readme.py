@@ -55,9 +55,14 @@ def trainer_context(tmp_path) -> dict:
     return {"Trainer": transformers.Trainer, "model": causal_lm("llama"), "args": args, "data": data}
 
 
+def distillation_context(tmp_path) -> dict:
+    return {"student": causal_lm("llama"), "teacher": causal_lm("gpt2"), "input_ids": torch.randint(0, 40, (2, 9))}
+
+
 #: a phrase of each block -> the names it uses from around it
 CONTEXTS = {"pf.focal_loss(logits, target": lambda tmp_path: {}, "pf.linear_loss(hidden": head_context,
-            "pf.AdaFocalLoss()": calibration_context, "compute_loss_func(": trainer_context}
+            "pf.AdaFocalLoss()": calibration_context, "compute_loss_func(": trainer_context,
+            "pf.linear_distillation_loss(student_hidden": distillation_context}
 
 
 def context_of(block: str):
@@ -84,3 +89,20 @@ def test_the_head_block_fits_gpt2_and_llama_and_takes_the_heads_own_input(family
     expected = pf.focal_loss(logits.reshape(-1, logits.shape[-1]), namespace["input_ids"][:, 1:].reshape(-1),
                              gamma=2.0)
     torch.testing.assert_close(namespace["loss"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_distillation_block_is_forward_kl_on_the_models_own_logits(tmp_path):
+    """Its hidden states are the heads' inputs: the loss equals T^2 KL plus half the cross-entropy on the
+    two models' own logits."""
+    (block,) = [b for b in python_blocks() if "pf.linear_distillation_loss(student_hidden" in b]
+    ns = run_block(block, distillation_context(tmp_path))
+    student_logits = ns["student"](ns["input_ids"]).logits[:, :-1].reshape(-1, 40)
+    teacher_logits = ns["teacher"](ns["input_ids"]).logits[:, :-1].reshape(-1, 40)
+    kl = torch.nn.functional.kl_div((student_logits / 2).log_softmax(1), (teacher_logits / 2).log_softmax(1),
+                                    log_target=True, reduction="batchmean")
+    ce = torch.nn.functional.cross_entropy(student_logits, ns["input_ids"][:, 1:].reshape(-1))
+    hidden = ns["student_hidden"].detach()
+    want = pf.linear_distillation_loss(hidden, ns["student"].get_output_embeddings().weight, ns["teacher_hidden"],
+                                       ns["teacher"].get_output_embeddings().weight, ns["input_ids"][:, 1:],
+                                       temperature=2.0, hard_loss="cross_entropy", hard_weight=0.5)
+    torch.testing.assert_close(want, 4 * kl + 0.5 * ce, rtol=1e-5, atol=1e-6)

@@ -17,6 +17,8 @@ from ._errors import InputError, InputTypeError, InputValueError
 from .adafocal import *  # noqa: F401,F403 (AdaFocal's loss, Module and update rule)
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)
 from .ghm import *  # noqa: F401,F403 (GHM-C, GHM-R and their Modules)
+from .distill import LinearDistillationLoss, linear_distillation_loss, topk_distillation_loss
+from .distill_parallel import vocab_parallel_linear_distillation_loss
 from .linear import LinearLoss, linear_loss
 from .modules import *  # noqa: F401,F403 (LossModule and every stateless loss's Module)
 from .registry import *  # noqa: F401,F403 (build_loss, available_losses, LOSS_ALIASES, ...)
@@ -30,6 +32,9 @@ __all__ = [
     *softmax.__all__, *adafocal.__all__, *sigmoid.__all__, *gfl.__all__, *ghm.__all__, *modules.__all__, *registry.__all__,
     # the fused linear head
     "linear_loss", "LinearLoss", "vocab_parallel_linear_loss",
+    # fused distillation
+    "linear_distillation_loss", "LinearDistillationLoss", "topk_distillation_loss",
+    "vocab_parallel_linear_distillation_loss",
     # engines
     "set_backend", "get_backend", "use_backend", "wait_for_compiles",
     # a caller's mistakes (ValueError / TypeError subclasses)

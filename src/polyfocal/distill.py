@@ -1,0 +1,451 @@
+"""Fused distillation: a student trained on a teacher's distribution over a large vocabulary, from the two
+linear heads a chunk of rows at a time, so that neither ``(N, V)`` logit tensor ever exists whole.
+
+Each chunk takes the student's logits ``z`` and the teacher's ``u`` (no gradient: the teacher is a
+constant), their softmaxes at temperature ``T`` (``p_S = softmax(z / T)``, ``p_T = softmax(u / T)``),
+the divergence per row and its gradient in ``z``, written out (no autograd graph over the chunk):
+
+* ``"forward_kl"``: ``KL(p_T || p_S) = sum_v p_T (log p_T - log p_S)``, gradient ``p_S - p_T``;
+* ``"reverse_kl"``: ``KL(p_S || p_T)``, gradient ``p_S (d - KL)`` with ``d = log p_S - log p_T``;
+* ``"jsd"``: ``beta KL(p_T || M) + (1 - beta) KL(p_S || M)``, ``M = beta p_T + (1 - beta) p_S``; its
+  derivative in ``p_S`` is ``g = (1 - beta) (log p_S - log M)`` (the terms through ``M`` cancel), so the
+  gradient is ``p_S (g - sum_v p_S g)``. It is 0 at ``beta = 0`` and at ``beta = 1`` (``M`` is then one
+  of the two).
+
+Each gradient is in the tempered logits ``z / T``; the loss is scaled by ``T ** 2`` (Hinton et al.'s
+convention, so that the gradient's size does not shrink as ``T`` grows), which makes the gradient in
+``z`` ``T`` times it. A hard loss on ``target`` (any softmax-family polyfocal loss, on ``z`` itself) runs
+on the same chunk, its gradient by its own engine. The chunk loop, the gradients of hidden, head and
+bias, and the reductions are :mod:`polyfocal.linear`'s.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from . import _checks
+from ._errors import InputTypeError, InputValueError
+from ._reduce import reduction_scale
+from .linear import FusedLinearLoss, _check_head, chunk_rows
+from .registry import softmax_loss_function
+
+__all__ = ["linear_distillation_loss", "LinearDistillationLoss", "topk_distillation_loss"]
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_v a b`` per row, without an ``(n, V)`` product in memory."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+#: rows per block of a chunk's elementwise work (temporaries of BLOCK_ROWS x V, not of the chunk's size)
+BLOCK_ROWS = 32
+
+
+def _blocks(n: int):
+    return (slice(start, min(start + BLOCK_ROWS, n)) for start in range(0, n, BLOCK_ROWS))
+
+
+def log_softmax_(x: Tensor, sharded: bool = False, group=None) -> Tensor:
+    """``log_softmax`` along dim 1, written over ``x`` (its exp-sum a block of rows at a time: no second
+    buffer of ``x``'s size), with ``-inf`` (a masked logit) raised to the dtype's lowest number, so that its
+    probability 0 times a log-ratio is 0, not NaN. ``sharded``: ``x`` holds this rank's classes of rows split
+    over the ranks of ``group`` (None: the default group); the max and the exp-sum are all-reduced."""
+    m = x.amax(1)
+    if sharded:
+        dist.all_reduce(m, dist.ReduceOp.MAX, group=group)
+    x.sub_(torch.where(torch.isfinite(m), m, torch.zeros_like(m)).unsqueeze(1))
+    s = torch.cat([x[rows].exp().sum(1) for rows in _blocks(x.shape[0])]) if x.shape[0] else m.new_zeros(0)
+    if sharded:
+        dist.all_reduce(s, group=group)
+    return x.sub_(s.log().unsqueeze(1)).clamp_min_(torch.finfo(x.dtype).min)
+
+
+def divergence(student_log: Tensor, teacher_log: Tensor, name: str, beta: float, gradient: bool, sharded: bool = False,
+               group=None):
+    """Per row ``D(p_T, p_S)`` from log-probabilities ``(n, K)``, and with ``gradient`` its derivative in the
+    student's softmax input (written over ``student_log``; ``teacher_log`` is written over too), or None. A
+    block of rows at a time, so that its temporaries are a block's size. ``sharded``: the classes are split
+    over the ranks of ``group``; each sum over them is all-reduced."""
+    def total(a: Tensor, b: Tensor) -> Tensor:
+        row_sums = _row_dot(a, b)
+        if sharded:
+            dist.all_reduce(row_sums, group=group)
+        return row_sums
+
+    rows = []
+    for block in _blocks(student_log.shape[0]):
+        block_rows, grad = _divergence_block(student_log[block], teacher_log[block], name, beta, gradient, total)
+        rows.append(block_rows)
+        if grad is not None and grad.data_ptr() != student_log[block].data_ptr():
+            student_log[block] = grad
+    loss = torch.cat(rows) if rows else student_log.new_zeros(0)
+    return loss, student_log if gradient else None
+
+
+def _divergence_block(ls: Tensor, lt: Tensor, name: str, beta: float, gradient: bool, total: Callable):
+    """:func:`divergence` on one block of rows (module docstring for each gradient)."""
+    if name == "forward_kl":
+        rows = total(lt.exp(), lt - ls)
+        return rows, ls.exp_().sub_(lt.exp_()) if gradient else None
+    if name == "reverse_kl":
+        d = lt.neg_().add_(ls)  # log p_S - log p_T, over the teacher's block
+        ps = ls.exp_()
+        rows = total(ps, d)
+        return rows, d.sub_(rows.unsqueeze(1)).mul_(ps) if gradient else None
+    log_m = torch.logaddexp(lt + _log(beta), ls + _log(1 - beta))
+    rows = beta * total(lt.exp(), lt - log_m)
+    g = log_m.neg_().add_(ls).mul_(1 - beta)  # (1 - beta) (log p_S - log M)
+    ps = ls.exp_()
+    student_part = total(ps, g)
+    return rows + student_part, g.sub_(student_part.unsqueeze(1)).mul_(ps) if gradient else None
+
+
+def _log(value: float) -> float:
+    return math.log(value) if value > 0 else -math.inf
+
+
+def _logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    x = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+@dataclass(frozen=True)
+class _Hard:
+    """The hard part: a softmax-family loss on the student's logits and ``target``, weighted by ``weight``."""
+
+    loss: Callable
+    params: dict
+    weight: float
+
+    def rows_and_gradient(self, z: Tensor, target: Tensor, ignore_index: int, gradient: bool):
+        x = z.detach().requires_grad_(gradient)
+        with torch.enable_grad():
+            rows = self.loss(x, target, reduction="none", ignore_index=ignore_index, validate=False, **self.params)
+            grad = torch.autograd.grad(rows.sum(), x)[0] if gradient else None
+        return rows.detach() * self.weight, None if grad is None else grad.mul_(self.weight)
+
+
+@dataclass(frozen=True)
+class _DistillationHead:
+    """One call of :func:`linear_distillation_loss`, as :func:`polyfocal.linear._chunk_gradients` runs it."""
+
+    teacher: tuple  # (hidden (N, H_t), head (V, H_t), bias or None), detached
+    target: Tensor | None  # (N,) class indices, or None
+    ignore_index: int
+    divergence: str
+    beta: float
+    temperature: float
+    hard: _Hard | None
+    reduction: str
+    scale: Tensor
+    chunk: int
+    name: str = "linear_distillation_loss"
+    #: whether both heads' classes are split over the ranks of ``group`` (:mod:`polyfocal.distill_parallel`)
+    sharded: bool = False
+    group: object = None
+
+    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
+        """The chunk's losses and gradient, with two ``(n, V)`` buffers alive at a time (three with a hard part,
+        whose gradient waits for the divergence's): each log-softmax is written over its logits."""
+        gradient, t = seed is not None, self.temperature
+        target = None if self.target is None else self.target[rows]
+        z = _logits(h, weight, bias)
+        hard, hard_grad = None, None
+        if self.hard is not None:
+            hard, hard_grad = self.hard.rows_and_gradient(z, target, self.ignore_index, gradient)
+        with torch.no_grad():
+            shards = (self.sharded, self.group)
+            student_log = log_softmax_(z.div_(t) if t != 1 else z, *shards)
+            teacher_log = log_softmax_(_logits(self.teacher[0][rows], *self.teacher[1:]).div_(t), *shards)
+            loss, grad = divergence(student_log, teacher_log, self.divergence, self.beta, gradient, *shards)
+            del teacher_log
+            loss = loss * (t * t) if hard is None else loss * (t * t) + hard
+            return _finish(self, loss, None if grad is None else grad.mul_(t), target, hard_grad, seed, weight.dtype)
+
+
+def _finish(head, loss: Tensor, grad: Tensor | None, target: Tensor | None, extra_grad: Tensor | None,
+            seed: Tensor | None, dtype: torch.dtype):
+    """The chunk's ``(loss, z-loss, gradient)`` for :func:`polyfocal.linear._chunk_gradients`: ignored rows
+    zeroed, the gradient times ``seed`` (per row, or the mean's scale) in the head's dtype."""
+    if target is not None:
+        valid = (target != head.ignore_index).to(loss.dtype)
+        loss = loss * valid
+        if grad is not None:
+            grad.mul_(valid.unsqueeze(1))
+    if grad is not None:
+        if extra_grad is not None:
+            grad.add_(extra_grad)
+        grad.mul_(seed.unsqueeze(1) if seed.dim() else seed)
+        grad = grad.to(dtype)
+    loss = loss if head.reduction == "none" else loss.sum()
+    return loss, torch.zeros_like(loss), grad
+
+
+@dataclass(frozen=True)
+class _TopKHead:
+    """One call of :func:`topk_distillation_loss` on a linear head, as :func:`polyfocal.linear._chunk_gradients`
+    runs it."""
+
+    values: Tensor  # (N, k) the teacher's stored logits
+    indices: Tensor  # (N, k) their classes
+    temperature: float
+    renormalize: bool
+    target: Tensor | None
+    ignore_index: int
+    reduction: str
+    scale: Tensor
+    chunk: int
+    name: str = "topk_distillation_loss"
+
+    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
+        t, index = self.temperature, self.indices[rows]
+        z = _logits(h, weight, bias)
+        with torch.no_grad():
+            pt, log_ratio = _teacher_topk(self.values[rows], t)
+            if self.renormalize:  # the student's softmax over the k classes alone; 0 gradient elsewhere
+                student = torch.log_softmax(z.gather(1, index).div_(t), 1)
+                grad = z.zero_().scatter_add_(1, index, student.exp().sub_(pt))
+            else:  # the student's log-softmax over the whole vocabulary, at the k classes
+                log_softmax = torch.log_softmax(z.div_(t), 1)
+                del z
+                student = log_softmax.gather(1, index)
+                grad = log_softmax.exp_().scatter_add_(1, index, -pt)
+            loss = _row_dot(pt, log_ratio.sub_(student)) * (t * t)
+            target = None if self.target is None else self.target[rows]
+            return _finish(self, loss, grad.mul_(t) if seed is not None else None, target, None, seed, weight.dtype)
+
+
+def _teacher_topk(values: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """The teacher's probabilities over its k stored logits, and their logarithms (a copy, to be written over)."""
+    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    log_teacher = log_softmax_(values.to(dtype, copy=True).div_(temperature))
+    return log_teacher.exp(), log_teacher
+
+
+def _check_teacher(student_hidden: Tensor, student_head: Tensor, teacher_hidden, teacher_head, teacher_bias) -> None:
+    teacher_hidden = _checks.float_tensor(teacher_hidden, "teacher_hidden")
+    teacher_head = _checks.float_tensor(teacher_head, "teacher_head")
+    if tuple(teacher_hidden.shape[:-1]) != tuple(student_hidden.shape[:-1]):
+        raise InputValueError(f"`teacher_hidden` must hold the student's tokens, shape {tuple(student_hidden.shape[:-1])} "
+                              f"+ (H_t,); got {tuple(teacher_hidden.shape)}")
+    if teacher_head.dim() != 2 or teacher_head.shape[1] != teacher_hidden.shape[-1]:
+        raise InputValueError(f"`teacher_head` must have shape (V, H_t) with H_t = {teacher_hidden.shape[-1]} "
+                              f"(teacher_hidden's last dimension); got {tuple(teacher_head.shape)}")
+    if teacher_head.shape[0] != student_head.shape[0]:
+        raise InputValueError(f"`teacher_head` must have the student's vocabulary, V = {student_head.shape[0]}; "
+                              f"got V = {teacher_head.shape[0]}")
+    if teacher_head.dtype != teacher_hidden.dtype or teacher_head.device != teacher_hidden.device:
+        raise InputValueError(f"`teacher_head` must have teacher_hidden's dtype and device ({teacher_hidden.dtype}, "
+                              f"{teacher_hidden.device}); got {teacher_head.dtype}, {teacher_head.device}")
+    if teacher_bias is not None and (not isinstance(teacher_bias, Tensor) or teacher_bias.shape != teacher_head.shape[:1]):
+        got = tuple(teacher_bias.shape) if isinstance(teacher_bias, Tensor) else type(teacher_bias).__name__
+        raise InputValueError(f"`teacher_bias` must be None or a ({teacher_head.shape[0]},) tensor; got {got}")
+
+
+def _check_options(divergence_name, beta, temperature) -> tuple[str, float, float]:
+    if divergence_name not in DIVERGENCES:
+        raise InputValueError(f"`divergence` must be one of {DIVERGENCES}; got {divergence_name!r}")
+    return (divergence_name, _checks.number(beta, "beta", low=0.0, high=1.0),
+            _checks.number(temperature, "temperature", low=0.0, low_open=True))
+
+
+def _target_and_scale(target, hidden: Tensor, ignore_index: int, reduction: str, like: Tensor):
+    """The flat target (or None) and the mean's scale: one over the tokens whose target is not
+    ``ignore_index`` (every token without a target), the whole batch's count."""
+    if target is None:
+        return None, reduction_scale(reduction, hidden.numel() // max(hidden.shape[-1], 1), None, like)
+    flat = target.reshape(-1)
+    return flat, reduction_scale(reduction, (flat != ignore_index).sum(), None, like)
+
+
+def _hard_part(hard_loss, hard_weight, target, params: dict) -> _Hard | None:
+    hard_weight = _checks.number(hard_weight, "hard_weight", low=0.0)
+    if hard_loss is None:
+        if params:
+            raise InputTypeError(f"options {sorted(params)} are the hard loss's, but `hard_loss` is None")
+        return None
+    if target is None:
+        raise InputValueError(f"`hard_loss={hard_loss!r}` needs `target`; got None")
+    return _Hard(softmax_loss_function(hard_loss), params, hard_weight)
+
+
+def linear_distillation_loss(student_hidden: Tensor, student_head: Tensor, teacher_hidden: Tensor,
+                             teacher_head: Tensor, target: Tensor | None = None, *, divergence: str = "forward_kl",
+                             beta: float = 0.5, temperature: float = 1.0, hard_loss: str | None = None,
+                             hard_weight: float = 0.0, student_bias: Tensor | None = None,
+                             teacher_bias: Tensor | None = None, ignore_index: int = -100, reduction: str = "mean",
+                             chunk_size: int | None = None, **hard_loss_params) -> Tensor:
+    """Distil a teacher's distribution over the vocabulary into a student, both given as linear heads, a
+    chunk of rows at a time: neither ``(N, V)`` logit tensor exists at once (module docstring).
+
+    Per token: ``T^2 D(p_T, p_S) + hard_weight * hard_loss(student logits, target)``, with ``p = softmax(logits
+    / T)`` and ``D`` the ``divergence``: ``"forward_kl"`` ``KL(p_T || p_S)`` (the usual direction),
+    ``"reverse_kl"`` ``KL(p_S || p_T)``, or ``"jsd"`` ``beta KL(p_T || M) + (1 - beta) KL(p_S || M)``,
+    ``M = beta p_T + (1 - beta) p_S``. The ``T^2`` is Hinton et al.'s scaling. The teacher is a constant:
+    gradients reach ``student_hidden``, ``student_head`` and ``student_bias`` only, and a teacher tensor
+    that requires a gradient is used detached.
+
+    Args:
+        student_hidden, student_head, student_bias: ``(N, H)`` or ``(B, T, H)``, ``(V, H)``, ``(V,)`` or None.
+        teacher_hidden, teacher_head, teacher_bias: the teacher's, same tokens and vocabulary (its own H).
+        target: class indices of the tokens, or None; tokens at ``ignore_index`` count in neither part.
+        divergence, beta, temperature: as above; ``beta`` in [0, 1], ``temperature > 0``.
+        hard_loss: a softmax-family loss by name (``"cross_entropy"``, ``"focal_loss"``...) on the student's
+            logits (not tempered) and ``target``, weighted by ``hard_weight``; ``**hard_loss_params`` are its
+            options (``gamma``, ``label_smoothing``...).
+        reduction: ``"mean"`` (each token's loss summed over the vocabulary, divided by the number of tokens
+            counted, the whole batch's), ``"sum"`` or ``"none"`` (per token).
+        chunk_size: rows per chunk, as :func:`polyfocal.linear_loss` (same default).
+
+    Example:
+        >>> import torch, polyfocal as pf
+        >>> hs, ws, ht, wt = torch.randn(6, 8), torch.randn(50, 8), torch.randn(6, 16), torch.randn(50, 16)
+        >>> loss = pf.linear_distillation_loss(hs, ws, ht, wt, temperature=2.0)
+        >>> want = 4 * torch.nn.functional.kl_div((hs @ ws.T / 2).log_softmax(1), (ht @ wt.T / 2).log_softmax(1),
+        ...                                       log_target=True, reduction="batchmean")
+        >>> bool(loss.isclose(want))
+        True
+    """
+    _check_head(student_hidden, student_head, student_bias,
+                target if target is not None else student_hidden.new_zeros(student_hidden.shape[:-1], dtype=torch.long))
+    _check_teacher(student_hidden, student_head, teacher_hidden, teacher_head, teacher_bias)
+    name, beta, temperature = _check_options(divergence, beta, temperature)
+    _checks.check_reduction(reduction, None)
+    ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    validate = hard_loss_params.pop("validate", None)
+    hard = _hard_part(hard_loss, hard_weight, target, hard_loss_params)
+    like = torch.empty((), dtype=torch.float64 if student_hidden.dtype == torch.float64 else torch.float32,
+                       device=student_hidden.device)
+    flat, scale = _target_and_scale(target, student_hidden, ignore_index, reduction, like)
+    if flat is not None and _checks.should_validate(validate, student_hidden):
+        _checks.check_index_range(flat, student_head.shape[0], ignore_index)
+    teacher = (teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), teacher_head.detach(),
+               None if teacher_bias is None else teacher_bias.detach())
+    head = _DistillationHead(teacher, flat, ignore_index, name, beta, temperature, hard, reduction, scale,
+                             chunk_rows(chunk_size, student_hidden, student_head))
+    value, _ = FusedLinearLoss.apply(student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
+                                     student_bias, head)
+    return (value.reshape(student_hidden.shape[:-1]) if reduction == "none" else value).to(student_hidden.dtype)
+
+
+class LinearDistillationLoss(nn.Module):
+    """Module form of :func:`linear_distillation_loss`: ``LinearDistillationLoss(divergence="jsd", beta=0.5,
+    temperature=2.0, hard_loss="cross_entropy", hard_weight=0.5)(student_hidden, student_head, teacher_hidden,
+    teacher_head, target=None, student_bias=None, teacher_bias=None)``."""
+
+    def __init__(self, **options):
+        super().__init__()
+        _check_options(options.get("divergence", "forward_kl"), options.get("beta", 0.5),
+                       options.get("temperature", 1.0))
+        if options.get("hard_loss") is not None:
+            softmax_loss_function(options["hard_loss"])
+        self.options = options
+
+    def forward(self, student_hidden: Tensor, student_head: Tensor, teacher_hidden: Tensor, teacher_head: Tensor,
+                target: Tensor | None = None, student_bias: Tensor | None = None,
+                teacher_bias: Tensor | None = None) -> Tensor:
+        return linear_distillation_loss(student_hidden, student_head, teacher_hidden, teacher_head, target,
+                                        student_bias=student_bias, teacher_bias=teacher_bias, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+
+
+def _check_topk(tokens: tuple, vocabulary: int, values, indices, validate: bool) -> None:
+    _checks.float_tensor(values, "teacher_values")
+    if not isinstance(indices, Tensor) or not _checks.is_index(indices):
+        got = indices.dtype if isinstance(indices, Tensor) else type(indices).__name__
+        raise InputTypeError(f"`teacher_indices` must be a tensor of class indices; got {got}")
+    if indices.shape != values.shape or tuple(values.shape[:-1]) != tokens or values.dim() != len(tokens) + 1:
+        raise InputValueError(f"`teacher_values` and `teacher_indices` must both have shape {tokens} + (k,); got "
+                              f"{tuple(values.shape)} and {tuple(indices.shape)}")
+    if validate and indices.numel():
+        low, high = (int(v) for v in torch.aminmax(indices))
+        if low < 0 or high >= vocabulary:
+            raise InputValueError(f"`teacher_indices` must lie in [0, {vocabulary - 1}] (the vocabulary); got "
+                                  f"{low if low < 0 else high}")
+
+
+def _topk_rows(z: Tensor, values: Tensor, indices: Tensor, temperature: float, renormalize: bool) -> Tensor:
+    """Per row, by autograd: ``T^2 sum_k p_T,k (log p_T,k - log q_S,k)`` (materialised logits ``z``)."""
+    pt, log_teacher = _teacher_topk(values.detach(), temperature)
+    z = z.float() if z.dtype not in (torch.float32, torch.float64) else z
+    tempered = z / temperature
+    if renormalize:
+        student = torch.log_softmax(tempered.gather(1, indices), 1)
+    else:
+        student = torch.log_softmax(tempered, 1).gather(1, indices)
+    return (pt * (log_teacher - student)).sum(1) * temperature ** 2
+
+
+def topk_distillation_loss(student, teacher_values: Tensor, teacher_indices: Tensor, *, temperature: float = 1.0,
+                           renormalize: bool = False, target: Tensor | None = None, ignore_index: int = -100,
+                           reduction: str = "mean", chunk_size: int | None = None,
+                           validate: bool | None = None) -> Tensor:
+    """Distillation from a teacher stored offline as its k largest logits per token and their classes.
+
+    The teacher's distribution is the softmax of its k logits over the k classes (divided by ``T``); the
+    loss per token is ``T^2 sum_k p_T,k (log p_T,k - log q_S,k)`` with ``q_S`` the student's probability
+    of those classes:
+
+    * ``renormalize=False`` (default): the student's softmax over the whole vocabulary, taken at the k
+      classes: the cross-entropy to the teacher's top-k distribution less its entropy, which also pushes
+      the student's mass outside the k classes down (the sparse, top-k form of forward KL);
+    * ``renormalize=True``: the student's softmax over the same k classes alone: ``KL(p_T || q_S)`` between
+      two distributions on the k classes, blind to the rest of the vocabulary.
+
+    Args:
+        student: the student's logits ``(N, V)`` / ``(B, T, V)``, or its head as ``(hidden, head)`` or
+            ``(hidden, head, bias)`` (then computed a chunk of rows at a time, as :func:`linear_distillation_loss`).
+        teacher_values, teacher_indices: ``(*tokens, k)`` logits and class indices in [0, V).
+        target, ignore_index: tokens whose target is ``ignore_index`` count for nothing (None: all count).
+        reduction: ``"mean"`` over the tokens counted, ``"sum"`` or ``"none"``.
+
+    Example:
+        >>> import torch, polyfocal as pf
+        >>> z, teacher = torch.randn(4, 100), torch.randn(4, 100)
+        >>> values, indices = teacher.topk(8, dim=1)
+        >>> loss = pf.topk_distillation_loss(z, values, indices, temperature=2.0)
+        >>> float(loss) > 0
+        True
+    """
+    fused = isinstance(student, (tuple, list))
+    if fused:
+        hidden, head, bias = (*student, None)[:3] if len(student) in (2, 3) else (None, None, None)
+        if hidden is None:
+            raise InputValueError(f"`student` must be logits or (hidden, head[, bias]); got {len(student)} items")
+        _check_head(hidden, head, bias, hidden.new_zeros(hidden.shape[:-1], dtype=torch.long))
+        tokens, vocabulary = tuple(hidden.shape[:-1]), head.shape[0]
+    else:
+        _checks.float_tensor(student, "student")
+        tokens, vocabulary = tuple(student.shape[:-1]), student.shape[-1]
+    _check_topk(tokens, vocabulary, teacher_values, teacher_indices,
+                _checks.should_validate(validate, teacher_indices))
+    temperature = _checks.number(temperature, "temperature", low=0.0, low_open=True)
+    _checks.check_reduction(reduction, None)
+    ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    if target is not None and (not isinstance(target, Tensor) or tuple(target.shape) != tokens):
+        raise InputValueError(f"`target` must be None or class indices of shape {tokens}; got "
+                              f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}")
+    like = torch.empty((), dtype=torch.float64 if teacher_values.dtype == torch.float64 else torch.float32,
+                       device=teacher_values.device)
+    k = teacher_values.shape[-1]
+    values, indices = teacher_values.detach().reshape(-1, k), teacher_indices.reshape(-1, k)
+    flat, scale = _target_and_scale(target, teacher_values, ignore_index, reduction, like)
+    if fused:
+        topk = _TopKHead(values, indices, temperature, bool(renormalize), flat, ignore_index, reduction, scale,
+                         chunk_rows(chunk_size, hidden, head))
+        value, _ = FusedLinearLoss.apply(hidden.reshape(-1, hidden.shape[-1]), head, bias, topk)
+    else:
+        rows = _topk_rows(student.reshape(-1, vocabulary), values, indices, temperature, bool(renormalize))
+        rows = rows if flat is None else rows * (flat != ignore_index)
+        value = rows if reduction == "none" else rows.sum() * scale
+    return value.reshape(tokens) if reduction == "none" else value
