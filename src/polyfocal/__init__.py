@@ -17,7 +17,8 @@ from ._errors import InputError, InputTypeError, InputValueError
 from .adafocal import *  # noqa: F401,F403 (AdaFocal's loss, Module and update rule)
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)
 from .ghm import *  # noqa: F401,F403 (GHM-C, GHM-R and their Modules)
-from .distill import LinearDistillationLoss, linear_distillation_loss, topk_distillation_loss
+from .distill import LinearDistillationLoss, linear_distillation_loss
+from .distill_topk import topk_distillation_loss
 from .distill_parallel import vocab_parallel_linear_distillation_loss
 from .linear import LinearLoss, linear_loss
 from .modules import *  # noqa: F401,F403 (LossModule and every stateless loss's Module)
