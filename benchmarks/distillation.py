@@ -87,8 +87,8 @@ def main() -> None:
     print(f"| {tuple(args.shape)}, {args.threads} thread(s) | time / unfused | peak beyond inputs and gradients |")
     print("|---|---|---|")
     for name in IMPLEMENTATIONS:
-        print(f"| {name} | {statistics.median(samples[name]) / base:.2f}x | {peak(name, args.shape, 'distillation') / 2**20:.0f} MiB |",
-              flush=True)
+        memory = peak(name, args.shape, "distillation") / 2**20
+        print(f"| {name} | {statistics.median(samples[name]) / base:.2f}x | {memory:.0f} MiB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -289,16 +289,19 @@ def test_a_scaled_and_a_repeated_backward_take_the_same_gradients(reduction):
         torch.testing.assert_close(got.grad, 6 * expected.float(), rtol=2e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("shape, rows", [((4096, 512, 32000), 128), ((1024, 512, 128256), 128),
+@pytest.mark.parametrize("shape, rows", [((4096, 512, 32000), 131), ((1024, 512, 128256), 128),
                                          ((8192, 1024, 32000), 160), ((2048, 1024, 128256), 128),
-                                         ((16384, 1024, 128256), 130), ((100000, 64, 1000), 808)])
+                                         ((16384, 1024, 128256), 130), ((100000, 64, 1000), 4194),
+                                         ((1024, 512, 8000), 524), ((400000, 128, 1000), 6416)])
 def test_the_default_chunk_is_sized_to_the_problem(shape, rows):
     """About N H / V rows (a chunk's logits the size of hidden), at most (N + V) H / (8 V) (the chunk's
-    logits and their gradient a quarter of the inputs and their gradients), at least 128 rows."""
+    logits and their gradient a quarter of the inputs and their gradients), at least 128 rows and 2^22
+    logits."""
     n, h, v = shape
     assert pf.linear.default_chunk_rows(n, h, v) == rows
     chunk_and_gradient, inputs_and_gradients = 2 * rows * v, 2 * (n + v) * h
-    assert chunk_and_gradient <= max(inputs_and_gradients / 4, 2 * pf.linear.MIN_CHUNK_ROWS * v)
+    floor = max(pf.linear.MIN_CHUNK_ROWS * v, pf.linear.MIN_CHUNK_ELEMENTS)
+    assert chunk_and_gradient <= max(inputs_and_gradients / 4, 2 * floor)
 
 
 def test_the_default_chunk_is_flat_in_the_number_of_rows():
@@ -309,6 +312,7 @@ def test_the_default_chunk_is_flat_in_the_number_of_rows():
 
 def test_linear_loss_runs_the_default_chunk(monkeypatch):
     monkeypatch.setattr(pf.linear, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(pf.linear, "MIN_CHUNK_ELEMENTS", 1)
     seen, chunk = [], pf.linear._chunk
     monkeypatch.setattr(pf.linear, "_chunk", lambda head, h, *args: seen.append(h.shape[0]) or chunk(head, h, *args))
     hidden, weight, bias, target = head(n=96, h=8, v=40)

@@ -46,7 +46,7 @@ def _row_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 #: rows per block of a chunk's elementwise work (temporaries of BLOCK_ROWS x V, not of the chunk's size)
-BLOCK_ROWS = 32
+BLOCK_ROWS = 16
 
 
 def _blocks(n: int):
@@ -193,8 +193,8 @@ def _check_teacher(student_hidden: Tensor, student_head: Tensor, teacher_hidden,
     teacher_hidden = _checks.float_tensor(teacher_hidden, "teacher_hidden")
     teacher_head = _checks.float_tensor(teacher_head, "teacher_head")
     if tuple(teacher_hidden.shape[:-1]) != tuple(student_hidden.shape[:-1]):
-        raise InputValueError(f"`teacher_hidden` must hold the student's tokens, shape {tuple(student_hidden.shape[:-1])} "
-                              f"+ (H_t,); got {tuple(teacher_hidden.shape)}")
+        raise InputValueError(f"`teacher_hidden` must hold the student's tokens, shape "
+                              f"{tuple(student_hidden.shape[:-1])} + (H_t,); got {tuple(teacher_hidden.shape)}")
     if teacher_head.dim() != 2 or teacher_head.shape[1] != teacher_hidden.shape[-1]:
         raise InputValueError(f"`teacher_head` must have shape (V, H_t) with H_t = {teacher_hidden.shape[-1]} "
                               f"(teacher_hidden's last dimension); got {tuple(teacher_head.shape)}")
@@ -204,7 +204,8 @@ def _check_teacher(student_hidden: Tensor, student_head: Tensor, teacher_hidden,
     if teacher_head.dtype != teacher_hidden.dtype or teacher_head.device != teacher_hidden.device:
         raise InputValueError(f"`teacher_head` must have teacher_hidden's dtype and device ({teacher_hidden.dtype}, "
                               f"{teacher_hidden.device}); got {teacher_head.dtype}, {teacher_head.device}")
-    if teacher_bias is not None and (not isinstance(teacher_bias, Tensor) or teacher_bias.shape != teacher_head.shape[:1]):
+    if teacher_bias is not None and (not isinstance(teacher_bias, Tensor)
+                                     or teacher_bias.shape != teacher_head.shape[:1]):
         got = tuple(teacher_bias.shape) if isinstance(teacher_bias, Tensor) else type(teacher_bias).__name__
         raise InputValueError(f"`teacher_bias` must be None or a ({teacher_head.shape[0]},) tensor; got {got}")
 

@@ -35,17 +35,22 @@ from .registry import softmax_loss_function
 __all__ = ["linear_loss", "LinearLoss"]
 
 #: the fewest rows of a default chunk: a matrix product of fewer rows runs slower per row (one thread at
-#: (4096, 512, 32000), forward + backward as a ratio to the unfused path: 64 rows 1.28x, 128 rows 0.89x)
+#: (4096, 512, 32000), forward + backward as a ratio to the unfused path: 64 rows 0.85x, 128 rows 0.78x)
 MIN_CHUNK_ROWS = 128
+#: and the fewest logits (16 MiB of fp32): below that a chunk's fixed work shows (1024 x 512 x 8000 as 8
+#: chunks of 128 rows took 1.18x the unfused time, one thread)
+MIN_CHUNK_ELEMENTS = 1 << 22
 
 
 def default_chunk_rows(rows: int, hidden: int, vocabulary: int) -> int:
     """Rows per chunk when ``chunk_size`` is not given: a chunk's logits about as large as the hidden input
     (``N H`` values), and never more than an eighth of the inputs' values (``(N + V) H / 8``, so that the
     chunk's logits and their gradient, the head's extra memory, are at most a quarter of the bytes of the
-    inputs and their gradients); at least :data:`MIN_CHUNK_ROWS`. Sized to the problem, not a fixed budget:
-    the extra memory is then flat in N once N H exceeds 128 V."""
-    return max(MIN_CHUNK_ROWS, min(rows, (rows + vocabulary) // 8) * hidden // vocabulary)
+    inputs and their gradients); at least :data:`MIN_CHUNK_ROWS` rows and :data:`MIN_CHUNK_ELEMENTS`
+    logits. Sized to the problem, not a fixed budget: the extra memory is then flat in N once N H exceeds
+    128 V."""
+    floor = max(MIN_CHUNK_ROWS, MIN_CHUNK_ELEMENTS // vocabulary)
+    return max(floor, min(rows, (rows + vocabulary) // 8) * hidden // vocabulary)
 
 
 @dataclass(frozen=True)
@@ -235,7 +240,7 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
             ``label_smoothing``, ``backend``...).
         head_bias: ``(V,)`` or None.
         chunk_size: rows per chunk; default :func:`default_chunk_rows`: about ``N H / V`` (a chunk's
-            logits the size of ``hidden``), at most ``(N + V) H / (8 V)``, at least 128.
+            logits the size of ``hidden``), at most ``(N + V) H / (8 V)``, at least 128 and ``2^22 / V``.
         z_loss: PaLM's auxiliary ``z * logsumexp(logits)^2`` per non-ignored row, added to the loss
             and reduced as it is; None (off) or a number >= 0.
         softcap: Gemma's logit soft-capping ``c * tanh(logits / c)`` before the softmax; None or c > 0.

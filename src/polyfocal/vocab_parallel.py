@@ -125,7 +125,8 @@ class _VocabParallel(torch.autograd.Function):
 
 
 def check_shard(vocab_start, num_classes, size: int) -> tuple[int, int]:
-    """``vocab_start`` and ``num_classes`` checked, and the shard's ``size`` classes from ``vocab_start`` within them."""
+    """``vocab_start`` and ``num_classes`` checked, and the shard's ``size`` classes from ``vocab_start``
+    within them."""
     num_classes = _checks.integer(num_classes, "num_classes", low=2)
     vocab_start = _checks.integer(vocab_start, "vocab_start", low=0)
     if vocab_start + size > num_classes:
