@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from . import _checks
 from ._errors import InputTypeError, InputValueError
 from ._reduce import reduction_scale
-from .linear import FusedLinearLoss, _check_head, chunk_rows
+from ._numerics import compute_dtype, shared_like
+from .linear import FusedLinearLoss, _check_head, chunk_rows, head_logits
 from .registry import softmax_loss_function
 
 __all__ = ["linear_distillation_loss", "LinearDistillationLoss"]
@@ -112,11 +113,6 @@ def _log(value: float) -> float:
     return math.log(value) if value > 0 else -math.inf
 
 
-def _logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    x = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
 @dataclass(frozen=True)
 class _Hard:
     """The hard part: a softmax-family loss on the student's logits and ``target``, weighted by ``weight``."""
@@ -157,14 +153,14 @@ class _DistillationHead:
         whose gradient waits for the divergence's): each log-softmax is written over its logits."""
         gradient, t = seed is not None, self.temperature
         target = None if self.target is None else self.target[rows]
-        z = _logits(h, weight, bias)
+        z = head_logits(h, weight, bias)
         hard, hard_grad = None, None
         if self.hard is not None:
             hard, hard_grad = self.hard.rows_and_gradient(z, target, self.ignore_index, gradient)
         with torch.no_grad():
             shards = (self.sharded, self.group)
             student_log = log_softmax_(z.div_(t) if t != 1 else z, *shards)
-            teacher_log = log_softmax_(_logits(self.teacher[0][rows], *self.teacher[1:]).div_(t), *shards)
+            teacher_log = log_softmax_(head_logits(self.teacher[0][rows], *self.teacher[1:]).div_(t), *shards)
             loss, grad = divergence(student_log, teacher_log, self.divergence, self.beta, gradient, *shards)
             del teacher_log
             loss = loss * (t * t) if hard is None else loss * (t * t) + hard
@@ -217,13 +213,30 @@ def _check_options(divergence_name, beta, temperature) -> tuple[str, float, floa
             _checks.number(temperature, "temperature", low=0.0, low_open=True))
 
 
-def _target_and_scale(target, hidden: Tensor, ignore_index: int, reduction: str, like: Tensor):
+def _target_and_scale(target, hidden: Tensor, ignore_index: int, reduction: str):
     """The flat target (or None) and the mean's scale: one over the tokens whose target is not
     ``ignore_index`` (every token without a target), the whole batch's count."""
+    like = shared_like(compute_dtype(hidden), hidden.device)
     if target is None:
         return None, reduction_scale(reduction, hidden.numel() // max(hidden.shape[-1], 1), None, like)
     flat = target.reshape(-1)
     return flat, reduction_scale(reduction, (flat != ignore_index).sum(), None, like)
+
+
+def _distillation_options(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias,
+                          target, divergence_name, beta, temperature, ignore_index, reduction) -> dict:
+    """Both heads and the options checked; the :class:`_DistillationHead` fields they give (the teacher
+    detached and flattened, the flat target and the mean's scale)."""
+    _check_head(student_hidden, student_head, student_bias, target)
+    _check_teacher(student_hidden, student_head, teacher_hidden, teacher_head, teacher_bias)
+    name, beta, temperature = _check_options(divergence_name, beta, temperature)
+    _checks.check_reduction(reduction, None)
+    ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    flat, scale = _target_and_scale(target, student_hidden, ignore_index, reduction)
+    teacher = (teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), teacher_head.detach(),
+               None if teacher_bias is None else teacher_bias.detach())
+    return dict(teacher=teacher, target=flat, ignore_index=ignore_index, divergence=name, beta=beta,
+                temperature=temperature, reduction=reduction, scale=scale)
 
 
 def _hard_part(hard_loss, hard_weight, target, params: dict) -> _Hard | None:
@@ -274,23 +287,13 @@ def linear_distillation_loss(student_hidden: Tensor, student_head: Tensor, teach
         >>> bool(loss.isclose(want))
         True
     """
-    _check_head(student_hidden, student_head, student_bias,
-                target if target is not None else student_hidden.new_zeros(student_hidden.shape[:-1], dtype=torch.long))
-    _check_teacher(student_hidden, student_head, teacher_hidden, teacher_head, teacher_bias)
-    name, beta, temperature = _check_options(divergence, beta, temperature)
-    _checks.check_reduction(reduction, None)
-    ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    options = _distillation_options(student_hidden, student_head, student_bias, teacher_hidden, teacher_head,
+                                    teacher_bias, target, divergence, beta, temperature, ignore_index, reduction)
     validate = hard_loss_params.pop("validate", None)
     hard = _hard_part(hard_loss, hard_weight, target, hard_loss_params)
-    like = torch.empty((), dtype=torch.float64 if student_hidden.dtype == torch.float64 else torch.float32,
-                       device=student_hidden.device)
-    flat, scale = _target_and_scale(target, student_hidden, ignore_index, reduction, like)
-    if flat is not None and _checks.should_validate(validate, student_hidden):
-        _checks.check_index_range(flat, student_head.shape[0], ignore_index)
-    teacher = (teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), teacher_head.detach(),
-               None if teacher_bias is None else teacher_bias.detach())
-    head = _DistillationHead(teacher, flat, ignore_index, name, beta, temperature, hard, reduction, scale,
-                             chunk_rows(chunk_size, student_hidden, student_head))
+    if target is not None and _checks.should_validate(validate, student_hidden):
+        _checks.check_index_range(options["target"], student_head.shape[0], ignore_index)
+    head = _DistillationHead(**options, hard=hard, chunk=chunk_rows(chunk_size, student_hidden, student_head))
     value, _ = FusedLinearLoss.apply(student_hidden.reshape(-1, student_hidden.shape[-1]), student_head,
                                      student_bias, head)
     return (value.reshape(student_hidden.shape[:-1]) if reduction == "none" else value).to(student_hidden.dtype)

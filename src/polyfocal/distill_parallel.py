@@ -15,9 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import _checks
-from .distill import _DistillationHead, _check_options, _check_teacher, _target_and_scale
-from .linear import FusedLinearLoss, _check_head, chunk_rows
+from .distill import _DistillationHead, _distillation_options
+from .linear import FusedLinearLoss, chunk_rows
 from .vocab_parallel import check_shard
 
 __all__ = ["vocab_parallel_linear_distillation_loss"]
@@ -50,21 +49,11 @@ def vocab_parallel_linear_distillation_loss(student_hidden: Tensor, student_head
     ``teacher_head (V_r, H_t)`` (and their biases); the hidden states and ``target`` are the same on every
     rank of ``group``. Every rank returns the same loss; the heads' gradients are the rank's own shard's,
     the student hidden states' the full one. No hard part (add :func:`polyfocal.vocab_parallel_linear_loss`'s)."""
-    _check_head(student_hidden, student_head, student_bias,
-                target if target is not None else student_hidden.new_zeros(student_hidden.shape[:-1], dtype=torch.long))
-    _check_teacher(student_hidden, student_head, teacher_hidden, teacher_head, teacher_bias)
-    name, beta, temperature = _check_options(divergence, beta, temperature)
+    options = _distillation_options(student_hidden, student_head, student_bias, teacher_hidden, teacher_head,
+                                    teacher_bias, target, divergence, beta, temperature, ignore_index, reduction)
     check_shard(vocab_start, num_classes, student_head.shape[0])
-    _checks.check_reduction(reduction, None)
-    ignore_index = _checks.integer(ignore_index, "ignore_index", low=-(2**63))
-    like = torch.empty((), dtype=torch.float64 if student_hidden.dtype == torch.float64 else torch.float32,
-                       device=student_hidden.device)
-    flat, scale = _target_and_scale(target, student_hidden, ignore_index, reduction, like)
-    teacher = (teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]), teacher_head.detach(),
-               None if teacher_bias is None else teacher_bias.detach())
-    head = _DistillationHead(teacher, flat, ignore_index, name, beta, temperature, None, reduction, scale,
-                             chunk_rows(chunk_size, student_hidden, student_head),
-                             "vocab_parallel_linear_distillation_loss", True, group)
+    head = _DistillationHead(**options, hard=None, chunk=chunk_rows(chunk_size, student_hidden, student_head),
+                             name="vocab_parallel_linear_distillation_loss", sharded=True, group=group)
     hidden = _SumGradientOverRanks.apply(student_hidden.reshape(-1, student_hidden.shape[-1]), group)
     value, _ = FusedLinearLoss.apply(hidden, student_head, student_bias, head)
     return (value.reshape(student_hidden.shape[:-1]) if reduction == "none" else value).to(student_hidden.dtype)

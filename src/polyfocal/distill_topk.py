@@ -11,8 +11,8 @@ from torch import Tensor
 
 from . import _checks
 from ._errors import InputTypeError, InputValueError
-from .distill import _finish, _logits, _row_dot, _target_and_scale, log_softmax_
-from .linear import FusedLinearLoss, _check_head, chunk_rows
+from .distill import _finish, _row_dot, _target_and_scale, log_softmax_
+from .linear import FusedLinearLoss, _check_head, chunk_rows, head_logits
 
 __all__ = ["topk_distillation_loss"]
 
@@ -35,7 +35,7 @@ class _TopKHead:
 
     def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
         t, index = self.temperature, self.indices[rows]
-        z = _logits(h, weight, bias)
+        z = head_logits(h, weight, bias)
         with torch.no_grad():
             pt, log_ratio = _teacher_topk(self.values[rows], t)
             if self.renormalize:  # the student's softmax over the k classes alone; 0 gradient elsewhere
@@ -66,7 +66,7 @@ def _student_form(student) -> tuple:
     if len(student) not in (2, 3):
         raise InputValueError(f"`student` must be logits or (hidden, head[, bias]); got {len(student)} items")
     hidden, head, bias = (*student, None)[:3]
-    _check_head(hidden, head, bias, hidden.new_zeros(hidden.shape[:-1], dtype=torch.long))
+    _check_head(hidden, head, bias)
     return True, (hidden, head, bias), tuple(hidden.shape[:-1]), head.shape[0]
 
 
@@ -137,11 +137,9 @@ def topk_distillation_loss(student, teacher_values: Tensor, teacher_indices: Ten
     if target is not None and (not isinstance(target, Tensor) or tuple(target.shape) != tokens):
         raise InputValueError(f"`target` must be None or class indices of shape {tokens}; got "
                               f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}")
-    like = torch.empty((), dtype=torch.float64 if teacher_values.dtype == torch.float64 else torch.float32,
-                       device=teacher_values.device)
     k = teacher_values.shape[-1]
     values, indices = teacher_values.detach().reshape(-1, k), teacher_indices.reshape(-1, k)
-    flat, scale = _target_and_scale(target, teacher_values, ignore_index, reduction, like)
+    flat, scale = _target_and_scale(target, teacher_values, ignore_index, reduction)
     if fused:
         topk = _TopKHead(values, indices, temperature, bool(renormalize), flat, ignore_index, reduction, scale,
                          chunk_rows(chunk_size, hidden, head))

@@ -53,6 +53,12 @@ def default_chunk_rows(rows: int, hidden: int, vocabulary: int) -> int:
     return max(floor, min(rows, (rows + vocabulary) // 8) * hidden // vocabulary)
 
 
+def head_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A chunk's logits ``hidden @ weight.T + bias``, in fp32 for fp16/bf16 heads."""
+    x = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 @dataclass(frozen=True)
 class _Head:
     """One call's settings: the loss (a softmax-family function and its keyword arguments) and the head's."""
@@ -68,8 +74,7 @@ class _Head:
     softcap: float | None
 
     def logits(self, hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        x = hidden @ weight.T if bias is None else torch.addmm(bias, hidden, weight.T)
-        return x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return head_logits(hidden, weight, bias)
 
     def rows(self, x: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
         """The chunk's loss (per row, or summed) and z-loss, from logits ``x`` that may require a gradient."""
@@ -182,7 +187,8 @@ class FusedLinearLoss(torch.autograd.Function):
         return (*grads, None)
 
 
-def _check_head(hidden, head_weight, head_bias, target) -> None:
+def _check_head(hidden, head_weight, head_bias, target=None) -> None:
+    """The head's inputs, and ``target`` where one is given (distillation may have none)."""
     hidden = _checks.float_tensor(hidden, "hidden")
     head_weight = _checks.float_tensor(head_weight, "head_weight")
     if hidden.dim() not in (2, 3):
@@ -197,6 +203,8 @@ def _check_head(hidden, head_weight, head_bias, target) -> None:
                                   or head_bias.dtype != hidden.dtype):
         got = tuple(head_bias.shape) if isinstance(head_bias, Tensor) else type(head_bias).__name__
         raise InputValueError(f"`head_bias` must be None or a ({head_weight.shape[0]},) tensor of hidden's dtype; got {got}")
+    if target is None:
+        return
     if not isinstance(target, Tensor) or target.is_floating_point() or target.dtype == torch.bool:
         raise InputTypeError(f"`target` must be a tensor of class indices; got "
                              f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
