@@ -116,6 +116,39 @@ def adafocal(p, gammas, bin_edges):
         out.append(-((1 - pc) ** g) * torch.log(pc) if g >= 0 else -((1 + pc) ** -g) * torch.log(pc))
     return torch.stack(out)
 
+def reduced_focal(p, gamma, threshold):
+    """Sergievskiy and Ponamarev (2019): ``-log p`` below the threshold, ``((1-p)/threshold)^gamma (-log p)``
+    from it."""
+    modulator = torch.where(p < threshold, torch.ones_like(p), ((1 - p) / threshold) ** gamma)
+    return -modulator * torch.log(p)
+
+
+class OnLogits:
+    """Cross-entropy of logits moved first (logit adjustment, LDAM): ``move(x, y, **params)`` takes a row
+    block's logits ``(rows, C)`` and its target before smoothing (one-hot or probabilities)."""
+
+    def __init__(self, move):
+        self.move = move
+
+    def __call__(self, p, **params):
+        return ce(p)
+
+
+def logit_adjusted(x, y, prior=None, tau=1.0):
+    """Menon et al. (ICLR 2021): the logits plus ``tau log pi``."""
+    return x if prior is None else x + tau * torch.log(torch.as_tensor(prior, dtype=x.dtype))
+
+
+def ldam(x, y, class_counts=None, max_margin=0.5, scale=30.0):
+    """Cao et al. (NeurIPS 2019): ``Delta_j = C / n_j^(1/4)``, rescaled so that the largest is max_margin;
+    ``s (z - Delta_y)`` at the target (``Delta * y`` for probabilities)."""
+    c = x.shape[1]
+    counts = torch.ones(c, dtype=x.dtype) if class_counts is None else torch.as_tensor(class_counts, dtype=x.dtype)
+    delta = c / counts ** 0.25
+    delta = delta * (max_margin / delta.max())
+    return scale * (x - delta * y)
+
+
 SOFTMAX = {
     "cross_entropy": (ce, {}),
     "focal_loss": (focal, {"gamma": 2.0}),
@@ -130,6 +163,9 @@ SOFTMAX = {
     "sample_dependent_focal_loss": (sample_dependent_focal, {"gamma_schedule": ((0.3, 4.0), (0.7, 2.0), (1.0, 0.5))}),
     "dual_focal_loss": (dual_focal, {"gamma": 2.5}),
     "adafocal_loss": (adafocal, {"gammas": (2.0, -1.0, 0.5, 1.5), "bin_edges": (0.0, 0.2, 0.5, 0.8, 1.0)}),
+    "reduced_focal_loss": (reduced_focal, {"gamma": 1.5, "threshold": 0.6}),
+    "logit_adjusted_cross_entropy": (OnLogits(logit_adjusted), {"tau": 1.0}),
+    "ldam_loss": (OnLogits(ldam), {"max_margin": 0.4, "scale": 5.0}),
 }
 
 
@@ -151,6 +187,9 @@ def softmax_loss(phi, logits, target, *, weight=None, alpha=None, ignore_index=-
         safe = torch.where(valid, t, 0)
         y = torch.nn.functional.one_hot(safe, c).to(x.dtype)
         denominators = w[safe] * valid
+    if isinstance(phi, OnLogits):
+        x = phi.move(x, y, **params)
+        p = torch.softmax(x, dim=1)
     y = y * (1 - label_smoothing) + label_smoothing / c
     losses = []
     for i in range(len(x)):
@@ -192,6 +231,43 @@ def sigmoid_su_hard(x, y, margin=0.5):
     return -y * keep_pos * torch.log(p) - (1 - y) * keep_neg * torch.log(1 - p)
 
 
+def asymmetric(x, y, gamma_pos=0.0, gamma_neg=4.0, clip=0.05):
+    """Ben-Baruch et al. (ICCV 2021): ``-y (1-p)^g+ log p - (1-y) p_m^g- log(1 - p_m)``, ``p_m = max(p - m, 0)``."""
+    p = torch.sigmoid(x)
+    p_m = (p - clip).clamp(min=0)
+    return -y * (1 - p) ** gamma_pos * torch.log(p) - (1 - y) * p_m ** gamma_neg * torch.log(1 - p_m)
+
+
+def sigmoid_reduced_focal(x, y, gamma=2.0, threshold=0.5):
+    """The reduced focal rule on each side: ``y f(p) + (1-y) f(1-p)``, ``f`` as :func:`reduced_focal`."""
+    p = torch.sigmoid(x)
+    return y * reduced_focal(p, gamma, threshold) + (1 - y) * reduced_focal(1 - p, gamma, threshold)
+
+
+def _per_class(vector, x):
+    return torch.as_tensor(vector, dtype=x.dtype).view((1, -1) + (1,) * (x.ndim - 2))
+
+
+def eqlv2(x, y, gradient_ratio=None, gamma=12.0, mu=0.8, alpha=4.0):
+    """Tan et al. (CVPR 2021): BCE, positives of class j weighted ``1 + alpha (1 - f(g_j))``, negatives
+    ``f(g_j) = 1 / (1 + exp(-gamma (g_j - mu)))``; every weight 1 without statistics."""
+    if gradient_ratio is None:
+        return bce(x, y)
+    f = 1 / (1 + torch.exp(-gamma * (_per_class(gradient_ratio, x) - mu)))
+    return (y * (1 + alpha * (1 - f)) + (1 - y) * f) * bce(x, y)
+
+
+def efl(x, y, gradient_ratio=None, gamma=2.0, scale_factor=8.0, alpha=0.25):
+    """Li et al. (CVPR 2022): ``-alpha_t (gamma_j / gamma) (1 - p_t)^gamma_j log p_t``,
+    ``gamma_j = gamma + s (1 - g_j)``; ``g = 1`` without statistics."""
+    g = torch.ones(x.shape[1], dtype=x.dtype) if gradient_ratio is None else gradient_ratio
+    gamma_j = gamma + scale_factor * (1 - _per_class(g, x))
+    p = torch.sigmoid(x)
+    p_t = p * y + (1 - p) * (1 - y)
+    a_t = 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
+    return a_t * gamma_j / gamma * (1 - p_t) ** gamma_j * bce(x, y)
+
+
 SIGMOID = {
     "binary_cross_entropy": (bce, {}),
     "sigmoid_focal_loss": (sigmoid_focal, {"gamma": 2.0, "alpha": 0.25}),
@@ -199,6 +275,10 @@ SIGMOID = {
     "poly1_binary_cross_entropy": (sigmoid_focal, {"gamma": 0.0, "alpha": None, "epsilon": 1.5}),
     "sigmoid_soft_truncated_loss": (sigmoid_su_soft, {"k": 2.0}),
     "sigmoid_hard_truncated_loss": (sigmoid_su_hard, {"margin": 0.6}),
+    "asymmetric_loss": (asymmetric, {"gamma_pos": 1.0, "gamma_neg": 3.0, "clip": 0.1}),
+    "sigmoid_reduced_focal_loss": (sigmoid_reduced_focal, {"gamma": 1.5, "threshold": 0.5}),
+    "eqlv2_loss": (eqlv2, {}),
+    "equalized_focal_loss": (efl, {"gamma": 1.5, "scale_factor": 4.0, "alpha": 0.3}),
 }
 
 

@@ -333,7 +333,16 @@ def test_imports_and_runs_without_docstrings():
     assert float(result.stdout) == pytest.approx(float(pf.focal_loss(torch.zeros(2, 3), torch.tensor([0, 1]))))
 
 
-@pytest.mark.parametrize("name", sorted(set(SOFTMAX) | set(SIGMOID) - {"ghm_c_loss"} | set(DISTRIBUTION)))
+#: losses whose Module accumulates statistics from each call (a second call is not the function's)
+STATEFUL = {d.name for d in pf.registry.declarations()
+            if issubclass(type(pf.build_loss(d.name, **ALL[d.name])), pf._loss_module.StatisticsModule)}
+
+
+def test_the_stateful_modules_are_the_ones_with_statistics():
+    assert STATEFUL == {"ghm_c_loss", "ghm_r_loss", "eqlv2_loss", "equalized_focal_loss"}
+
+
+@pytest.mark.parametrize("name", sorted(set(SOFTMAX) | set(SIGMOID) - STATEFUL | set(DISTRIBUTION)))
 def test_module_takes_per_call_weight_and_normalizer(name):
     x, t = inputs(name)
     weight = torch.rand(x.shape[1]) + 0.5 if name in SOFTMAX else torch.rand(x.shape[0], 1, *x.shape[2:]) + 0.5

@@ -45,6 +45,11 @@ def fused(name, target, **kwargs):
     return lambda h, w, b: pf.linear_loss(h, w, target, loss=name, head_bias=b, **kwargs)
 
 
+#: losses that multiply the logits by a factor (LDAM's default scale s = 30): the chunked and the whole
+#: matrix product round apart, and the loss sees that difference times the factor
+LOGIT_SCALE = {"ldam_loss": 30.0}
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("name", sorted(SOFTMAX))
 def test_equals_the_unfused_path_in_value_and_all_three_gradients(name, reduction):
@@ -54,8 +59,9 @@ def test_equals_the_unfused_path_in_value_and_all_three_gradients(name, reductio
     want = loss_and_grads(unfused(name, target, **options), hidden, weight, bias, upstream)
     for chunk in (1, 7, None):
         got = loss_and_grads(fused(name, target, chunk_size=chunk, **options), hidden, weight, bias, upstream)
+        k = LOGIT_SCALE.get(name, 1.0)
         for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)
+            torch.testing.assert_close(a, b, rtol=2e-5 * k, atol=2e-6 * k)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import polyfocal as pf
+import reference as ref
 from reference import STOP_GRADIENT, declared
 
 GAMMAS = (0.0, 0.5, 1.5, 2.0, 3.0)
@@ -244,15 +245,17 @@ def _errors(f, x32: torch.Tensor, target, cotangent: torch.Tensor, f64=None):
 
 
 def _conditioning(f, x32: torch.Tensor, target, cotangent: torch.Tensor, tries: int = 3):
-    """How far float64 moves when the fp32 inputs move by one rounding (a relative 2^-24 each): the
-    error no fp32 computation avoids where the loss is ill-conditioned (``|y - y_hat|`` near 0,
-    a gradient that cancels)."""
+    """How far float64 moves when the fp32 inputs move by one rounding: the error no fp32 computation
+    avoids where the loss is ill-conditioned (``|y - y_hat|`` near 0, a gradient that cancels). A relative
+    2^-24 each, at random; and every logit up and down by 2^-24 times ``max(|x|, 1)``: an fp32 probability
+    near 1/2 is known to its own rounding, which is that much in its logit, so an element that close to
+    a jump of the gradient (reduced focal loss's threshold, a truncation's margin) is on either side."""
     x = x32.double()
     want = _value_and_grad(f, x, target, cotangent)
     g = torch.Generator().manual_seed(0)
-    moved = [_relative(_value_and_grad(f, x * (1 + EPS32 / 2 * (2 * torch.rand(x.shape, generator=g,
-                                                                                 dtype=x.dtype) - 1)),
-                                       target, cotangent), want) for _ in range(tries)]
+    step = EPS32 * x.abs().clamp_min(1)
+    inputs = [x * (1 + EPS32 / 2 * (2 * torch.rand(x.shape, generator=g, dtype=x.dtype) - 1)) for _ in range(tries)]
+    moved = [_relative(_value_and_grad(f, z, target, cotangent), want) for z in (*inputs, x + step, x - step)]
     return max(m[0] for m in moved), max(m[1] for m in moved)
 
 
@@ -377,6 +380,17 @@ def _target_probability_error(x: torch.Tensor, target: torch.Tensor) -> float:
     return ((p32.gather(1, at) - p64.gather(1, at)).abs() / p64.gather(1, at)).max().item()
 
 
+def _ldam_twin(twin, form: str, params: dict):
+    def moved(z, t):
+        y = t.to(z.dtype) if form in ("one_hot", "soft") else F.one_hot(t.clamp_min(0), z.shape[1]).to(z.dtype)
+        return twin(ref.ldam(z, y, **params), t)
+    return moved
+
+
+#: losses of logits they move first, and torch's twin of the moved logits
+MOVED_LOGITS = {"ldam_loss": _ldam_twin}
+
+
 #: losses whose value is p_t times a factor (DFT's sg(p_t) CE): no more exact than torch's p_t, in
 #: value as in gradient
 PROBABILITY_WEIGHTED = {"dft_cross_entropy"}
@@ -416,7 +430,10 @@ def test_fp32_within_1e6_of_float64(name, form, gamma, engine):
     if grad > grad_floor:
         # a gradient is no more exact than torch's own loss of its family, nor than the probability
         # p_t it is made of (a loss whose gradient is p_t times a factor: |log p_t| roundings at fp32)
-        grad_floor = max(grad_floor, 4 * _errors(_torch_twin(family, form, target), x, target, cotangent)[1])
+        twin = _torch_twin(family, form, target)
+        if name in MOVED_LOGITS:  # torch's loss of the logits as the loss moves them (LDAM's s (z - Delta y))
+            twin = MOVED_LOGITS[name](twin, form, FORMS[name][2])
+        grad_floor = max(grad_floor, 4 * _errors(twin, x, target, cotangent)[1])
         if family == "softmax" and form in ("index", "smoothed"):
             grad_floor = max(grad_floor, 4 * _target_probability_error(x, target))
     if name in PROBABILITY_WEIGHTED:

@@ -74,8 +74,22 @@ class LossModule(nn.Module):
         return ", ".join(f"{k}={v!r}" for k, v in self._options.items())
 
 
+class StatisticsModule(nn.Module):
+    """Base of the Modules that accumulate statistics across batches (GHM's histogram, the gradient ratios
+    of EQLv2 and EFL): the buffers named in ``statistics`` stay float64 whatever the Module is cast to
+    (fp16 counts overflow at 65504, and low-precision sums lose small updates)."""
+
+    statistics: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for name in self.statistics:
+            setattr(self, name, getattr(self, name).to(torch.float64))
+        return self
+
+
 #: options that hold one value per class
-PER_CLASS = ("weight", "alpha", "pos_weight")
+PER_CLASS = ("weight", "alpha", "pos_weight", "prior", "class_counts")
 
 
 def _softmax_example(classes: int):

@@ -105,6 +105,18 @@ def inverse_focal_slope(prob: Probability, *, gamma: float) -> Tensor:
     return modulator * prob.one_minus_p * (gamma * prob.p * -prob.logp / (1 + prob.p) - 1)
 
 
+def reduced_focal(prob: Probability, *, gamma: float, threshold: float) -> Tensor:
+    """Reduced focal loss (Sergievskiy and Ponamarev, 2019): cross-entropy ``-log p`` while ``p < threshold``,
+    then ``((1-p) / threshold)^gamma (-log p)`` (focal loss scaled by ``threshold^-gamma``; continuous at 1/2)."""
+    focal = poly_series(prob, gamma=gamma) * threshold ** -gamma
+    return torch.where(prob.logp < _log(threshold), -prob.logp, focal)
+
+
+def reduced_focal_slope(prob: Probability, *, gamma: float, threshold: float) -> Tensor:
+    focal = poly_series_slope(prob, gamma=gamma) * threshold ** -gamma
+    return torch.where(prob.logp < _log(threshold), -prob.one_minus_p, focal)
+
+
 def scheduled_gamma(p: Tensor, bounds: Sequence, gammas: Sequence) -> Tensor:
     """A step function of ``p``: ``gammas[i]`` where ``p < bounds[i]`` first holds (the last for the rest)."""
     gamma = torch.zeros_like(p) + gammas[-1]
@@ -165,7 +177,7 @@ SLOPES: dict[Callable, Callable] = {poly_series: poly_series_slope, soft_truncat
                                     hard_truncation: hard_truncation_slope,
                                     probability_weighted: probability_weighted_slope, inverse_focal: inverse_focal_slope,
                                     sample_dependent_focal: sample_dependent_focal_slope,
-                                    binned_focal: binned_focal_slope}
+                                    binned_focal: binned_focal_slope, reduced_focal: reduced_focal_slope}
 
 
 # --- functions of (p, target) with p = sigmoid(logit) (sigmoid family) ----------------------------
@@ -218,6 +230,21 @@ def varifocal(prob: Probability, quality: Tensor, *, alpha: float, gamma: float,
 def smooth_l1_authentic(diff: Tensor, *, mu: float) -> Tensor:
     """GHM-R's authentic smooth L1: ``sqrt(d^2 + mu^2) - mu``."""
     return torch.sqrt(diff * diff + mu * mu) - mu
+
+
+def _asymmetric_negative(prob: Probability, gamma_neg, clip) -> Tensor:
+    """ASL's term of a negative at ``p``: ``p_m^gamma_neg (-log(1 - p_m))`` with ``p_m = max(p - clip, 0)``
+    (``1 - p_m = min(1 - p + clip, 1)``, never a difference near 1); with ``clip`` 0, focal loss in ``1 - p``."""
+    if is_constant(clip, 0):
+        return power(prob.p, prob.logp, gamma_neg) * -prob.log1m
+    shifted = (prob.p - clip).clamp_min(0)
+    return safe_pow(shifted, gamma_neg) * -torch.log((prob.one_minus_p + clip).clamp_max(1))
+
+
+def asymmetric(prob: Probability, y: Tensor, *, gamma_pos, gamma_neg, clip) -> Tensor:
+    """Asymmetric loss, ASL (Ben-Baruch et al., ICCV 2021): ``y (1-p)^gamma_pos (-log p)`` plus
+    ``(1-y) p_m^gamma_neg (-log(1 - p_m))``, ``p_m = max(p - clip, 0)``; linear in the target ``y``."""
+    return y * poly_series(prob, gamma=gamma_pos) + (1 - y) * _asymmetric_negative(prob, gamma_neg, clip)
 
 
 # --- binary forms: functions of (p_t, y) for targets exactly 0 or 1 -------------------------------
@@ -288,6 +315,50 @@ def binary_hard_truncation_slope(prob: Probability, y: Tensor, *, margin) -> Ten
     return hard_truncation_slope(prob, margin=margin)
 
 
+def binary_asymmetric(prob: Probability, y: Tensor, *, gamma_pos, gamma_neg, clip) -> Tensor:
+    return y * poly_series(prob, gamma=gamma_pos) + (1 - y) * _asymmetric_negative(prob.complement(), gamma_neg, clip)
+
+
+def _asymmetric_negative_slope(prob: Probability, gamma_neg, clip) -> Tensor:
+    """The negative's term at ``p = 1 - p_t`` differentiated in ``z`` (``p_t = sigmoid(z)``): with
+    ``q = p - clip > 0``, ``-p_t (1-p_t) q^gamma (gamma (-log(1-q)) / q + 1 / (1-q))``, and 0 where ``q <= 0``."""
+    if is_constant(clip, 0):
+        return poly_series_slope(prob, gamma=gamma_neg)
+    q = prob.one_minus_p - clip
+    kept = q > 0
+    q = torch.where(kept, q, torch.full_like(q, 0.5))  # any value in (0, 1): the slope is 0 there
+    inner = gamma_neg * -torch.log1p(-q) / q + 1 / (prob.p + clip)
+    slope = -prob.p * prob.one_minus_p * safe_pow(q, gamma_neg) * inner
+    return torch.where(kept, slope, torch.zeros_like(slope))
+
+
+def binary_asymmetric_slope(prob: Probability, y: Tensor, *, gamma_pos, gamma_neg, clip) -> Tensor:
+    return y * poly_series_slope(prob, gamma=gamma_pos) + (1 - y) * _asymmetric_negative_slope(prob, gamma_neg, clip)
+
+
+def binary_reduced_focal(prob: Probability, y: Tensor, *, gamma, threshold) -> Tensor:
+    del y
+    return reduced_focal(prob, gamma=gamma, threshold=threshold)
+
+
+def binary_reduced_focal_slope(prob: Probability, y: Tensor, *, gamma, threshold) -> Tensor:
+    del y
+    return reduced_focal_slope(prob, gamma=gamma, threshold=threshold)
+
+
+def side_weighted_bce(prob: Probability, y: Tensor, *, positive, negative) -> Tensor:
+    """EQLv2's BCE times ``y positive + (1 - y) negative`` (per-class weights of the two sides)."""
+    return (y * positive + (1 - y) * negative) * bernoulli_cross_entropy(prob, y)
+
+
+def binary_side_weighted_bce(prob: Probability, y: Tensor, *, positive, negative) -> Tensor:
+    return (y * positive + (1 - y) * negative) * -prob.logp
+
+
+def binary_side_weighted_bce_slope(prob: Probability, y: Tensor, *, positive, negative) -> Tensor:
+    return (y * positive + (1 - y) * negative) * -prob.one_minus_p
+
+
 @dataclass(frozen=True)
 class SigmoidMath:
     """A sigmoid-family loss: its form for soft targets ``f(P, y)`` with ``P`` the probability
@@ -307,3 +378,7 @@ SOFT_TRUNCATION = SigmoidMath(partial(expected_over_binary, soft_truncation), bi
                               binary_soft_truncation_slope)
 HARD_TRUNCATION = SigmoidMath(partial(expected_over_binary, hard_truncation), binary_hard_truncation,
                               binary_hard_truncation_slope)
+ASYMMETRIC = SigmoidMath(asymmetric, binary_asymmetric, binary_asymmetric_slope)
+REDUCED_FOCAL = SigmoidMath(partial(expected_over_binary, reduced_focal), binary_reduced_focal,
+                            binary_reduced_focal_slope)
+SIDE_WEIGHTED_BCE = SigmoidMath(side_weighted_bce, binary_side_weighted_bce, binary_side_weighted_bce_slope)

@@ -25,13 +25,14 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import _checks, _math
 from ._declare import declare, public_names
 from . import _fused
 from ._backend import engine_for
 from ._errors import InputValueError
+from ._loss_module import StatisticsModule
 from ._numerics import (bernoulli_cross_entropy, bucket_index, cached_outside_compile, compute_dtype, is_class,
                         output_dtype, shared_like, sigmoid_probability, sigmoid_target_gap)
 from ._reduce import reduce_loss, reduction_scale
@@ -419,7 +420,9 @@ def ghm_r_loss(pred: Tensor, target: Tensor, *, mu: float = 0.02, bins: int = 10
                   distributed=distributed, state=None, backend=backend)
 
 
-class _GHMBase(nn.Module):
+class _GHMBase(StatisticsModule):
+    statistics = ("counts", "steps")
+
     def __init__(self, bins: int, momentum: float, bias_correction: bool):
         super().__init__()
         self.bins = _check_bins(bins)
@@ -427,14 +430,6 @@ class _GHMBase(nn.Module):
         self.bias_correction = bool(bias_correction)
         self.register_buffer("counts", torch.zeros(self.bins, dtype=torch.float64))
         self.register_buffer("steps", torch.zeros(self.bins, dtype=torch.float64))
-
-    def _apply(self, fn, recurse=True):
-        # The histogram stays float64 whatever the Module is cast to: fp16 counts overflow at
-        # 65504 and low-precision averages lose small updates.
-        super()._apply(fn, recurse)
-        for name in ("counts", "steps"):
-            setattr(self, name, getattr(self, name).to(torch.float64))
-        return self
 
     def _state(self) -> _MovingCounts | None:
         if self.momentum == 0:

@@ -140,3 +140,18 @@ def test_the_callers_target_is_not_changed():
     kept = dense.clone()
     create_loss("bce", multi_label=True, smoothing=0.2)(logits, dense)
     assert torch.equal(dense, kept)
+
+
+@pytest.mark.parametrize("gamma_pos, gamma_neg, clip", [(0.0, 4.0, 0.05), (1.0, 4.0, 0.05), (0.5, 2.0, 0.0)])
+def test_asymmetric_loss_is_timms_multi_label_asl_on_0_1_targets(gamma_pos, gamma_neg, clip):
+    """Summed over the elements (timm's default divides by the batch size); timm clamps probabilities at
+    eps = 1e-8, which moderate logits never reach, and computes in float32."""
+    from timm.loss import AsymmetricLossMultiLabel
+
+    torch.manual_seed(1)
+    logits = (torch.randn(16, CLASSES, dtype=torch.float64) * 3).requires_grad_()
+    target = (torch.rand(16, CLASSES) < 0.2).double()
+    theirs = AsymmetricLossMultiLabel(gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, reduction="sum")
+    assert_same_loss(
+        lambda x, t: pf.asymmetric_loss(x, t, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, reduction="sum"),
+        lambda x, t: theirs(x, t).double(), logits, target, rtol=1e-5, atol=1e-6)

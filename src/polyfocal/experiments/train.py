@@ -23,7 +23,7 @@ import platform
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -31,7 +31,9 @@ import torch
 from .. import __version__, analysis
 from .._backend import use_backend
 from .._errors import InputValueError
+from .._loss_module import StatisticsModule
 from ..modules import MODULES
+from ..longtail import class_prior
 from ..registry import build_loss, declaration, get_loss_function
 from . import boxes
 from .distributed import current
@@ -200,12 +202,28 @@ def with_validation_if_needed(task: Task, specs) -> Task:
     return task
 
 
+#: keywords a loss may read from the training labels, and how: logit adjustment's prior, LDAM's class counts
+CLASS_STATISTICS = {"prior": class_prior, "class_counts": lambda counts: counts.double()}
+
+
+def with_class_statistics(spec: LossSpec, task: Task) -> LossSpec:
+    """``spec`` with the training set's class statistics for the keywords of :data:`CLASS_STATISTICS` that its
+    loss takes and the spec does not give (a class absent from the training labels counts as one example)."""
+    keywords = inspect.signature(get_loss_function(spec.name)).parameters
+    wanted = [k for k in CLASS_STATISTICS if k in keywords and k not in spec.params]
+    if not wanted or task.kind == "dense":
+        return spec
+    counts = torch.bincount(task.y_train.reshape(-1), minlength=task.num_classes).clamp_min(1)
+    return replace(spec, params={**spec.params, **{k: CLASS_STATISTICS[k](counts) for k in wanted}})
+
+
 def _criterion(spec: LossSpec, world: int):
     """``(loss(logits, target, normalizer), module)`` for one spec; the Module where it holds state."""
     if spec.name == "ghm_c_loss":  # the Module's moving average; its own mean, all-reduced by the loss
         module = build_loss(spec.name, **spec.params)
         return (lambda logits, target, normalizer: module(logits, target) * world), module
-    if learns_from_validation(spec):
+    if learns_from_validation(spec) or issubclass(MODULES[declaration(spec.name).module], StatisticsModule):
+        # AdaFocal's bins, or EQLv2's and EFL's gradient statistics across batches (and ranks)
         module = build_loss(spec.name, **spec.params)
         return (lambda logits, target, normalizer: module(logits, target, normalizer=normalizer)), module
     function = get_loss_function(spec.name)
@@ -233,7 +251,9 @@ def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
     start = time.perf_counter()
     torch.manual_seed(seed)
     model = group.wrap(task.make_model(family, boxes.box_channels(spec.box) if spec.box else 0))
-    criterion, module = _criterion(spec, group.world)
+    criterion, module = _criterion(with_class_statistics(spec, task), group.world)
+    if module is not None:
+        module.to(group.device)  # its statistics beside the logits
     optimizer = torch.optim.Adam(model.parameters(), lr=task.lr if lr is None else lr)
     order = torch.Generator().manual_seed(seed)
     primary = task.metrics_for(spec.box)[0]
@@ -249,7 +269,7 @@ def _train_run(task, spec, seed, epochs, batch_size, lr, on_batch=None) -> dict:
             optimizer.step()
             total, batches = total + float(group.total(loss.detach())), batches + 1
         if hasattr(module, "update"):
-            _update_from_validation(task, model, module.to(group.device), group)
+            _update_from_validation(task, model, module, group)
         metrics = _evaluate(task, model, family, spec.box, group, primary_only=epoch < epochs)
         curves["epoch"].append(epoch)
         curves["train_loss"].append(total / max(batches, 1) / group.world)

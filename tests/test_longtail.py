@@ -1,0 +1,249 @@
+"""Long-tailed and multi-label losses: the helpers against the papers' formulas, the losses that read class
+counts or priors against the reference with those vectors (the shared suites call them without: C varies
+there), their errors, and their Modules. ASL's check against timm's own classes is in tests/vision."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import polyfocal as pf
+import reference as ref
+
+COUNTS = [500.0, 120.0, 30.0, 6.0, 1.0]
+C = len(COUNTS)
+
+
+def inputs(kind: str, shape=(7, C, 3), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * 2
+    if kind == "probs":
+        return logits, torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64), 1)
+    target = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+    target.view(-1)[::5] = -100
+    return logits, target
+
+
+def value_and_grad(f, logits):
+    x = logits.detach().requires_grad_()
+    loss = f(x)
+    return loss, torch.autograd.grad(loss.sum(), x)[0]
+
+
+# --- the helpers ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("beta", [0.0, 0.9, 0.999, 0.9999])
+def test_class_balanced_weight_is_the_effective_number_formula(beta):
+    got = pf.class_balanced_weight(COUNTS, beta=beta)
+    raw = [(1 - beta) / (1 - beta ** n) for n in COUNTS]
+    want = torch.tensor([w * C / sum(raw) for w in raw])
+    assert got.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-6, atol=0)
+    assert math.isclose(float(got.sum()), C, rel_tol=1e-6)
+
+
+def test_class_balanced_weight_approaches_inverse_frequency_and_keeps_a_float_tensors_dtype():
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    got = pf.class_balanced_weight(counts, beta=1 - 1e-12)
+    inverse = (1 / counts) * C / (1 / counts).sum()
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, inverse, rtol=1e-6, atol=0)
+    # bincount's int64 counts, and beta^n close to 1 (1 - beta^n computed without cancellation)
+    labels = torch.cat([torch.full((int(n),), i) for i, n in enumerate(COUNTS)])
+    torch.testing.assert_close(pf.class_balanced_weight(torch.bincount(labels), beta=0.9999),
+                               pf.class_balanced_weight(COUNTS, beta=0.9999))
+
+
+def test_class_prior_and_adjust_logits():
+    prior = pf.class_prior(COUNTS)
+    torch.testing.assert_close(prior, torch.tensor(COUNTS) / sum(COUNTS))
+    logits, _ = inputs("index")
+    got = pf.adjust_logits(logits, prior.double(), tau=0.7)
+    torch.testing.assert_close(got, logits - 0.7 * torch.log(prior.double()).view(1, C, 1))
+    assert got.dtype == logits.dtype
+    # on a tie, the adjusted arg-max is the rarer class
+    tie = torch.zeros(1, C)
+    assert int(pf.adjust_logits(tie, prior).argmax()) == C - 1
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: pf.class_balanced_weight([10, 0, 3]),
+     r"`counts` must be finite and > 0 for every class; got 0.0 for class 1"),
+    (lambda: pf.class_balanced_weight([10, -2]), r"got -2.0 for class 1"),
+    (lambda: pf.class_balanced_weight([]), r"`counts` must be a non-empty vector"),
+    (lambda: pf.class_balanced_weight([[1, 2]]), r"got shape \(1, 2\)"),
+    (lambda: pf.class_balanced_weight([10, 3], beta=1.0), r"`beta` must be in \[0.0, 1.0\); got 1.0"),
+    (lambda: pf.class_balanced_weight([10, 3], beta=-0.1), r"`beta` must be in \[0.0, 1.0\)"),
+    (lambda: pf.class_prior(torch.tensor([3.0, float("nan")])), r"`counts` must be finite"),
+    (lambda: pf.adjust_logits(torch.zeros(2, 3), [0.5, 0.3, 0.1]), r"`prior` must be class probabilities.*sum 0.9"),
+    (lambda: pf.adjust_logits(torch.zeros(2, 3), [0.5, 0.5, 0.0]), r"`prior` must be.*the smallest 0.0"),
+    (lambda: pf.adjust_logits(torch.zeros(2, 3), [0.5, 0.5]), r"`prior` must have shape \(C,\) = \(3,\); got \(2,\)"),
+    (lambda: pf.adjust_logits(torch.zeros(2, 3), [0.2, 0.3, 0.5], tau=-1), r"`tau` must be in \[0.0, inf\]; got -1.0"),
+    (lambda: pf.logit_adjusted_cross_entropy(torch.zeros(2, 3), torch.zeros(2).long(), prior=[0.2, 0.2, 0.2]),
+     r"`prior` must be class probabilities"),
+    (lambda: pf.ldam_loss(torch.zeros(2, 3), torch.zeros(2).long(), class_counts=[4, 2]),
+     r"`class_counts` must have one count per class, C = 3; got 2"),
+    (lambda: pf.ldam_loss(torch.zeros(2, 3), torch.zeros(2).long(), class_counts=[4, 0, 2]),
+     r"`class_counts` must be finite and > 0 for every class; got 0.0 for class 1"),
+    (lambda: pf.ldam_loss(torch.zeros(2, 3), torch.zeros(2).long(), scale=0.0), r"`scale` must be in \(0.0, inf\]"),
+    (lambda: pf.ldam_loss(torch.zeros(2, 3), torch.zeros(2).long(), max_margin=-0.1), r"`max_margin` must be in"),
+    (lambda: pf.ldam_loss(torch.zeros(2, 3), torch.tensor([0, 5])), r"`target` holds class index 5"),
+    (lambda: pf.reduced_focal_loss(torch.zeros(2, 3), torch.zeros(2).long(), threshold=1.0),
+     r"`threshold` must be in \(0.0, 1.0\)"),
+    (lambda: pf.asymmetric_loss(torch.zeros(2, 3), torch.zeros(2, 3), clip=1.0),
+     r"`clip` must be in \[0.0, 1.0\); got 1.0"),
+    (lambda: pf.asymmetric_loss(torch.zeros(2, 3), torch.zeros(2, 3), clip=-0.01), r"`clip` must be in \[0.0, 1.0\)"),
+    (lambda: pf.asymmetric_loss(torch.zeros(2, 3), torch.full((2, 3), 1.5)),
+     r"`target` must lie in \[0, 1\]; got a value 1.5"),
+    (lambda: pf.asymmetric_loss(torch.zeros(2, 3), torch.zeros(2, 3), gamma_neg=-1),
+     r"`gamma_neg` must be in \[0.0, inf\]"),
+])
+def test_bad_input_is_a_value_error_naming_the_argument(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_the_callers_counts_and_prior_are_not_changed():
+    counts, prior = torch.tensor(COUNTS), pf.class_prior(COUNTS)
+    before = counts.clone(), prior.clone()
+    logits, target = inputs("index")
+    pf.class_balanced_weight(counts)
+    pf.ldam_loss(logits, target, class_counts=counts)
+    pf.logit_adjusted_cross_entropy(logits, target, prior=prior)
+    assert torch.equal(counts, before[0]) and torch.equal(prior, before[1])
+
+
+# --- logit adjustment and LDAM with their class vectors, against the reference -------------------------
+
+CASES = {
+    "logit_adjusted_cross_entropy": (ref.logit_adjusted, {"prior": pf.class_prior(COUNTS).double(), "tau": 1.0}),
+    "ldam_loss": (ref.ldam, {"class_counts": COUNTS, "max_margin": 0.5, "scale": 30.0}),
+}
+
+
+#: every option on the engines that run at ordinary sizes; the fused engine (compiled, float64 kernels of
+#: these tests alone) once per target form and reduction
+ENGINE_CASES = [*[(b, r, s) for b in ("reference", "eager") for r in ("mean", "sum", "none") for s in (0.0, 0.1)],
+                ("fused", "mean", 0.1), ("fused", "none", 0.0)]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("backend, reduction, smoothing", ENGINE_CASES)
+def test_matches_the_reference_with_class_vectors(name, kind, reduction, smoothing, backend):
+    move, params = CASES[name]
+    logits, target = inputs(kind)
+    weight = torch.rand(C, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5
+    options = dict(weight=weight, reduction=reduction, label_smoothing=smoothing)
+    got = value_and_grad(lambda x: pf.get_loss_function(name)(x, target, backend=backend, **options, **params), logits)
+    want = value_and_grad(lambda x: ref.softmax_loss(ref.OnLogits(move), x, target, **options, **params), logits)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_balanced_softmax_is_torch_cross_entropy_of_the_moved_logits_and_tau_0_is_cross_entropy():
+    logits, target = inputs("index")
+    prior = pf.class_prior(COUNTS).double()
+    got = pf.logit_adjusted_cross_entropy(logits, target, prior=prior)
+    torch.testing.assert_close(got, F.cross_entropy(logits + prior.log().view(1, C, 1), target))
+    torch.testing.assert_close(pf.logit_adjusted_cross_entropy(logits, target, prior=prior, tau=0.0),
+                               F.cross_entropy(logits, target))
+
+
+def test_ldam_margins_follow_the_counts_to_the_quarter_power_one_example_at_a_time():
+    margins = pf.ldam_margins(COUNTS, 0.5, C)
+    assert float(margins.max()) == pytest.approx(0.5) and int(margins.argmax()) == C - 1
+    torch.testing.assert_close(margins[0] / margins[1], torch.tensor((120 / 500) ** 0.25, dtype=torch.float64))
+    x = torch.tensor([[1.0, 2.0, -0.5, 0.3, 0.0]], dtype=torch.float64)
+    for t in range(C):
+        z = x.clone()
+        z[0, t] -= float(margins[t])
+        want = -torch.log_softmax(30 * z, 1)[0, t]
+        got = pf.ldam_loss(x, torch.tensor([t]), class_counts=COUNTS)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("logit_adjusted_cross_entropy", {"prior": pf.class_prior(COUNTS).double(), "tau": 1.5}),
+    ("ldam_loss", {"class_counts": COUNTS, "scale": 3.0}),
+])
+def test_gradcheck_and_gradgradcheck_with_class_vectors(name, params):
+    logits, target = inputs("index", shape=(4, C))
+    fn = pf.get_loss_function(name)
+    x = logits.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: fn(z, target, **params), (x,))
+    assert torch.autograd.gradgradcheck(lambda z: fn(z, target, **params), (x,))
+
+
+def test_modules_keep_their_class_vectors_as_buffers():
+    prior, counts = pf.class_prior(COUNTS), torch.tensor(COUNTS)
+    la, ldam = pf.LogitAdjustedCrossEntropyLoss(prior=prior), pf.LDAMLoss(class_counts=counts, scale=10.0)
+    assert "prior" in la.state_dict() and "class_counts" in ldam.state_dict()
+    logits, target = inputs("index")
+    x = logits.float()
+    torch.testing.assert_close(la(x, target), pf.logit_adjusted_cross_entropy(x, target, prior=prior))
+    torch.testing.assert_close(ldam(x, target), pf.ldam_loss(x, target, class_counts=counts, scale=10.0))
+    assert pf.build_loss("ldam", class_counts=COUNTS)(x, target).isfinite()
+    with pytest.raises(ValueError, match="`tau` must be in"):
+        pf.LogitAdjustedCrossEntropyLoss(prior=prior, tau=-1.0)
+
+
+# --- reduced focal and ASL: what their forms reduce to --------------------------------------------
+
+def test_reduced_focal_is_cross_entropy_below_the_threshold_and_focal_scaled_above():
+    logits, target = inputs("index", shape=(400, C))
+    per_row = pf.reduced_focal_loss(logits, target, gamma=2.0, threshold=0.3, reduction="none")
+    ce = F.cross_entropy(logits, target, reduction="none")
+    focal = pf.focal_loss(logits, target, gamma=2.0, reduction="none") / 0.3 ** 2
+    p_t = torch.exp(-ce)
+    below = (p_t < 0.3) & (target != -100)
+    assert below.any() and (~below & (target != -100)).any()
+    torch.testing.assert_close(per_row, torch.where(below, ce, focal).masked_fill(target == -100, 0))
+    # at threshold 1/2 the two pieces meet: the loss is continuous in p_t
+    at = torch.tensor([[0.0, 0.0]], dtype=torch.float64)
+    near = pf.reduced_focal_loss(at + torch.tensor([[1e-9, 0.0]]), torch.tensor([0]), reduction="sum")
+    torch.testing.assert_close(pf.reduced_focal_loss(at, torch.tensor([0])), near, rtol=1e-8, atol=0)
+
+
+def test_asl_reduces_to_bce_and_to_focal_where_its_parameters_vanish():
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 6, generator=g, dtype=torch.float64) * 3, torch.randint(0, 2, (8, 6), generator=g).double()
+    plain = pf.asymmetric_loss(x, y, gamma_pos=0.0, gamma_neg=0.0, clip=0.0)
+    torch.testing.assert_close(plain, F.binary_cross_entropy_with_logits(x, y))
+    focal = pf.asymmetric_loss(x, y, gamma_pos=2.0, gamma_neg=2.0, clip=0.0)
+    torch.testing.assert_close(focal, pf.sigmoid_focal_loss(x, y, gamma=2.0, alpha=None))
+    # the clip: a negative with p below it has no loss and no gradient
+    easy = torch.tensor([[-4.0]], dtype=torch.float64, requires_grad=True)  # p = 0.018 < 0.05
+    loss = pf.asymmetric_loss(easy, torch.zeros(1, 1, dtype=torch.float64))
+    loss.backward()
+    assert loss.item() == 0 and easy.grad.item() == 0
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "fused"])
+def test_asl_is_finite_with_finite_gradients_at_saturated_logits(backend):
+    x = torch.tensor([[-1e4, -30.0, -3.0, 0.0, 3.0, 30.0, 1e4]] * 2).requires_grad_()
+    y = torch.tensor([[0.0] * 7, [1.0] * 7])
+    for gamma_neg in (0.0, 0.5, 4.0):
+        loss = pf.asymmetric_loss(x, y, gamma_neg=gamma_neg, clip=0.05, reduction="sum", backend=backend)
+        (grad,) = torch.autograd.grad(loss, x)
+        assert loss.isfinite() and grad.isfinite().all()
+
+
+def test_compare_gives_logit_adjustment_and_ldam_the_training_labels_statistics():
+    from polyfocal.experiments import make_task
+    from polyfocal.experiments.train import LossSpec, with_class_statistics
+
+    task = make_task("digits-lt")
+    counts = torch.bincount(task.y_train, minlength=task.num_classes)
+    assert counts.max() > 10 * counts.min()  # long-tailed
+    la = with_class_statistics(LossSpec("logit_adjusted", "logit_adjusted_cross_entropy", {}), task)
+    torch.testing.assert_close(la.params["prior"], pf.class_prior(counts))
+    ldam = with_class_statistics(LossSpec("ldam", "ldam_loss", {"scale": 5.0}), task)
+    assert torch.equal(ldam.params["class_counts"], counts.double()) and ldam.params["scale"] == 5.0
+    given = LossSpec("ldam", "ldam_loss", {"class_counts": (1.0,) * task.num_classes})
+    assert with_class_statistics(given, task) is given
+    plain = LossSpec("ce", "cross_entropy", {})
+    assert with_class_statistics(plain, task) is plain
