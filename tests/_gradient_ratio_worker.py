@@ -1,5 +1,5 @@
-"""One rank of the 2-process gloo test of EQLv2Loss and EqualizedFocalLoss in test_gradient_ratio.py (not
-collected).
+"""One rank of the 2-process gloo test of the Modules with per-class statistics (EQLv2Loss, EqualizedFocalLoss,
+SeesawLoss) in test_gradient_ratio.py (not collected).
 
     python _gradient_ratio_worker.py RANK WORLD_SIZE STORE_FILE DATA_FILE OUT_FILE
 
@@ -17,15 +17,16 @@ from _gloo import serve_rank
 
 def run(rank: int, data: dict) -> dict:
     out = {}
-    for name, module in (("eqlv2", pf.EQLv2Loss(reduction="sum")), ("efl", pf.EqualizedFocalLoss(4, reduction="sum"))):
+    for name, module in (("eqlv2", pf.EQLv2Loss(reduction="sum")), ("efl", pf.EqualizedFocalLoss(4, reduction="sum")),
+                         ("seesaw", pf.SeesawLoss(4, reduction="sum"))):
         steps = []
-        for x, t in data["batches"]:
+        for x, t in data["softmax_batches" if name == "seesaw" else "batches"]:
             half = x.shape[0] // 2
             part = slice(rank * half, (rank + 1) * half)
             logits = x[part].clone().requires_grad_()
             loss = module(logits, t[part])
             steps.append((loss.detach(), torch.autograd.grad(loss, logits)[0]))
-        out[name] = (steps, module.positive_gradient.clone(), module.negative_gradient.clone())
+        out[name] = (steps, *(b.clone() for b in module.buffers() if b.dtype == torch.float64 and b.ndim == 1))
     return out
 
 

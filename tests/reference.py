@@ -20,9 +20,13 @@ PARAMS = {
     "adafocal_loss": {"gammas": (3.0, -1.5, 0.5), "bin_edges": (0.0, 0.3, 0.6, 1.0)},
 }
 
-#: losses whose gradient is not their value's derivative (a stop-gradient weight): finite differences
-#: (gradcheck) cannot check them, so their own tests compare every derivative with a twin's
-STOP_GRADIENT = {"dft_cross_entropy"}
+#: losses of class-index targets only (the suites give the others probabilities too)
+INDEX_ONLY = {"seesaw_loss"}
+
+#: losses whose gradient is not their value's derivative (a stop-gradient weight: DFT's p_t, seesaw's
+#: compensation): finite differences (gradcheck) cannot check them, so their own tests compare every
+#: derivative with a twin's
+STOP_GRADIENT = {"dft_cross_entropy", "seesaw_loss"}
 
 
 def declared(*families: str) -> dict[str, dict]:
@@ -130,8 +134,8 @@ class OnLogits:
     def __init__(self, move):
         self.move = move
 
-    def __call__(self, p, **params):
-        return ce(p)
+    def __call__(self, probability, /, **params):  # positional: seesaw has a parameter named p
+        return ce(probability)
 
 
 def logit_adjusted(x, y, prior=None, tau=1.0):
@@ -147,6 +151,23 @@ def ldam(x, y, class_counts=None, max_margin=0.5, scale=30.0):
     delta = c / counts ** 0.25
     delta = delta * (max_margin / delta.max())
     return scale * (x - delta * y)
+
+
+def seesaw(x, y, class_counts=None, p=0.8, q=2.0):
+    """Wang et al. (CVPR 2021), one row and one class at a time: for the row's class ``i`` and each other ``j``,
+    ``x_j + log(M_ij C_ij)``, ``M_ij = (N_j / N_i)^p`` if ``N_j < N_i`` (counts of at least 1), ``C_ij =
+    (sigma_j / sigma_i)^q`` if ``sigma_j > sigma_i`` (the probabilities held constant), else 1."""
+    counts = None if class_counts is None else torch.as_tensor(class_counts, dtype=x.dtype).clamp(min=1)
+    sigma = torch.softmax(x.detach(), 1)
+    out = x.clone()
+    for r in range(x.shape[0]):
+        i = int(y[r].argmax())
+        for j in range(x.shape[1]):
+            m = (counts[j] / counts[i]) ** p if counts is not None and counts[j] < counts[i] else 1.0
+            c = (sigma[r, j] / sigma[r, i]) ** q if sigma[r, j] > sigma[r, i] else 1.0
+            if j != i:
+                out[r, j] = x[r, j] + torch.log(torch.as_tensor(m * c, dtype=x.dtype))
+    return out
 
 
 SOFTMAX = {
@@ -166,6 +187,7 @@ SOFTMAX = {
     "reduced_focal_loss": (reduced_focal, {"gamma": 1.5, "threshold": 0.6}),
     "logit_adjusted_cross_entropy": (OnLogits(logit_adjusted), {"tau": 1.0}),
     "ldam_loss": (OnLogits(ldam), {"max_margin": 0.4, "scale": 5.0}),
+    "seesaw_loss": (OnLogits(seesaw), {"q": 1.5}),
 }
 
 

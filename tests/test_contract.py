@@ -85,7 +85,7 @@ def test_finite_at_saturated_logits(name, gamma):
     x, t = inputs(name)
     x = torch.where(torch.rand(x.shape) < 0.5, 1e4, -1e4)
     kwargs = {"gamma": gamma} if "gamma" in ALL[name] or name in ("sigmoid_focal_loss", "varifocal_loss") else {}
-    for target in (t, hard_float_target(name, t, x)):
+    for target in (t, hard_float_target(name, t, x)) if name not in ref.INDEX_ONLY else (t,):
         loss, grad = loss_and_grad(name, x, target, **kwargs)
         assert torch.isfinite(loss).all() and torch.isfinite(grad).all(), (name, gamma)
 
@@ -185,7 +185,11 @@ def test_inputs_are_not_modified(name):
     assert torch.equal(x, before[0]) and torch.equal(t, before[1])
 
 
-@pytest.mark.parametrize("name", sorted(ALL))
+#: stateful Modules whose first call already uses its own batch's statistics (seesaw counts the labels first)
+COUNTS_FIRST = {"seesaw_loss"}
+
+
+@pytest.mark.parametrize("name", sorted(set(ALL) - COUNTS_FIRST))
 def test_module_equals_function(name):
     x, t = inputs(name)
     module = pf.build_loss(name, **ALL[name])
@@ -339,10 +343,10 @@ STATEFUL = {d.name for d in pf.registry.declarations()
 
 
 def test_the_stateful_modules_are_the_ones_with_statistics():
-    assert STATEFUL == {"ghm_c_loss", "ghm_r_loss", "eqlv2_loss", "equalized_focal_loss"}
+    assert STATEFUL == {"ghm_c_loss", "ghm_r_loss", "eqlv2_loss", "equalized_focal_loss", "seesaw_loss"}
 
 
-@pytest.mark.parametrize("name", sorted(set(SOFTMAX) | set(SIGMOID) - STATEFUL | set(DISTRIBUTION)))
+@pytest.mark.parametrize("name", sorted((set(SOFTMAX) | set(SIGMOID) | set(DISTRIBUTION)) - STATEFUL))
 def test_module_takes_per_call_weight_and_normalizer(name):
     x, t = inputs(name)
     weight = torch.rand(x.shape[1]) + 0.5 if name in SOFTMAX else torch.rand(x.shape[0], 1, *x.shape[2:]) + 0.5
@@ -376,7 +380,8 @@ def test_a_module_rejects_a_bad_hyperparameter_when_built(name):
     if name in DISTRIBUTION:
         weight = torch.rand(t.shape) + 0.5
     module = pf.build_loss(name, **ALL[name], weight=weight)  # fits these logits, not the check's example
-    torch.testing.assert_close(module(x, t), call(name, x, t, weight=weight))
+    if name not in COUNTS_FIRST:
+        torch.testing.assert_close(module(x, t), call(name, x, t, weight=weight))
 
 
 def test_the_check_at_construction_does_not_run_the_chosen_engine(monkeypatch):

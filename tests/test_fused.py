@@ -66,6 +66,8 @@ def fused_vs(want_fn, got_fn, logits64, rtol=1e-5, atol=1e-6):
 @pytest.mark.parametrize("kind", ["index", pytest.param("probs", marks=INDUCTOR_TRITON)])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_softmax_losses(name, kind, reduction):
+    if kind == "probs" and name in ref.INDEX_ONLY:
+        pytest.skip("class indices only")
     phi, params = ref.SOFTMAX[name]
     logits, target = softmax_inputs(kind)
     weight = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64)

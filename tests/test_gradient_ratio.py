@@ -111,16 +111,24 @@ def test_the_modules_update_rule_is_the_papers_literal_loop(module, weights_of, 
 
 @needs_gloo
 def test_two_gloo_processes_weight_as_one_process_on_the_whole_batch(tmp_path):
-    batches = [tuple(v.float() for v in batch(seed, n=8))[:1] + (batch(seed, n=8)[1],) for seed in range(3)]
-    ranks = run_ranks(Path(__file__).with_name("_gradient_ratio_worker.py"), {"batches": batches}, tmp_path)
-    for name, module in (("eqlv2", pf.EQLv2Loss(reduction="sum")), ("efl", pf.EqualizedFocalLoss(C, reduction="sum"))):
-        for step, (x, t) in enumerate(batches):
+    """EQLv2 and EFL (sigmoid, with background labels) and seesaw (softmax): per batch, the ranks' summed losses
+    and their gradients' halves are the one process's, and every rank holds the whole batch's statistics."""
+    batches = [(batch(seed, n=8)[0].float(), batch(seed, n=8)[1]) for seed in range(3)]
+    softmax_batches = [(x, t.clamp(max=C - 1)) for x, t in batches]
+    data = {"batches": batches, "softmax_batches": softmax_batches}
+    ranks = run_ranks(Path(__file__).with_name("_gradient_ratio_worker.py"), data, tmp_path)
+    for name, module, steps in (("eqlv2", pf.EQLv2Loss(reduction="sum"), batches),
+                                ("efl", pf.EqualizedFocalLoss(C, reduction="sum"), batches),
+                                ("seesaw", pf.SeesawLoss(C, reduction="sum"), softmax_batches)):
+        for step, (x, t) in enumerate(steps):
             loss, grad = value_and_grad(lambda z: module(z, t), x)
             torch.testing.assert_close(sum(r[name][0][step][0] for r in ranks), loss, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(torch.cat([r[name][0][step][1] for r in ranks]), grad, rtol=1e-5, atol=1e-6)
+        statistics = [b for b in module.buffers() if b.dtype == torch.float64 and b.ndim == 1]
+        assert len(statistics) == (1 if name == "seesaw" else 2)
         for r in ranks:
-            torch.testing.assert_close(r[name][1], module.positive_gradient, rtol=1e-6, atol=1e-9)
-            torch.testing.assert_close(r[name][2], module.negative_gradient, rtol=1e-6, atol=1e-9)
+            for got, want in zip(r[name][1:], statistics, strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
 def test_state_dict_statistics_load_size_and_stay_float64():

@@ -247,3 +247,82 @@ def test_compare_gives_logit_adjustment_and_ldam_the_training_labels_statistics(
     assert with_class_statistics(given, task) is given
     plain = LossSpec("ce", "cross_entropy", {})
     assert with_class_statistics(plain, task) is plain
+
+
+# --- seesaw ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend, reduction, smoothing", ENGINE_CASES)
+def test_seesaw_with_class_counts_matches_the_reference(backend, reduction, smoothing):
+    logits, target = inputs("index")
+    weight = torch.rand(C, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) + 0.5
+    options = dict(weight=weight, reduction=reduction, label_smoothing=smoothing, class_counts=COUNTS, p=0.8, q=2.0)
+    got = value_and_grad(lambda x: pf.seesaw_loss(x, target, backend=backend, **options), logits)
+    want = value_and_grad(lambda x: ref.softmax_loss(ref.OnLogits(ref.seesaw), x, target, **options), logits)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "fused"])
+def test_seesaw_derivatives_are_cross_entropys_of_the_moved_logits_with_the_compensation_constant(backend):
+    """The compensation reads the probabilities held constant (as the authors' code): every derivative, to the
+    second, is cross-entropy's at the moved logits, the factors a constant."""
+    logits, target = inputs("index", shape=(6, C))
+    labels = target.clamp_min(0)
+    sigma = torch.softmax(logits, 1)
+    ratio = sigma / sigma.gather(1, labels[:, None])
+    counts = torch.tensor(COUNTS, dtype=torch.float64)
+    n_j, n_i = counts[None, :], counts[labels][:, None]
+    mitigation = torch.where(n_j < n_i, (n_j / n_i) ** 0.8, torch.ones(()))
+    compensation = torch.where(ratio > 1, ratio ** 2.0, torch.ones(()))
+    log_s = torch.log(mitigation * compensation).scatter(1, labels[:, None], 0.0)
+    x = logits.detach().requires_grad_()
+    got = pf.seesaw_loss(x, target, class_counts=COUNTS, backend=backend)
+    want = F.cross_entropy(x + log_s, target)
+    torch.testing.assert_close(got, want)
+    v = torch.randn_like(x)
+    for loss in (got, want):
+        (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+        (hvp,) = torch.autograd.grad((grad * v).sum(), x)
+        loss.hvp = (grad.detach(), hvp)
+    torch.testing.assert_close(got.hvp, want.hvp)
+
+
+def literal_counts_then_loss(batches):
+    counts, losses = [0.0] * C, []
+    for x, t in batches:
+        for label in t.reshape(-1).tolist():
+            if label != -100:
+                counts[label] += 1
+        losses.append(pf.seesaw_loss(x, t, class_counts=list(counts), backend="reference"))
+    return losses, torch.tensor(counts, dtype=torch.float64)
+
+
+def test_seesaw_module_counts_each_batch_before_its_loss():
+    batches = [inputs("index", seed=s) for s in range(3)]
+    module = pf.SeesawLoss(C)
+    losses, counts = literal_counts_then_loss(batches)
+    for (x, t), want in zip(batches, losses):
+        torch.testing.assert_close(module(x, t), want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(module.class_counts, counts)
+    lazy = pf.SeesawLoss()
+    lazy.load_state_dict(module.state_dict())
+    torch.testing.assert_close(lazy.class_counts, counts)
+    with pytest.raises(ValueError, match=r"statistics of \[5\] classes; this Module has num_classes=3"):
+        pf.SeesawLoss(3).load_state_dict(module.state_dict())
+
+
+def test_seesaw_takes_class_indices_only_and_checks_its_counts():
+    logits, probs = inputs("probs")
+    with pytest.raises(TypeError, match=r"`target` of seesaw_loss must be class indices"):
+        pf.seesaw_loss(logits, probs)
+    with pytest.raises(TypeError, match=r"`target` of seesaw_loss must be class indices"):
+        pf.SeesawLoss(C)(logits, probs)
+    logits, target = inputs("index")
+    with pytest.raises(ValueError, match=r"`class_counts` must be >= 0 for every class"):
+        pf.seesaw_loss(logits, target, class_counts=[5.0, -1.0, 2.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"`p` must be in \[0.0, inf\]"):
+        pf.SeesawLoss(p=-0.5)
+    module = pf.SeesawLoss(C)
+    with pytest.raises(ValueError, match=r"`target` holds class index 9"):
+        module(logits, torch.full_like(target, 9))
+    assert float(module.class_counts.sum()) == 0  # nothing counted from a rejected batch

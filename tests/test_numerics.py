@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import polyfocal as pf
 import reference as ref
-from reference import STOP_GRADIENT, declared
+from reference import INDEX_ONLY, STOP_GRADIENT, declared
 
 GAMMAS = (0.0, 0.5, 1.5, 2.0, 3.0)
 GAMMA_LOSSES = ("focal_loss", "poly_loss", "sigmoid_focal_loss", "poly1_focal_loss", "varifocal_loss")
@@ -43,7 +43,8 @@ FAMILY_FORMS = {"softmax": SOFTMAX_FORMS, "sigmoid": SIGMOID_FORMS, "distributio
 SCORED = ("quality_focal_loss", "varifocal_loss")
 #: every declared loss: its family, its target forms, its hyperparameters
 FORMS = {name: (pf.registry.declaration(name).family,
-                DETECTION_FORMS if name in SCORED else FAMILY_FORMS[pf.registry.declaration(name).family], params)
+                DETECTION_FORMS if name in SCORED else ("index", "smoothed") if name in INDEX_ONLY
+                else FAMILY_FORMS[pf.registry.declaration(name).family], params)
          for name, params in declared().items()}
 #: one engine only: GFL's modulator couples a row's bins, and it always runs on autograd
 SINGLE_ENGINE = {"generalized_focal_loss"}
@@ -191,7 +192,7 @@ def test_target_derivatives_to_second_order(name, form, gamma):
 
 @pytest.mark.parametrize("form", ["one_hot", "soft"])
 @pytest.mark.parametrize("name", sorted(n for n, (family, _, _) in FORMS.items() if family == "softmax"
-                                        and n != "hard_truncated_loss"))
+                                        and n != "hard_truncated_loss" and n not in INDEX_ONLY))
 def test_probability_target_derivatives_to_second_order(name, form):
     if name in STOP_GRADIENT:
         pytest.skip("finite differences differentiate the value; test_softmax holds its derivatives to a twin's")

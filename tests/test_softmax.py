@@ -36,6 +36,8 @@ def grads(loss, logits):
 @pytest.mark.parametrize("target_kind", ["index", "probs"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_matches_reference(name, shape, target_kind, reduction):
+    if target_kind == "probs" and name in ref.INDEX_ONLY:
+        pytest.skip("class indices only (test_longtail: a probability target is a TypeError)")
     phi, params = ref.SOFTMAX[name]
     logits, target = make_inputs(shape, target_kind)
     weight = torch.rand(shape[1], dtype=torch.float64) + 0.5
@@ -85,6 +87,8 @@ def test_gradcheck(name):
     logits, target = make_inputs((3, 4, 2), "index", seed=4)
     fn = pf.get_loss_function(name)
     assert torch.autograd.gradcheck(lambda x: fn(x, target, **params), (logits.detach().requires_grad_(),))
+    if name in ref.INDEX_ONLY:
+        return
     probs = torch.softmax(torch.randn(3, 4, 2, dtype=torch.float64), 1)
     assert torch.autograd.gradcheck(lambda x: fn(x, probs, **params), (logits.detach().requires_grad_(),))
 

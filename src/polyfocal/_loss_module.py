@@ -9,10 +9,12 @@ import inspect
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from . import _checks
 from ._backend import check_backend, use_backend
-from ._errors import InputTypeError
+from ._errors import InputTypeError, InputValueError
 
 
 class LossModule(nn.Module):
@@ -86,6 +88,68 @@ class StatisticsModule(nn.Module):
         for name in self.statistics:
             setattr(self, name, getattr(self, name).to(torch.float64))
         return self
+
+
+class PerClassStatistics(StatisticsModule):
+    """A loss Module with per-class statistics (the buffers named in ``per_class``, float64, of ``num_classes``
+    entries; None sizes them from the first batch's logits), the loss's options in ``options`` (``weight``, a
+    tensor, as a buffer), and all-reduced batch statistics where ``distributed`` says (None: when a process
+    group of 2+ ranks exists)."""
+
+    per_class: tuple[str, ...] = ()
+
+    def __init__(self, num_classes: int | None, distributed: bool | None, options: dict):
+        super().__init__()
+        self.num_classes = None if num_classes is None else _checks.integer(num_classes, "num_classes", low=1)
+        self.distributed = distributed
+        for name in self.statistics:
+            shape = (0 if num_classes is None else self.num_classes,) if name in self.per_class else ()
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.float64))
+        weight = options.pop("weight", None)
+        self.register_buffer("weight", weight if isinstance(weight, Tensor) else None)
+        _checks.check_reduction(options.get("reduction", "mean"), None)
+        _checks.integer(options.get("ignore_index", -100), "ignore_index", low=-(2**63))
+        self.options = options
+
+    @property
+    def _classes(self) -> int:
+        return getattr(self, self.per_class[0]).numel()
+
+    def _sized(self, logits: Tensor) -> None:
+        """Size the statistics from the first logits (``num_classes`` None); other logits' C is an error."""
+        classes = logits.shape[1] if logits.ndim >= 2 else None
+        if self._classes == 0 and classes is not None:
+            for name in self.per_class:
+                setattr(self, name, getattr(self, name).new_zeros(classes))
+        if classes != self._classes:
+            raise InputValueError(f"{type(self).__name__} holds statistics of {self._classes} classes; got logits "
+                                  f"of shape {tuple(logits.shape)}")
+
+    def _all_ranks(self, sums: Tensor) -> Tensor:
+        """A batch's statistics, summed over the ranks where ``distributed`` says."""
+        if _checks.is_distributed(self.distributed):
+            dist.all_reduce(sums)
+        return sums
+
+    def _weight(self, weight):
+        return self.weight if weight is None else weight
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Statistics of another number of classes are a ValueError, before any buffer changes; a Module
+        sized from its first batch takes the loaded size."""
+        sizes = {state_dict[prefix + n].numel() for n in self.per_class if prefix + n in state_dict}
+        wanted = self.num_classes if self.num_classes is not None else self._classes or None
+        if sizes and (len(sizes) > 1 or (wanted is not None and sizes != {wanted})):
+            raise InputValueError(f"`state_dict` holds {type(self).__name__} statistics of {sorted(sizes)} classes; "
+                                  f"this Module has num_classes={wanted}")
+        if sizes and self._classes == 0:
+            self._sized(torch.empty(1, sizes.pop()))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in {"num_classes": self.num_classes, **self.options}.items())
 
 
 #: options that hold one value per class

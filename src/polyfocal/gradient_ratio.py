@@ -13,13 +13,12 @@ buffers (in ``state_dict``), update them after each loss without a host synchron
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from . import _checks, _math
 from ._declare import Hyperparameter, declare, public_names
 from ._errors import InputValueError
-from ._loss_module import StatisticsModule
+from ._loss_module import PerClassStatistics
 from ._numerics import compute_dtype
 from ._sigmoid_engine import dense_target, sigmoid_loss
 from .sigmoid import binary_cross_entropy, sigmoid_alpha
@@ -133,37 +132,12 @@ def equalized_focal_loss(logits: Tensor, target, *, gradient_ratio=None, gamma: 
                         backend=backend)
 
 
-class _GradientRatioModule(StatisticsModule):
+class _GradientRatioModule(PerClassStatistics):
     """The statistics of EQLv2 and EFL: per class, the summed gradient magnitudes of its positive and its
-    negative elements (``positive_gradient``, ``negative_gradient``) and the number of batches (``steps``).
+    negative elements (``positive_gradient``, ``negative_gradient``) and the number of batches (``steps``)."""
 
-    ``num_classes`` None sizes them from the first batch's logits. The options of the loss are the
-    function's, checked when the Module is built; ``weight`` (a tensor) becomes a buffer."""
-
-    statistics = ("positive_gradient", "negative_gradient", "steps")
-
-    def __init__(self, num_classes: int | None, distributed: bool | None, options: dict):
-        super().__init__()
-        self.num_classes = None if num_classes is None else _checks.integer(num_classes, "num_classes", low=1)
-        self.distributed = distributed
-        size = 0 if num_classes is None else self.num_classes
-        for name in ("positive_gradient", "negative_gradient"):
-            self.register_buffer(name, torch.zeros(size, dtype=torch.float64))
-        self.register_buffer("steps", torch.zeros((), dtype=torch.float64))
-        weight = options.pop("weight", None)
-        self.register_buffer("weight", weight if isinstance(weight, Tensor) else None)
-        _checks.check_reduction(options.get("reduction", "mean"), None)
-        _checks.integer(options.get("ignore_index", -100), "ignore_index", low=-(2**63))
-        self.options = options
-
-    def _sized(self, logits: Tensor) -> None:
-        classes = logits.shape[1] if logits.ndim >= 2 else None
-        if self.positive_gradient.numel() == 0 and classes is not None:
-            for name in ("positive_gradient", "negative_gradient"):
-                setattr(self, name, getattr(self, name).new_zeros(classes))
-        if classes != self.positive_gradient.numel():
-            raise InputValueError(f"{type(self).__name__} holds statistics of {self.positive_gradient.numel()} "
-                                  f"classes; got logits of shape {tuple(logits.shape)}")
+    per_class = ("positive_gradient", "negative_gradient")
+    statistics = per_class + ("steps",)
 
     def gradient_ratio(self) -> Tensor:
         """``g_j = positive_j / (negative_j + 1e-10)`` (float64)."""
@@ -183,33 +157,11 @@ class _GradientRatioModule(StatisticsModule):
         if positive is not None:
             on_positives, on_negatives = on_positives * positive, on_negatives * negative
         dims = [d for d in range(x.ndim) if d != 1]
-        sums = torch.stack([on_positives.sum(dims, dtype=torch.float64), on_negatives.sum(dims, dtype=torch.float64)])
-        if _checks.is_distributed(self.distributed):
-            dist.all_reduce(sums)
+        sums = self._all_ranks(torch.stack([on_positives.sum(dims, dtype=torch.float64),
+                                            on_negatives.sum(dims, dtype=torch.float64)]))
         self.positive_gradient += sums[0]
         self.negative_gradient += sums[1]
         self.steps += 1
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """Statistics of another number of classes are a ValueError, before any buffer changes; a Module
-        sized from its first batch takes the loaded size."""
-        sizes = {state_dict[prefix + n].numel() for n in ("positive_gradient", "negative_gradient")
-                 if prefix + n in state_dict}
-        wanted = self.num_classes if self.num_classes is not None else self.positive_gradient.numel() or None
-        if sizes and (len(sizes) > 1 or (wanted is not None and sizes != {wanted})):
-            raise InputValueError(f"`state_dict` holds {type(self).__name__} statistics of {sorted(sizes)} classes; "
-                                  f"this Module has num_classes={wanted}")
-        if sizes and self.positive_gradient.numel() == 0:
-            self._sized(torch.empty(1, sizes.pop()))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    def _weight(self, weight):
-        return self.weight if weight is None else weight
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in {"num_classes": self.num_classes, **self.options}.items())
 
 
 class EQLv2Loss(_GradientRatioModule):

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from . import _checks, _math
 from ._declare import Hyperparameter, declare, public_names
+from ._loss_module import PerClassStatistics
 from ._errors import InputTypeError, InputValueError
 from ._numerics import compute_dtype, is_class, output_dtype
 from ._softmax_engine import check_logits, check_target, softmax_loss
@@ -240,6 +241,105 @@ def reduced_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, th
     return softmax_loss(_math.reduced_focal, params, logits, target, weight=weight, alpha=alpha,
                         ignore_index=ignore_index, label_smoothing=label_smoothing, reduction=reduction,
                         normalizer=normalizer, validate=validate, backend=backend)
+
+
+def _seesaw_log_factors(x: Tensor, labels: Tensor, log_counts, p: float, q: float) -> Tensor:
+    """``log S_ij`` for each row's label ``i`` and every class ``j`` (0 at ``j = i``): mitigation
+    ``-p max(log N_i - log N_j, 0)`` and compensation ``q max(x_j - x_i, 0)`` (``sigma_j / sigma_i`` is
+    ``exp(x_j - x_i)``; the logits held constant, as the paper's probabilities are)."""
+    log_s = torch.zeros_like(x)
+    if log_counts is not None and p > 0:
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        log_s = log_s - p * (log_counts[labels].unsqueeze(1) - log_counts.view(view)).clamp_min(0)
+    if q > 0:
+        at_label = x.detach().gather(1, labels.unsqueeze(1))
+        log_s = log_s + q * (x.detach() - at_label).clamp_min(0)
+    return log_s
+
+
+SEESAW_P = Hyperparameter("p", "seesaw's mitigation exponent (0 turns it off)", flag="--seesaw-p")
+SEESAW_Q = Hyperparameter("q", "seesaw's compensation exponent (0 turns it off)", flag="--seesaw-q")
+
+
+@declare("softmax", "SeesawLoss", aliases=("seesaw",), hyperparameters=(SEESAW_P, SEESAW_Q), curve=False)
+def seesaw_loss(logits: Tensor, target: Tensor, *, class_counts=None, p: float = 0.8, q: float = 2.0, weight=None,
+                ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
+                validate: bool | None = None, backend: str | None = None) -> Tensor:
+    """Seesaw loss (Wang et al., CVPR 2021): cross-entropy with each negative logit ``x_j`` of an example of
+    class ``i`` moved by ``log S_ij``, ``S_ij = M_ij C_ij``.
+
+    Mitigation ``M_ij = (N_j / N_i)^p`` where class ``j`` has fewer accumulated examples than ``i`` (else 1)
+    shrinks the penalty a frequent class's examples put on a rare class's logit; compensation
+    ``C_ij = (sigma_j / sigma_i)^q`` where the negative's probability exceeds the target's (else 1) restores it
+    for the negatives the model wrongly prefers. The counts accumulate over training in :class:`SeesawLoss`;
+    here they are given (None: compensation only). mmdet divides by ``max(sigma_i, 0.01)``; this is exact.
+    Class-index targets only (as the paper): a probability target has no single class ``i``.
+
+    Args:
+        class_counts: per-class example counts so far (0 counts as 1), a sequence or a ``(C,)`` tensor, or None.
+        p: >= 0; the paper uses 0.8.
+        q: >= 0; the paper uses 2.
+        {softmax_args}
+
+    {returns}
+    """
+    num_classes = check_logits(logits)
+    p, q = _checks.number(p, "p", low=0.0), _checks.number(q, "q", low=0.0)
+    _checks.integer(ignore_index, "ignore_index", low=-(2**63))
+    if not check_target(logits, target, ignore_index, validate)[0]:
+        raise InputTypeError("`target` of seesaw_loss must be class indices (N, *): its factors are defined for "
+                             f"one class per example; got a float tensor of shape {tuple(target.shape)}")
+    x = logits.to(compute_dtype(logits))
+    log_counts = None
+    if class_counts is not None:
+        if isinstance(class_counts, Tensor) and not class_counts.is_floating_point():
+            class_counts = class_counts.to(x.dtype)  # bincount's int64
+        counts = _checks.class_vector(class_counts, "class_counts", num_classes, x)
+        if _checks.should_validate(validate, counts) and not bool((counts >= 0).all()):
+            raise InputValueError(f"`class_counts` must be >= 0 for every class; got {counts.tolist()}")
+        log_counts = torch.log(counts.clamp_min(1))
+    labels = torch.where(target == ignore_index, torch.zeros_like(target), target)
+    log_s = _seesaw_log_factors(x, labels, log_counts, p, q)
+    x = x + torch.where(is_class(x, labels), torch.zeros_like(log_s), log_s)
+    return softmax_loss(_math.poly_series, {}, x, target, weight=weight, ignore_index=ignore_index,
+                        label_smoothing=label_smoothing, reduction=reduction, normalizer=normalizer,
+                        validate=False, backend=backend).to(output_dtype(logits))
+
+
+class SeesawLoss(PerClassStatistics):
+    """:func:`seesaw_loss` with its class counts: each call first adds its examples' labels to
+    ``class_counts`` (a float64 buffer, all ranks' together under ``torch.distributed``), then computes the
+    loss, as the paper's implementation does.
+
+    Args:
+        num_classes: C, or None to size the counts from the first batch.
+        distributed: all-reduce each batch's counts across ranks (None: when a process group of 2+ ranks exists).
+        p, q, weight, ignore_index, label_smoothing, reduction, normalizer, validate, backend: as
+            :func:`seesaw_loss`.
+    """
+
+    per_class = statistics = ("class_counts",)
+
+    def __init__(self, num_classes: int | None = None, *, p: float = 0.8, q: float = 2.0, weight=None,
+                 ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean", normalizer=None,
+                 validate: bool | None = None, distributed: bool | None = None, backend: str | None = None):
+        options = dict(p=_checks.number(p, "p", low=0.0), q=_checks.number(q, "q", low=0.0), weight=weight,
+                       ignore_index=ignore_index, reduction=reduction, normalizer=normalizer, validate=validate,
+                       backend=backend,
+                       label_smoothing=_checks.number(label_smoothing, "label_smoothing", low=0.0, high=1.0))
+        super().__init__(num_classes, distributed, options)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None, normalizer=None) -> Tensor:
+        self._sized(logits)
+        options = {**self.options, "weight": self._weight(weight)}
+        options["normalizer"] = options["normalizer"] if normalizer is None else normalizer
+        check_logits(logits)
+        if check_target(logits, target, options["ignore_index"], options["validate"])[0]:  # before it is counted
+            valid = target != options["ignore_index"]
+            labels = torch.where(valid, target, torch.zeros_like(target)).reshape(-1)
+            batch = torch.zeros_like(self.class_counts).index_add_(0, labels, valid.reshape(-1).to(torch.float64))
+            self.class_counts += self._all_ranks(batch)
+        return seesaw_loss(logits, target, class_counts=self.class_counts, **{**options, "validate": False})
 
 
 __all__ = [*public_names(__name__), "class_prior", "class_balanced_weight", "adjust_logits", "ldam_margins"]

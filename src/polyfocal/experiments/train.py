@@ -202,6 +202,11 @@ def with_validation_if_needed(task: Task, specs) -> Task:
     return task
 
 
+def accumulates(spec: LossSpec) -> bool:
+    """Whether the spec's loss Module accumulates statistics over the batches it sees (GHM, EQLv2, EFL, seesaw)."""
+    return issubclass(MODULES[declaration(spec.name).module], StatisticsModule)
+
+
 #: keywords a loss may read from the training labels, and how: logit adjustment's prior, LDAM's class counts
 CLASS_STATISTICS = {"prior": class_prior, "class_counts": lambda counts: counts.double()}
 
@@ -211,7 +216,7 @@ def with_class_statistics(spec: LossSpec, task: Task) -> LossSpec:
     loss takes and the spec does not give (a class absent from the training labels counts as one example)."""
     keywords = inspect.signature(get_loss_function(spec.name)).parameters
     wanted = [k for k in CLASS_STATISTICS if k in keywords and k not in spec.params]
-    if not wanted or task.kind == "dense":
+    if not wanted or task.kind == "dense" or accumulates(spec):  # seesaw's Module counts for itself
         return spec
     counts = torch.bincount(task.y_train.reshape(-1), minlength=task.num_classes).clamp_min(1)
     return replace(spec, params={**spec.params, **{k: CLASS_STATISTICS[k](counts) for k in wanted}})
@@ -222,7 +227,7 @@ def _criterion(spec: LossSpec, world: int):
     if spec.name == "ghm_c_loss":  # the Module's moving average; its own mean, all-reduced by the loss
         module = build_loss(spec.name, **spec.params)
         return (lambda logits, target, normalizer: module(logits, target) * world), module
-    if learns_from_validation(spec) or issubclass(MODULES[declaration(spec.name).module], StatisticsModule):
+    if learns_from_validation(spec) or accumulates(spec):
         # AdaFocal's bins, or EQLv2's and EFL's gradient statistics across batches (and ranks)
         module = build_loss(spec.name, **spec.params)
         return (lambda logits, target, normalizer: module(logits, target, normalizer=normalizer)), module
