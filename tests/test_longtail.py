@@ -326,3 +326,16 @@ def test_seesaw_takes_class_indices_only_and_checks_its_counts():
     with pytest.raises(ValueError, match=r"`target` holds class index 9"):
         module(logits, torch.full_like(target, 9))
     assert float(module.class_counts.sum()) == 0  # nothing counted from a rejected batch
+
+
+def test_compare_reads_alpha_balanced_as_the_training_labels_class_balanced_weights():
+    from polyfocal.experiments import make_task, parse_losses
+    from polyfocal.experiments.train import with_class_statistics
+
+    task = make_task("digits-lt")
+    (spec,) = parse_losses("focal:alpha=balanced")
+    counts = torch.bincount(task.y_train, minlength=task.num_classes)
+    torch.testing.assert_close(with_class_statistics(spec, task).params["alpha"],
+                               pf.class_balanced_weight(counts, beta=0.9999))
+    with pytest.raises(ValueError, match=r"`alpha` must be a real number; got str 'balanced'"):
+        parse_losses("sigmoid_focal:alpha=balanced")

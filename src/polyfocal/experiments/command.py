@@ -101,8 +101,9 @@ def add_compare(commands) -> None:
     p.add_argument("--label-column", default=None, help="CSV label column (default: 'label', else the last)")
     p.add_argument("--losses", default="ce,focal,poly1",
                    help="comma-separated loss names or aliases with parameters, e.g. "
-                        "ce,focal:gamma=1,poly1:epsilon=2 (default: ce,focal,poly1); on dense-toy a box loss "
-                        "after +: sigmoid_focal+l1,qfl+dfl")
+                        "ce,focal:gamma=1,poly1:epsilon=2 (default: ce,focal,poly1); focal:alpha=balanced for "
+                        "class-balanced weights of the training labels; on dense-toy a box loss after +: "
+                        "sigmoid_focal+l1,qfl+dfl")
     p.add_argument("--seeds", type=_seeds, default=[0, 1, 2],
                    help="a count (3 = seeds 0,1,2) or a list 0,4,7 (default 3)")
     add_training_arguments(p)

@@ -33,7 +33,7 @@ from .._backend import use_backend
 from .._errors import InputValueError
 from .._loss_module import StatisticsModule
 from ..modules import MODULES
-from ..longtail import class_prior
+from ..longtail import class_balanced_weight, class_prior
 from ..registry import build_loss, declaration, get_loss_function
 from . import boxes
 from .distributed import current
@@ -85,8 +85,10 @@ def _try_loss(name: str, params: dict) -> None:
     """Build the loss and call it once on a tiny example of its family, so that a value it rejects
     (``gamma=-1``) is found before any training, not at the first step. The example has as many
     classes as a per-class parameter given as a tuple (``alpha=0.2/0.8``), else 3."""
-    loss = build_loss(name, **params)
     family = loss_family(name)
+    if family == "softmax":  # "balanced" stands for a per-class vector made from the task's labels
+        params = {k: class_balanced_weight([1.0] * 3) if v == BALANCED else v for k, v in params.items()}
+    loss = build_loss(name, **params)
     if family is None:
         return
     per_class = [len(v) for k, v in params.items() if k in ("alpha", "weight", "pos_weight") and isinstance(v, tuple)]
@@ -211,15 +213,24 @@ def accumulates(spec: LossSpec) -> bool:
 CLASS_STATISTICS = {"prior": class_prior, "class_counts": lambda counts: counts.double()}
 
 
+#: a ``--losses`` value of ``weight`` or ``alpha``: the class-balanced weights of the training labels' counts
+#: (Cui et al., beta = 0.9999): ``focal:alpha=balanced``
+BALANCED = "balanced"
+
+
 def with_class_statistics(spec: LossSpec, task: Task) -> LossSpec:
     """``spec`` with the training set's class statistics for the keywords of :data:`CLASS_STATISTICS` that its
-    loss takes and the spec does not give (a class absent from the training labels counts as one example)."""
+    loss takes and the spec does not give, and for a ``weight`` or ``alpha`` given as :data:`BALANCED` (a class
+    absent from the training labels counts as one example)."""
     keywords = inspect.signature(get_loss_function(spec.name)).parameters
     wanted = [k for k in CLASS_STATISTICS if k in keywords and k not in spec.params]
-    if not wanted or task.kind == "dense" or accumulates(spec):  # seesaw's Module counts for itself
+    balanced = {k: v for k, v in spec.params.items() if v == BALANCED}
+    if not (wanted or balanced) or task.kind == "dense" or accumulates(spec):  # seesaw's Module counts for itself
         return spec
     counts = torch.bincount(task.y_train.reshape(-1), minlength=task.num_classes).clamp_min(1)
-    return replace(spec, params={**spec.params, **{k: CLASS_STATISTICS[k](counts) for k in wanted}})
+    statistics = {k: CLASS_STATISTICS[k](counts) for k in wanted}
+    statistics.update({k: class_balanced_weight(counts, beta=0.9999) for k in balanced})
+    return replace(spec, params={**spec.params, **statistics})
 
 
 def _criterion(spec: LossSpec, world: int):
