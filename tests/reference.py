@@ -21,7 +21,7 @@ PARAMS = {
 }
 
 #: losses of class-index targets only (the suites give the others probabilities too)
-INDEX_ONLY = {"seesaw_loss"}
+INDEX_ONLY = {"seesaw_loss", "asymmetric_single_label_loss"}
 
 #: losses whose gradient is not their value's derivative (a stop-gradient weight: DFT's p_t, seesaw's
 #: compensation): finite differences (gradcheck) cannot check them, so their own tests compare every
@@ -170,6 +170,22 @@ def seesaw(x, y, class_counts=None, p=0.8, q=2.0):
     return out
 
 
+class ByClass:
+    """A loss with one form at the target class and another at the others (the single-label ASL), each weighted
+    by its share of the (smoothed) target."""
+
+    def __init__(self, target, other):
+        self.target, self.other = target, other
+
+
+def asl_target(p, gamma_pos, gamma_neg):
+    return -((1 - p) ** gamma_pos) * torch.log(p)
+
+
+def asl_other(p, gamma_pos, gamma_neg):
+    return -(p ** gamma_neg) * torch.log(p)
+
+
 SOFTMAX = {
     "cross_entropy": (ce, {}),
     "focal_loss": (focal, {"gamma": 2.0}),
@@ -188,6 +204,7 @@ SOFTMAX = {
     "logit_adjusted_cross_entropy": (OnLogits(logit_adjusted), {"tau": 1.0}),
     "ldam_loss": (OnLogits(ldam), {"max_margin": 0.4, "scale": 5.0}),
     "seesaw_loss": (OnLogits(seesaw), {"q": 1.5}),
+    "asymmetric_single_label_loss": (ByClass(asl_target, asl_other), {"gamma_pos": 1.0, "gamma_neg": 3.0}),
 }
 
 
@@ -209,13 +226,17 @@ def softmax_loss(phi, logits, target, *, weight=None, alpha=None, ignore_index=-
         safe = torch.where(valid, t, 0)
         y = torch.nn.functional.one_hot(safe, c).to(x.dtype)
         denominators = w[safe] * valid
+    hard = y
     if isinstance(phi, OnLogits):
         x = phi.move(x, y, **params)
         p = torch.softmax(x, dim=1)
     y = y * (1 - label_smoothing) + label_smoothing / c
     losses = []
     for i in range(len(x)):
-        per_class = phi(p[i], **params)
+        if isinstance(phi, ByClass):
+            per_class = torch.where(hard[i] > 0, phi.target(p[i], **params), phi.other(p[i], **params))
+        else:
+            per_class = phi(p[i], **params)
         losses.append((y[i] * w * a * per_class).sum() if valid[i] else x.new_zeros(()))
     loss = torch.stack(losses)
     if reduction == "none":

@@ -25,7 +25,17 @@ INDUCTOR_TRITON = pytest.mark.inductor_triton
 
 
 def is_fused(loss):
-    return loss.grad_fn is not None and "SavedGradient" in type(loss.grad_fn).__name__
+    """Whether the fused engine computed ``loss``: its gradient is a saved one, or a sum or multiple of saved
+    ones (the single-label ASL adds two passes)."""
+    return _from_saved_gradients(loss.grad_fn)
+
+
+def _from_saved_gradients(node) -> bool:
+    name = type(node).__name__
+    if "SavedGradient" in name:
+        return True
+    inputs = [f for f, _ in getattr(node, "next_functions", ()) if f is not None]
+    return name in ("AddBackward0", "MulBackward0") and bool(inputs) and all(map(_from_saved_gradients, inputs))
 
 
 def softmax_inputs(kind, seed=0):

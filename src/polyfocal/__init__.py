@@ -9,12 +9,13 @@ read from those declarations.
 """
 
 # the families first, in the order their losses are listed (the declarations' order)
-from . import softmax, longtail, adafocal, sigmoid, gradient_ratio, gfl, ghm  # noqa: I001
+from . import softmax, longtail, adafocal, sigmoid, asymmetric, gradient_ratio, gfl, ghm  # noqa: I001
 from . import calibration, modules, registry
 from ._backend import get_backend, set_backend, use_backend
 from ._background import wait_for_compiles
 from ._errors import InputError, InputTypeError, InputValueError
 from .adafocal import *  # noqa: F401,F403 (AdaFocal's loss, Module and update rule)
+from .asymmetric import *  # noqa: F401,F403 (ASL, multi-label and single-label)
 from .gradient_ratio import *  # noqa: F401,F403 (EQLv2, the equalized focal loss and their Modules)
 from .gfl import *  # noqa: F401,F403 (the generalized focal losses, VFL, decode_distribution)
 from .ghm import *  # noqa: F401,F403 (GHM-C, GHM-R and their Modules)
@@ -32,8 +33,8 @@ from .vocab_parallel import vocab_parallel_linear_loss
 __version__ = "0.1.0"
 
 __all__ = [
-    *softmax.__all__, *longtail.__all__, *adafocal.__all__, *sigmoid.__all__, *gradient_ratio.__all__,
-    *gfl.__all__, *ghm.__all__,
+    *softmax.__all__, *longtail.__all__, *adafocal.__all__, *sigmoid.__all__, *asymmetric.__all__,
+    *gradient_ratio.__all__, *gfl.__all__, *ghm.__all__,
     *modules.__all__, *registry.__all__,
     # the fused linear head
     "linear_loss", "LinearLoss", "vocab_parallel_linear_loss",

@@ -117,6 +117,17 @@ def reduced_focal_slope(prob: Probability, *, gamma: float, threshold: float) ->
     return torch.where(prob.logp < _log(threshold), -prob.one_minus_p, focal)
 
 
+def power_weighted(prob: Probability, *, gamma) -> Tensor:
+    """``-p^gamma log p``: the single-label ASL's term of a class other than the target."""
+    return power(prob.p, prob.logp, gamma) * -prob.logp
+
+
+def target_minus_other(prob: Probability, *, gamma_pos, gamma_neg) -> Tensor:
+    """The single-label ASL's target form less the other classes' form, ``-((1-p)^gamma_pos - p^gamma_neg) log p``
+    (added at the target to a sum of the other form over every class)."""
+    return poly_series(prob, gamma=gamma_pos) - power_weighted(prob, gamma=gamma_neg)
+
+
 def scheduled_gamma(p: Tensor, bounds: Sequence, gammas: Sequence) -> Tensor:
     """A step function of ``p``: ``gammas[i]`` where ``p < bounds[i]`` first holds (the last for the rest)."""
     gamma = torch.zeros_like(p) + gammas[-1]

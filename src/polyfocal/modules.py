@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import adafocal, gfl, ghm, gradient_ratio, longtail, sigmoid, softmax  # noqa: F401 (their declarations)
+from . import adafocal, asymmetric, gfl, ghm, gradient_ratio, longtail, sigmoid, softmax  # noqa: F401 (declarations)
 from ._declare import declarations
 from ._loss_module import _EXAMPLES, PER_CLASS, LossModule  # noqa: F401 (LossModule is public here)
 

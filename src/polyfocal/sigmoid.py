@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import _checks, _math
-from ._declare import Hyperparameter, declare, public_names
+from ._declare import declare, public_names
 from ._sigmoid_engine import check_weight, sigmoid_loss
 
 
@@ -149,40 +149,6 @@ def sigmoid_hard_truncated_loss(logits: Tensor, target, *, margin: float = 0.5, 
     margin = _checks.number(margin, "margin", low=0.0, high=1.0, low_open=True, high_open=True)
     f, params = _math.HARD_TRUNCATION, dict(margin=margin)
     return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
-
-
-GAMMA_POS = Hyperparameter("gamma_pos", "ASL's focusing parameter of the positives", flag="--gamma-pos")
-GAMMA_NEG = Hyperparameter("gamma_neg", "ASL's focusing parameter of the negatives", flag="--gamma-neg")
-CLIP = Hyperparameter("clip", "ASL's probability margin m of the negatives")
-
-
-@declare("sigmoid", "AsymmetricLoss", aliases=("asl",), hyperparameters=(GAMMA_POS, GAMMA_NEG, CLIP))
-def asymmetric_loss(logits: Tensor, target, *, gamma_pos: float = 0.0, gamma_neg: float = 4.0, clip: float = 0.05,
-                    weight=None, ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                    validate: bool | None = None, backend: str | None = None) -> Tensor:
-    """Asymmetric loss, ASL (Ben-Baruch et al., ICCV 2021), for multi-label classification:
-    ``-y (1-p)^gamma_pos log p - (1-y) p_m^gamma_neg log(1 - p_m)``, ``p_m = max(p - clip, 0)``.
-
-    The many easy negatives of a multi-label image are down-weighted twice: focused harder than the
-    positives (``gamma_neg > gamma_pos``) and, below ``p = clip``, discarded (which also ignores
-    negatives that are probably mislabelled positives less than hard thresholding would). The paper's
-    defaults are gamma_pos = 0, gamma_neg = 4, clip = 0.05. timm's ``AsymmetricLossMultiLabel`` is the
-    same loss for 0/1 targets, summed (``reduction="sum"``); for soft targets this form is linear in
-    ``y`` (timm mixes the modulator's exponent and base by ``y``).
-
-    Args:
-        gamma_pos: >= 0.
-        gamma_neg: >= 0.
-        clip: the probability margin ``m`` in [0, 1); 0 turns it off.
-        {sigmoid_args}
-
-    {returns}
-    """
-    params = dict(gamma_pos=_checks.number(gamma_pos, "gamma_pos", low=0.0),
-                  gamma_neg=_checks.number(gamma_neg, "gamma_neg", low=0.0),
-                  clip=_checks.number(clip, "clip", low=0.0, high=1.0, high_open=True))
-    return sigmoid_loss(_math.ASYMMETRIC, params, logits, target, weight=weight, ignore_index=ignore_index,
                         reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
 
 

@@ -155,3 +155,16 @@ def test_asymmetric_loss_is_timms_multi_label_asl_on_0_1_targets(gamma_pos, gamm
     assert_same_loss(
         lambda x, t: pf.asymmetric_loss(x, t, gamma_pos=gamma_pos, gamma_neg=gamma_neg, clip=clip, reduction="sum"),
         lambda x, t: theirs(x, t).double(), logits, target, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gamma_pos, gamma_neg, eps", [(1.0, 4.0, 0.1), (0.0, 2.0, 0.3), (2.0, 4.0, 0.0)])
+def test_asymmetric_single_label_loss_is_timms(gamma_pos, gamma_neg, eps):
+    from timm.loss import AsymmetricLossSingleLabel
+
+    torch.manual_seed(2)
+    logits = (torch.randn(16, CLASSES, dtype=torch.float64) * 3).requires_grad_()
+    labels = torch.randint(0, CLASSES, (16,))
+    theirs = AsymmetricLossSingleLabel(gamma_pos=gamma_pos, gamma_neg=gamma_neg, eps=eps)
+    assert_same_loss(lambda x, t: pf.asymmetric_single_label_loss(x, t, gamma_pos=gamma_pos, gamma_neg=gamma_neg,
+                                                                   label_smoothing=eps),
+                     theirs, logits, labels, rtol=1e-10, atol=1e-12)
