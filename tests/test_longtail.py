@@ -339,3 +339,29 @@ def test_compare_reads_alpha_balanced_as_the_training_labels_class_balanced_weig
                                pf.class_balanced_weight(counts, beta=0.9999))
     with pytest.raises(ValueError, match=r"`alpha` must be a real number; got str 'balanced'"):
         parse_losses("sigmoid_focal:alpha=balanced")
+
+
+def test_ldam_module_switches_on_class_balanced_weights_at_the_drw_epoch():
+    logits, target = inputs("index")
+    module = pf.LDAMLoss(class_counts=COUNTS, scale=10.0, drw_epoch=3, drw_beta=0.999)
+    plain = pf.ldam_loss(logits, target, class_counts=COUNTS, scale=10.0)
+    weighted = pf.ldam_loss(logits, target, class_counts=COUNTS, scale=10.0,
+                            weight=pf.class_balanced_weight(COUNTS, beta=0.999).double())
+    for epoch, want in ((0, plain), (2, plain), (3, weighted), (7, weighted)):
+        module.set_epoch(epoch)
+        torch.testing.assert_close(module(logits, target), want)
+    restored = pf.LDAMLoss(class_counts=COUNTS, scale=10.0, drw_epoch=3, drw_beta=0.999)
+    restored.load_state_dict(module.state_dict())
+    assert int(restored.epoch) == 7
+    torch.testing.assert_close(restored(logits, target), weighted)
+    per_call = torch.rand(C, dtype=torch.float64) + 0.5  # a weight given to the call replaces DRW's for that call
+    torch.testing.assert_close(module(logits, target, weight=per_call),
+                               pf.ldam_loss(logits, target, class_counts=COUNTS, scale=10.0, weight=per_call))
+    with pytest.raises(ValueError, match=r"`drw_epoch` re-weights by `class_counts`"):
+        pf.LDAMLoss(drw_epoch=3)
+    with pytest.raises(ValueError, match=r"`drw_epoch` re-weights by `class_counts`"):
+        pf.LDAMLoss(class_counts=COUNTS, drw_epoch=3, weight=torch.ones(C))
+    with pytest.raises(ValueError, match=r"`epoch` must be >= 0"):
+        module.set_epoch(-1)
+    with pytest.raises(ValueError, match=r"`drw_epoch` must be >= 0"):
+        pf.LDAMLoss(class_counts=COUNTS, drw_epoch=-2)

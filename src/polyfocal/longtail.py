@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import _checks, _math
 from ._declare import Hyperparameter, declare, public_names
-from ._loss_module import PerClassStatistics
+from ._loss_module import _EXAMPLES, LossModule, PerClassStatistics
 from ._errors import InputTypeError, InputValueError
 from ._numerics import compute_dtype, is_class, output_dtype
 from ._softmax_engine import check_logits, check_target, softmax_loss
@@ -215,6 +215,45 @@ def ldam_loss(logits: Tensor, target: Tensor, *, class_counts=None, max_margin: 
     return softmax_loss(_math.poly_series, {}, x, target, weight=weight, ignore_index=ignore_index,
                         label_smoothing=label_smoothing, reduction=reduction, normalizer=normalizer,
                         validate=False, backend=backend).to(output_dtype(logits))
+
+
+class LDAMLoss(LossModule):
+    """:func:`ldam_loss` as a Module, with the paper's deferred re-weighting (DRW): from epoch ``drw_epoch``
+    on (``set_epoch``, a buffer in ``state_dict``) the loss takes ``weight=class_balanced_weight(class_counts,
+    drw_beta)``; before it, none. The switch reads the epoch on the device, without a host synchronisation.
+
+    Args:
+        drw_epoch: the first re-weighted epoch (the paper: 160 of 200 on CIFAR), or None (no re-weighting).
+        drw_beta: the class-balanced weights' beta, in [0, 1); the paper uses 0.9999.
+        class_counts, max_margin, scale, ...: as :func:`ldam_loss` (``class_counts`` required with DRW, and
+            ``weight`` not allowed with it: DRW is the weight).
+    """
+
+    function = staticmethod(ldam_loss)
+    example = staticmethod(_EXAMPLES["softmax"])
+
+    def __init__(self, *, drw_epoch: int | None = None, drw_beta: float = 0.9999, **options):
+        super().__init__(**options)
+        self.drw_epoch = None if drw_epoch is None else _checks.integer(drw_epoch, "drw_epoch", low=0)
+        counts = options.get("class_counts")
+        weights = None
+        if self.drw_epoch is not None:
+            if counts is None or options.get("weight") is not None:
+                raise InputValueError("`drw_epoch` re-weights by `class_counts`: give them, and no `weight`; got "
+                                      f"class_counts={counts!r}, weight={options.get('weight')!r}")
+            weights = class_balanced_weight(counts, beta=drw_beta)
+        self.register_buffer("drw_weight", weights)
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.int64))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch about to be trained (0-based), as a sampler's ``set_epoch``."""
+        self.epoch.fill_(_checks.integer(epoch, "epoch", low=0))
+
+    def forward(self, logits: Tensor, target, weight: Tensor | None = None, normalizer=None) -> Tensor:
+        if weight is None and self.drw_weight is not None:
+            on = self.epoch >= self.drw_epoch
+            weight = torch.where(on, self.drw_weight.to(logits.device), torch.ones_like(self.drw_weight))
+        return super().forward(logits, target, weight, normalizer)
 
 
 @declare("softmax", "ReducedFocalLoss", aliases=("reduced_focal",), hyperparameters=("gamma", THRESHOLD))
