@@ -163,7 +163,8 @@ def test_compare_digits_lt(tmp_path, capsys):
     argv = ["compare", "--task", "digits-lt", "--losses", "ce,poly1:epsilon=2", "--seeds", "2", "--epochs", "2",
             "--imbalance", "10", "--quiet", "--out", str(tmp_path)]
     assert main(argv) == 0
-    results = _check_outputs(tmp_path, 4, ["balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"])
+    results = _check_outputs(tmp_path, 4, ["balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll",
+                                           "head_accuracy", "middle_accuracy", "tail_accuracy"])
     assert results["config"]["task_options"]["imbalance"] == 10
     counts = results["task"]["train_class_counts"]
     assert counts[0] / counts[-1] == pytest.approx(10, rel=0.1)

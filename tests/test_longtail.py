@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -365,3 +366,19 @@ def test_ldam_module_switches_on_class_balanced_weights_at_the_drw_epoch():
         module.set_epoch(-1)
     with pytest.raises(ValueError, match=r"`drw_epoch` must be >= 0"):
         pf.LDAMLoss(class_counts=COUNTS, drw_epoch=-2)
+
+
+def test_head_middle_and_tail_accuracy_are_balanced_accuracy_within_thirds_of_the_classes_by_count():
+    from polyfocal.experiments import make_task
+    from polyfocal.experiments.metrics import frequency_groups, group_accuracies
+
+    assert frequency_groups([5, 50, 1, 20, 9, 7, 3]) == {"head": [1, 3, 4], "middle": [5, 0], "tail": [6, 2]}
+    y_true = np.array([0, 0, 1, 1, 2, 2, 3])
+    y_pred = np.array([0, 1, 1, 1, 0, 0, 3])
+    got = group_accuracies(y_true, y_pred, {"head": [0, 1], "middle": [2], "tail": [3, 4]})
+    assert got == {"head_accuracy": 0.75, "middle_accuracy": 0.0, "tail_accuracy": 1.0}  # class 4 absent: no recall
+    task = make_task("digits-lt")
+    assert task.metrics[-3:] == ("head_accuracy", "middle_accuracy", "tail_accuracy")
+    scores = task.evaluate(torch.nn.functional.one_hot(task.y_test, task.num_classes).float(), "softmax")
+    assert all(scores[f"{g}_accuracy"] == 1.0 for g in ("head", "middle", "tail"))
+    assert "tail_accuracy" not in make_task("digits-lt", imbalance=1).metrics

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .._errors import InputValueError
 
-__all__ = ["accuracy", "balanced_accuracy", "macro_f1", "expected_calibration_error",
+__all__ = ["accuracy", "balanced_accuracy", "frequency_groups", "group_accuracies", "macro_f1", "expected_calibration_error",
            "average_precision", "average_precisions", "roc_auc", "t_interval", "t_quantile"]
 
 
@@ -54,6 +54,25 @@ def balanced_accuracy(y_true, y_pred) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
         return float(_sklearn().balanced_accuracy_score(y_true, y_pred.ravel()))
+
+
+def frequency_groups(counts) -> dict[str, list[int]]:
+    """The classes by training count, most frequent first, cut into thirds (as close as they divide):
+    ``{"head": [...], "middle": [...], "tail": [...]}``, the usual long-tailed report."""
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    return {name: part.tolist() for name, part in zip(("head", "middle", "tail"), np.array_split(order, 3))}
+
+
+def group_accuracies(y_true, y_pred, groups: dict) -> dict[str, float]:
+    """``{"<group>_accuracy": mean recall of the group's classes present in y_true}`` (NaN for a group
+    with none): balanced accuracy within each group of :func:`frequency_groups`."""
+    y_true, y_pred = _pair(y_true, y_pred, "y_pred")
+    y_pred = y_pred.ravel()
+    out = {}
+    for name, classes in groups.items():
+        recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in classes if np.any(y_true == c)]
+        out[f"{name}_accuracy"] = float(np.mean(recalls)) if recalls else math.nan
+    return out
 
 
 def macro_f1(y_true, y_pred, labels=None) -> float:

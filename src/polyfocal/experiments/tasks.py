@@ -34,6 +34,8 @@ METRICS = {
     "binary": ("average_precision", "roc_auc"),
     "dense": ("map",),
 }
+#: a long-tailed multi-class task's accuracy on its most frequent, middle and rarest thirds of classes
+GROUP_METRICS = ("head_accuracy", "middle_accuracy", "tail_accuracy")
 #: metrics of dense runs that also regress boxes (:mod:`.boxes`)
 BOX_METRICS = ("map_box", "map", "loc_error")
 #: metrics where lower is better
@@ -83,7 +85,12 @@ class Task:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        return METRICS[self.kind]
+        return METRICS[self.kind] + (GROUP_METRICS if self.long_tailed else ())
+
+    @property
+    def long_tailed(self) -> bool:
+        """A multi-class task built with an imbalance (digits-lt): it reports head, middle and tail accuracy."""
+        return self.kind == "multiclass" and self.options.get("imbalance", 1) > 1
 
     @property
     def primary(self) -> str:
@@ -145,9 +152,13 @@ class Task:
             pred = probs.argmax(1)
             if primary_only:
                 return {"balanced_accuracy": M.balanced_accuracy(y, pred)}
-            return {"balanced_accuracy": M.balanced_accuracy(y, pred), "accuracy": M.accuracy(y, pred),
-                    "macro_f1": M.macro_f1(y, pred, labels=range(self.num_classes)),
-                    "ece": M.expected_calibration_error(probs, y, 15), **M.calibration_metrics(logits, self.y_test)}
+            out = {"balanced_accuracy": M.balanced_accuracy(y, pred), "accuracy": M.accuracy(y, pred),
+                   "macro_f1": M.macro_f1(y, pred, labels=range(self.num_classes)),
+                   "ece": M.expected_calibration_error(probs, y, 15), **M.calibration_metrics(logits, self.y_test)}
+            if self.long_tailed:
+                counts = torch.bincount(self.y_train.long(), minlength=self.num_classes).numpy()
+                out.update(M.group_accuracies(y, pred, M.frequency_groups(counts)))
+            return out
         if self.kind == "binary":
             score = torch.sigmoid(logits[:, 0]) if family == "sigmoid" else torch.softmax(logits, 1)[:, 1]
             score = score.numpy()
