@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from .._errors import InputValueError
 
-__all__ = ["accuracy", "balanced_accuracy", "frequency_groups", "group_accuracies", "macro_f1", "expected_calibration_error",
+__all__ = ["accuracy", "balanced_accuracy", "frequency_groups", "group_accuracies", "macro_f1",
+           "expected_calibration_error",
            "average_precision", "average_precisions", "roc_auc", "t_interval", "t_quantile"]
 
 
