@@ -382,3 +382,62 @@ def test_head_middle_and_tail_accuracy_are_balanced_accuracy_within_thirds_of_th
     scores = task.evaluate(torch.nn.functional.one_hot(task.y_test, task.num_classes).float(), "softmax")
     assert all(scores[f"{g}_accuracy"] == 1.0 for g in ("head", "middle", "tail"))
     assert "tail_accuracy" not in make_task("digits-lt", imbalance=1).metrics
+
+
+# --- focal loss's normalised form ------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "fused"])
+@pytest.mark.parametrize("kind, smoothing", [("index", 0.0), ("index", 0.1), ("probs", 0.0)])
+def test_normalized_softmax_focal_divides_by_the_weighted_modulators(backend, kind, smoothing):
+    logits, target = inputs(kind)
+    weight = torch.rand(C, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) + 0.5
+
+    def literal(x):
+        p = torch.softmax(x.movedim(1, -1).reshape(-1, C), 1)
+        if kind == "index":
+            t = target.reshape(-1)
+            y = F.one_hot(t.clamp_min(0), C).double() * (t != -100).double()[:, None]
+            y = (y * (1 - smoothing) + smoothing / C) * (t != -100).double()[:, None]
+        else:
+            y = target.movedim(1, -1).reshape(-1, C)
+        modulated = y * weight * (1 - p) ** 1.5
+        return (modulated * -torch.log(p)).sum() / modulated.sum()
+
+    got = value_and_grad(lambda x: pf.focal_loss(x, target, gamma=1.5, weight=weight, normalized=True,
+                                                 label_smoothing=smoothing, backend=backend), logits)
+    for a, b in zip(got, value_and_grad(literal, logits)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "eager", "fused"])
+def test_normalized_sigmoid_focal_is_segmentation_models_pytorchs_with_its_sum(backend):
+    """smp's focal_loss_with_logits, written out: ``pt = exp(-BCE)``, ``(1 - pt)^gamma`` times BCE times
+    alpha_t, divided by the modulators' sum, then summed (reduction="sum")."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, C, 7, generator=g, dtype=torch.float64) * 2
+    y = (torch.rand(6, C, 7, generator=g) < 0.3).double()
+
+    def smp(z):
+        bce = F.binary_cross_entropy_with_logits(z, y, reduction="none")
+        focal_term = (1 - torch.exp(-bce)) ** 2.0
+        loss = focal_term * bce * (0.25 * y + 0.75 * (1 - y))
+        return (loss / focal_term.sum().clamp_min(1e-6)).sum()
+
+    got = value_and_grad(lambda z: pf.sigmoid_focal_loss(z, y, normalized=True, backend=backend), x)
+    for a, b in zip(got, value_and_grad(smp, x)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    labels = torch.randint(0, C + 1, (6, 7), generator=g)
+    labels[0, 0] = -100
+    z = x.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: pf.sigmoid_focal_loss(v, labels, normalized=True), (z,))
+    assert torch.autograd.gradcheck(lambda v: pf.focal_loss(v, labels.clamp(max=C - 1), normalized=True), (z,))
+
+
+def test_normalized_takes_the_mean_only():
+    logits, target = inputs("index")
+    with pytest.raises(ValueError, match=r"`normalized=True` divides the sum .* got reduction='sum'"):
+        pf.focal_loss(logits, target, normalized=True, reduction="sum")
+    with pytest.raises(ValueError, match=r"got reduction='mean', normalizer=4.0"):
+        pf.sigmoid_focal_loss(logits, torch.rand_like(logits), normalized=True, normalizer=4.0)
+    with pytest.raises(TypeError, match=r"`normalized` must be True or False; got str 'yes'"):
+        pf.FocalLoss(normalized="yes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from . import _checks, _math
+from . import _checks, _math, _modulator
 from ._declare import declare, public_names
 from ._sigmoid_engine import check_weight, sigmoid_loss
 
@@ -39,8 +39,8 @@ def binary_cross_entropy(logits: Tensor, target, *, pos_weight: Tensor | None = 
 
 @declare("sigmoid", "SigmoidFocalLoss", aliases=("sigmoid_focal",), hyperparameters=("gamma", "alpha"))
 def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: float | None = 0.25,
-                       weight=None, ignore_index: int = -100, reduction: str = "mean", normalizer=None,
-                       validate: bool | None = None, backend: str | None = None) -> Tensor:
+                       normalized: bool = False, weight=None, ignore_index: int = -100, reduction: str = "mean",
+                       normalizer=None, validate: bool | None = None, backend: str | None = None) -> Tensor:
     """RetinaNet's focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` (Lin et al., arXiv:1708.02002).
 
     ``p_t = y p + (1 - y)(1 - p)``; ``alpha_t = alpha y + (1 - alpha)(1 - y)``: alpha weights
@@ -51,6 +51,9 @@ def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: flo
     Args:
         gamma: focusing parameter, >= 0.
         alpha: in [0, 1], or None for no class balance.
+        normalized: divide the sum by the modulators' sum ``sum (1 - p_t)^gamma`` over the counted elements
+            (differentiated) in place of the mean's count: segmentation_models_pytorch's ``normalized=True``
+            with its ``reduction="sum"``; ``reduction="mean"`` only.
         {sigmoid_args}
 
     {returns}
@@ -63,8 +66,11 @@ def sigmoid_focal_loss(logits: Tensor, target, *, gamma: float = 2.0, alpha: flo
     """
     gamma = _checks.number(gamma, "gamma", low=0.0)
     f, params = _math.FOCAL, dict(gamma=gamma, alpha=sigmoid_alpha(alpha))
-    return sigmoid_loss(f, params, logits, target, weight=weight, ignore_index=ignore_index,
-                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
+    contract = dict(weight=weight, ignore_index=ignore_index, validate=validate, backend=backend)
+    if not _modulator.check_normalized(normalized, reduction, normalizer):
+        return sigmoid_loss(f, params, logits, target, reduction=reduction, normalizer=normalizer, **contract)
+    total = sigmoid_loss(f, params, logits, target, reduction="sum", **contract)
+    return _modulator.divided(total, _modulator.sigmoid_modulator_sum(logits, target, gamma, ignore_index=ignore_index))
 
 
 @declare("sigmoid", "Poly1FocalLoss", aliases=("poly1_focal",), hyperparameters=("epsilon", "gamma", "alpha"))

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import Tensor
 
-from . import _checks, _math
+from . import _checks, _math, _modulator
 from ._arguments import bound_value_pairs
 from ._declare import Hyperparameter, declare, public_names
 from ._errors import InputValueError
@@ -73,8 +73,8 @@ def cross_entropy(logits: Tensor, target: Tensor, *, weight=None, ignore_index: 
 
 
 @declare("softmax", "FocalLoss", aliases=("focal",), hyperparameters=("alpha",), series=focal_series)
-def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None, weight=None,
-               ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
+def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None, normalized: bool = False,
+               weight=None, ignore_index: int = -100, label_smoothing: float = 0.0, reduction: str = "mean",
                normalizer=None, validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Softmax focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` (Lin et al., arXiv:1708.02002).
 
@@ -86,6 +86,9 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None
         gamma: focusing parameter, >= 0; 0 gives cross-entropy.
         alpha: ``None`` (off), a number (scales every class) or a ``(C,)`` per-class factor
             ``alpha_t``. Unlike ``weight`` it is not part of the mean's denominator.
+        normalized: divide the sum by the modulators' sum ``sum w_t (1 - p_t)^gamma`` (differentiated) in
+            place of the mean's count (segmentation_models_pytorch's ``normalized=True`` with its sum);
+            ``reduction="mean"`` only.
         {softmax_args}
 
     {returns}
@@ -96,9 +99,15 @@ def focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.0, alpha=None
         >>> bool(pf.focal_loss(logits, target, gamma=0.0).isclose(pf.cross_entropy(logits, target)))
         True
     """
-    return softmax_loss(_math.poly_series, focal_series(gamma), logits, target, weight=weight,
-                        alpha=alpha, ignore_index=ignore_index, label_smoothing=label_smoothing,
-                        reduction=reduction, normalizer=normalizer, validate=validate, backend=backend)
+    params = focal_series(gamma)
+    contract = dict(weight=weight, alpha=alpha, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                    validate=validate, backend=backend)
+    if not _modulator.check_normalized(normalized, reduction, normalizer):
+        return softmax_loss(_math.poly_series, params, logits, target, reduction=reduction, normalizer=normalizer,
+                            **contract)
+    total = softmax_loss(_math.poly_series, params, logits, target, reduction="sum", **contract)
+    return _modulator.divided(total, _modulator.softmax_modulator_sum(
+        logits, target, params["gamma"], weight=weight, ignore_index=ignore_index, label_smoothing=label_smoothing))
 
 
 @declare("softmax", "Poly1CrossEntropyLoss", aliases=("poly1",), series=poly1_series)
