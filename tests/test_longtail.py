@@ -441,3 +441,20 @@ def test_normalized_takes_the_mean_only():
         pf.sigmoid_focal_loss(logits, torch.rand_like(logits), normalized=True, normalizer=4.0)
     with pytest.raises(TypeError, match=r"`normalized` must be True or False; got str 'yes'"):
         pf.FocalLoss(normalized="yes")
+
+
+def test_the_multilabel_task_holds_a_few_long_tailed_labels_per_image_and_scores_map():
+    from polyfocal.experiments import make_task
+    from polyfocal.experiments.mosaics import label_distribution
+
+    task = make_task("multilabel-toy", n_train=400)
+    assert task.kind == "multilabel" and task.families == ("sigmoid",) and task.metrics == ("map",)
+    assert task.x_train.shape == (400, 256) and task.y_train.shape == (400, 10)
+    per_image = task.y_train.sum(1)
+    assert per_image.min() >= 1 and per_image.max() <= 4
+    frequency = task.y_train.mean(0)
+    assert frequency[0] > 5 * frequency[9]  # label 9 twenty times rarer as a tile's digit
+    p = label_distribution(10, 20.0)
+    assert abs(p.sum() - 1) < 1e-12 and abs(p[0] / p[9] - 20) < 1e-9
+    assert task.evaluate(task.y_test * 20 - 10, "sigmoid")["map"] == 1.0
+    assert task.summary()["train_class_counts"] == task.y_train.sum(0).long().tolist()

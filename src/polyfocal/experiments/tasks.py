@@ -25,6 +25,7 @@ from torch import nn
 from .._errors import InputValueError
 from . import metrics as M
 from .boxes import box_metrics
+from .mosaics import digit_mosaics
 
 __all__ = ["Task", "TASKS", "make_task", "load_data"]
 
@@ -33,6 +34,7 @@ METRICS = {
     "multiclass": ("balanced_accuracy", "accuracy", "macro_f1", "ece", "ece_ts", "nll"),
     "binary": ("average_precision", "roc_auc"),
     "dense": ("map",),
+    "multilabel": ("map",),
 }
 #: a long-tailed multi-class task's accuracy on its most frequent, middle and rarest thirds of classes
 GROUP_METRICS = ("head_accuracy", "middle_accuracy", "tail_accuracy")
@@ -81,7 +83,8 @@ class Task:
 
     @property
     def families(self) -> tuple[str, ...]:
-        return {"multiclass": ("softmax",), "binary": ("softmax", "sigmoid"), "dense": ("sigmoid",)}[self.kind]
+        return {"multiclass": ("softmax",), "binary": ("softmax", "sigmoid"), "dense": ("sigmoid",),
+                "multilabel": ("sigmoid",)}[self.kind]
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -108,7 +111,10 @@ class Task:
         return torch.tensor(len(target))
 
     def summary(self) -> dict:
-        counts = torch.bincount(self.y_train.flatten().long(), minlength=self.num_classes + (self.kind == "dense"))
+        if self.kind == "multilabel":  # multi-hot: the images holding each label
+            counts = self.y_train.sum(0).long()
+        else:
+            counts = torch.bincount(self.y_train.flatten().long(), minlength=self.num_classes + (self.kind == "dense"))
         return {"name": self.name, "kind": self.kind, "description": self.description,
                 "num_classes": self.num_classes, "n_train": len(self.x_train), "n_test": len(self.x_test),
                 "n_val": 0 if self.x_val is None else len(self.x_val),
@@ -164,7 +170,10 @@ class Task:
             score = score.numpy()
             return {"average_precision": M.average_precision(y, score), "roc_auc": M.roc_auc(y, score)}
         scores = torch.sigmoid(logits).numpy()
-        per_class = [M.average_precision((y == c).ravel(), scores[:, c].ravel()) for c in range(self.num_classes)]
+        if self.kind == "multilabel":  # mean over the labels of each label's average precision
+            per_class = [M.average_precision(y[:, c], scores[:, c]) for c in range(self.num_classes)]
+        else:
+            per_class = [M.average_precision((y == c).ravel(), scores[:, c].ravel()) for c in range(self.num_classes)]
         out = {"map": float(np.nanmean(per_class)) if not np.all(np.isnan(per_class)) else math.nan}
         if boxes is not None:
             out.update(box_metrics(boxes.detach().double(), self.boxes_test.double(), y, scores, self.num_classes))
@@ -231,6 +240,24 @@ def digits_lt(imbalance: float = 50.0, test_per_class: int = 50, seed: int = 0) 
                 torch.as_tensor(y[test]),
                 f"sklearn digits, long-tailed train (imbalance {imbalance:g}), balanced test",
                 epochs=30, batch_size=64, lr=1e-2, options={"imbalance": imbalance, "seed": seed})
+
+
+def multilabel_toy(n_train: int = 1200, seed: int = 0) -> Task:
+    """Mosaics of 2 x 2 digit tiles (:mod:`.mosaics`), each image with 1-4 of 10 labels, the labels long-tailed
+    (label 9 twenty times rarer than label 0); a sigmoid head, mean average precision over the labels."""
+    _at_least(n_train, 20, "multilabel-toy", "enough images for every label to appear")
+    data = _sklearn().datasets.load_digits()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data.target))
+    half = len(order) // 2  # train and test mosaics from disjoint digit images
+    images, labels = data.data / 16.0, data.target
+    x_train, y_train = digit_mosaics(images[order[:half]], labels[order[:half]], n_train, rng)
+    x_test, y_test = digit_mosaics(images[order[half:]], labels[order[half:]], max(n_train // 2, 10), rng)
+    x_train, x_test = _standardize(x_train, x_test)
+    return Task("multilabel-toy", "multilabel", 10, x_train, torch.as_tensor(y_train, dtype=torch.float32), x_test,
+                torch.as_tensor(y_test, dtype=torch.float32),
+                "16x16 mosaics of 2x2 sklearn digit tiles (30% blank), the digits present as labels (10, long-tailed)",
+                epochs=30, batch_size=64, lr=1e-2, options={"n_train": n_train, "seed": seed})
 
 
 def _at_least(n_train: int, minimum: int, task: str, why: str) -> None:
@@ -408,7 +435,8 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
 #: built-in task name -> factory, and the options each factory takes
 TASKS = {"digits-lt": (digits_lt, ("imbalance", "seed")),
          "tabular-imbalanced": (tabular_imbalanced, ("n_train", "seed")),
-         "dense-toy": (dense_toy, ("n_train", "seed"))}
+         "dense-toy": (dense_toy, ("n_train", "seed")),
+         "multilabel-toy": (multilabel_toy, ("n_train", "seed"))}
 
 
 def make_task(name: str, **options) -> Task:

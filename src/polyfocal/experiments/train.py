@@ -225,7 +225,7 @@ def with_class_statistics(spec: LossSpec, task: Task) -> LossSpec:
     keywords = inspect.signature(get_loss_function(spec.name)).parameters
     wanted = [k for k in CLASS_STATISTICS if k in keywords and k not in spec.params]
     balanced = {k: v for k, v in spec.params.items() if v == BALANCED}
-    if not (wanted or balanced) or task.kind == "dense" or accumulates(spec):  # seesaw's Module counts for itself
+    if not (wanted or balanced) or task.kind not in ("multiclass", "binary") or accumulates(spec):  # seesaw counts
         return spec
     counts = torch.bincount(task.y_train.reshape(-1), minlength=task.num_classes).clamp_min(1)
     statistics = {k: CLASS_STATISTICS[k](counts) for k in wanted}
