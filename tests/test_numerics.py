@@ -388,8 +388,21 @@ def _ldam_twin(twin, form: str, params: dict):
     return moved
 
 
+def _seesaw_twin(twin, form: str, params: dict):
+    """Seesaw's negatives moved by its compensation ``q log(sigma_j / sigma_i) = q (z_j - z_i)`` where that is
+    positive, held constant as seesaw holds it (no class counts here, so no mitigation): a logit moved by
+    up to ``1 + q`` times its own rounding, which torch's loss of the moved logits carries too."""
+    assert params.get("class_counts") is None
+    q = params.get("q", 2.0)
+
+    def moved(z, t):
+        at = z.gather(1, t.clamp_min(0).unsqueeze(1)).detach()
+        return twin(z + q * (z.detach() - at).clamp_min(0), t)
+    return moved
+
+
 #: losses of logits they move first, and torch's twin of the moved logits
-MOVED_LOGITS = {"ldam_loss": _ldam_twin}
+MOVED_LOGITS = {"ldam_loss": _ldam_twin, "seesaw_loss": _seesaw_twin}
 
 
 #: losses whose value is p_t times a factor (DFT's sg(p_t) CE): no more exact than torch's p_t, in
