@@ -351,3 +351,78 @@ def sigmoid_loss(f, logits, target, *, weight=None, ignore_index=-100, reduction
     if reduction == "sum":
         return loss.sum()
     return loss.sum() / count
+
+
+# --- region family: overlaps of each class's pixels -----------------------------------------------
+
+
+def region_inputs(x, target, activation="softmax", ignore_index=-100, mask=None):
+    """Probabilities ``p`` and the target ``y`` as ``(N, C, S)``, both zero at the pixels not counted."""
+    c = x.shape[1]
+    z = x.flatten(2)
+    p = z.softmax(1) if activation == "softmax" else z.sigmoid() if activation == "sigmoid" else z
+    if target.is_floating_point():
+        y, counted = target.flatten(2), torch.ones_like(z[:, 0], dtype=torch.bool)
+    else:
+        t = target.flatten(1)
+        counted = t != ignore_index
+        y = torch.stack([(t == k) & counted for k in range(c)], 1).to(z.dtype)  # C (sigmoid): no class
+    if mask is not None:
+        counted = counted & mask.flatten(1)
+    m = counted.unsqueeze(1).to(z.dtype)
+    return p * m, y * m, m
+
+
+def _reduce_region(f, weight, include_background, reduction):
+    first = 0 if include_background else 1
+    f = f[..., first:]
+    if weight is not None:
+        f = f * weight[first:]
+    return f if reduction == "none" else f.sum() if reduction == "sum" else f.mean()
+
+
+def dice(x, target, *, activation="softmax", squared_pred=False, jaccard=False, weight=None, ignore_index=-100,
+         mask=None, include_background=True, batch=False, smooth_nr=1e-5, smooth_dr=1e-5, reduction="mean"):
+    """Dice (V-Net): ``1 - (2 sum p y + s) / (sum p + sum y + s)``; Jaccard: ``(2 tp + s) / (2 union + s)``."""
+    p, y, _ = region_inputs(x, target, activation, ignore_index, mask)
+    dims = (0, 2) if batch else (2,)
+    tp = (p * y).sum(dims)
+    total = ((p ** 2).sum(dims) + (y ** 2).sum(dims)) if squared_pred else (p.sum(dims) + y.sum(dims))
+    f = 1 - (2 * tp + smooth_nr) / ((2 * (total - tp) if jaccard else total) + smooth_dr)
+    return _reduce_region(f, weight, include_background, reduction)
+
+
+def tversky(x, target, *, alpha=0.5, beta=0.5, gamma=None, activation="softmax", weight=None, ignore_index=-100,
+            mask=None, include_background=True, batch=False, smooth_nr=1e-5, smooth_dr=1e-5, reduction="mean"):
+    """Tversky (Salehi et al.): ``1 - (tp + s) / (tp + alpha FP + beta FN + s)``; focal (Abraham and Khan):
+    that to the power ``1 / gamma``."""
+    p, y, m = region_inputs(x, target, activation, ignore_index, mask)
+    dims = (0, 2) if batch else (2,)
+    tp, fp, fn = (p * y).sum(dims), (p * (1 - y) * m).sum(dims), ((1 - p) * y * m).sum(dims)
+    f = 1 - (tp + smooth_nr) / (tp + alpha * fp + beta * fn + smooth_dr)
+    if gamma is not None:
+        f = f ** (1 / gamma)
+    return _reduce_region(f, weight, include_background, reduction)
+
+
+def unified(x, target, *, form="asymmetric", lambda_focal=0.5, delta=0.6, gamma=0.5, activation="softmax",
+            ignore_index=-100, mask=None, batch=False, smooth_nr=1e-5, smooth_dr=1e-5):
+    """Yeung et al.'s unified focal loss, written out per class: class 0 the background, the others rare."""
+    if x.shape[1] == 1:  # binary: the channel is the foreground
+        x = torch.cat([torch.zeros_like(x), x], 1) if activation == "sigmoid" else torch.cat([1 - x, x], 1)
+        activation = "softmax" if activation == "sigmoid" else None
+        if target.is_floating_point():
+            target = torch.cat([1 - target, target], 1)
+    p, y, m = region_inputs(x, target, activation, ignore_index, mask)
+    c = x.shape[1]
+    w = torch.tensor([1 - delta] + [delta] * (c - 1), dtype=p.dtype).view(1, c, 1)
+    asymmetric = form == "asymmetric"
+    g = torch.tensor([gamma] + [0.0 if asymmetric else gamma] * (c - 1), dtype=p.dtype).view(1, c, 1)
+    e = torch.tensor([1.0 if asymmetric else 1 - gamma] + [1 - gamma] * (c - 1), dtype=p.dtype)
+    q = x.flatten(2).softmax(1) if activation == "softmax" else x.flatten(2)
+    focal = -(w * (1 - q) ** g * y * torch.log(q)).sum(1)
+    focal_mean = focal.sum() / m.sum().clamp_min(1)
+    dims = (0, 2) if batch else (2,)
+    tp, fn, fp = (p * y).sum(dims), ((1 - p) * y * m).sum(dims), (p * (1 - y) * m).sum(dims)
+    mti = (tp + smooth_nr) / (tp + delta * fn + (1 - delta) * fp + smooth_dr)
+    return lambda_focal * focal_mean + (1 - lambda_focal) * ((1 - mti) ** e).mean()

@@ -17,6 +17,7 @@ from reference import declared
 SOFTMAX = declared("softmax")
 SIGMOID = declared("sigmoid")
 DISTRIBUTION = declared("distribution")
+REGION = declared("region")
 ALL = declared()
 
 
@@ -56,7 +57,7 @@ def test_a_declaration_names_only_its_own_hyperparameters():
 def inputs(name, dtype=torch.float32, scale=2.0, n=6, c=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(n, c, 3, generator=g) * scale).to(dtype)
-    if name in SOFTMAX:
+    if name in SOFTMAX or name in REGION:
         return logits, torch.randint(0, c, (n, 3), generator=g)
     if name in SIGMOID:
         return logits, torch.randint(0, c + 1, (n, 3), generator=g)
@@ -375,8 +376,10 @@ def test_a_module_rejects_a_bad_hyperparameter_when_built(name):
                 pf.build_loss(name, **{**ALL[name], option: value})
             checked += 1
     assert checked >= 1
+    if "weight" not in takes:  # the unified focal loss: its class weights are delta's
+        return
     x, t = inputs(name)
-    weight = torch.rand(x.shape[1]) + 0.5 if name in SOFTMAX else torch.rand(x.shape) + 0.5
+    weight = torch.rand(x.shape[1]) + 0.5 if name in SOFTMAX or name in REGION else torch.rand(x.shape) + 0.5
     if name in DISTRIBUTION:
         weight = torch.rand(t.shape) + 0.5
     module = pf.build_loss(name, **ALL[name], weight=weight)  # fits these logits, not the check's example

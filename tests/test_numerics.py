@@ -38,7 +38,7 @@ SOFTMAX_FORMS = ("index", "one_hot", "soft", "smoothed")
 SIGMOID_FORMS = ("index", "hard", "soft")
 DETECTION_FORMS = SIGMOID_FORMS + ("scored",)
 FAMILY_FORMS = {"softmax": SOFTMAX_FORMS, "sigmoid": SIGMOID_FORMS, "distribution": ("positions",),
-                "regression": ("regression",)}
+                "regression": ("regression",), "region": ("index", "one_hot", "soft")}
 #: sigmoid losses that also take GFL's (labels, scores) pairs
 SCORED = ("quality_focal_loss", "varifocal_loss")
 #: every declared loss: its family, its target forms, its hyperparameters
@@ -77,6 +77,10 @@ def loss_call(name: str, form: str, gamma=None, **kwargs):
     if form == "smoothed":
         params["label_smoothing"] = 0.1
     function = pf.get_loss_function(name)
+    if FORMS[name][0] == "region" and kwargs.get("backend") == "reference":
+        del kwargs["backend"]  # a region term has one engine (autograd); a per-pixel term's default is tested apart
+    if FORMS[name][0] == "region" and kwargs.get("reduction") == "none" and name not in NONE_REDUCTION:
+        kwargs["reduction"] = "sum"  # a region term plus a per-pixel term has no per-element form
     return lambda x, target: function(x, target, **{**params, **kwargs})
 
 
@@ -87,8 +91,12 @@ def cases(gammas=GAMMAS):
                 yield name, form, gamma
 
 
+#: the region losses whose terms stand alone (``reduction="none"``: per image and class)
+NONE_REDUCTION = {"dice_loss", "tversky_loss", "focal_tversky_loss"}
+
+
 def engines(name):
-    if name in SINGLE_ENGINE:
+    if name in SINGLE_ENGINE or FORMS[name][0] == "region":
         return ("reference",)
     return ("reference", "eager", "fused") if FORMS[name][0] == "softmax" else ("reference", "fused")
 
@@ -348,8 +356,8 @@ def _precision_cases():
         family = FORMS[name][0]
         # cross-entropy and BCE have rows of their own (above); GHM's weights are piecewise constant in
         # the logits, so an element within rounding of a bin edge is binned apart in fp32 and float64
-        if name in ("cross_entropy", "binary_cross_entropy", "ghm_c_loss") or family == "regression":
-            continue
+        if name in ("cross_entropy", "binary_cross_entropy", "ghm_c_loss") or family in ("regression", "region"):
+            continue  # the region family's precision: test_region.test_fp32_within_1e6_of_float64
         yield name, form, gamma
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 from ._arguments import comma_numbers, number_or_none
 from ._docs import fill
 
-FAMILIES = ("softmax", "sigmoid", "distribution", "regression")
+FAMILIES = ("softmax", "sigmoid", "distribution", "regression", "region")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ class Declaration:
         name: the registered name, the public function's.
         function: the public function.
         family: ``"softmax"`` (a function of the target class's softmax probability), ``"sigmoid"``
-            (per-element, of ``sigmoid(x)``), ``"distribution"`` (DFL, GFL) or ``"regression"`` (GHM-R).
+            (per-element, of ``sigmoid(x)``), ``"distribution"`` (DFL, GFL), ``"regression"`` (GHM-R) or
+            ``"region"`` (segmentation's overlap of each class's pixels: Dice, Tversky, unified focal).
         module: the Module twin's class name.
         aliases: short names (the command line's ``--loss focal``).
         hyperparameters: its shape parameters (the series' first), each one of :data:`HYPERPARAMETERS`.

@@ -36,6 +36,29 @@ SIGMOID_ARGS = """logits: any shape; ``(N, C, *)`` when ``target`` holds class i
         backend: ``"auto"`` (the default set by :func:`polyfocal.set_backend`), ``"reference"``,
             ``"eager"``, ``"fused"`` or ``"triton"``; see the README's Engines section."""
 
+REGION_ARGS = """logits: ``(N, C, *spatial)`` scores, at least one spatial dimension (3-d volumes: ``(N, C, D, H, W)``).
+        target: class indices ``(N, *spatial)`` (integer; with ``activation="sigmoid"`` the value C means
+            none of the classes) or probabilities of the logits' shape (float, one-hot or soft).
+        activation: ``"softmax"`` over the C channels (C >= 2), ``"sigmoid"`` per channel (one channel:
+            binary), or None when ``logits`` already are probabilities (MONAI's default).
+        weight: ``(C,)`` per-class factor of the region terms (MONAI's ``weight``); it does not divide.
+        ignore_index: class-index value whose pixels count nowhere: not in any class's sums, not in
+            the per-pixel term. Default -100.
+        mask: ``(N, *spatial)`` bool, the pixels to count (padding, unlabelled regions) beside
+            ``ignore_index``; the way to leave pixels out with a probability target.
+        include_background: False leaves class 0 out of the region terms (it stays in the softmax);
+            with one channel, a ValueError (there is no background channel to leave out).
+        batch: sum over the whole batch per class, not per image; across ranks too where a process group
+            of 2+ ranks runs (``distributed``), since the Dice of a sum is not the sum of Dices.
+        smooth_nr, smooth_dr: added to each term's numerator and denominator (MONAI's names and
+            defaults). A class with no counted pixel and a zero denominator has the value 0.
+        distributed: all-reduce the whole-batch sums (``batch=True``) across ranks: None (when a process
+            group of 2+ ranks runs), True or False. Every rank's loss is then the whole batch's; backward
+            all-reduces the gradient of the sums, so that DDP's average of the ranks' parameter gradients
+            is the gradient of the whole batch's loss.
+        validate: check target values (costs a host sync). ``None``: on CPU outside
+            ``torch.compile``; ``True``: always; ``False``: never."""
+
 RETURNS = """Returns:
         The loss: a scalar, or the per-element loss for ``reduction="none"``, in the dtype of
         ``logits`` (fp32 for fp16/bf16 inputs under autocast); computed in fp32 at least."""
@@ -45,5 +68,6 @@ def fill(func):
     """Replace ``{softmax_args}``, ``{sigmoid_args}`` and ``{returns}`` in ``func``'s docstring
     (there is none under ``python -OO``)."""
     if func.__doc__ is not None:
-        func.__doc__ = func.__doc__.format(softmax_args=SOFTMAX_ARGS, sigmoid_args=SIGMOID_ARGS, returns=RETURNS)
+        func.__doc__ = func.__doc__.format(softmax_args=SOFTMAX_ARGS, sigmoid_args=SIGMOID_ARGS,
+                                           region_args=REGION_ARGS, returns=RETURNS)
     return func

@@ -168,5 +168,10 @@ def _distribution_example(classes: int):
     return torch.zeros(2, max(classes, 2)), torch.tensor([0.5, 1.0])
 
 
+def _region_example(classes: int):
+    return torch.zeros(2, max(classes, 2), 2), torch.tensor([[0, 1], [1, 0]])
+
+
 #: each family's construction-time example
-_EXAMPLES = {"softmax": _softmax_example, "sigmoid": _sigmoid_example, "distribution": _distribution_example}
+_EXAMPLES = {"softmax": _softmax_example, "sigmoid": _sigmoid_example, "distribution": _distribution_example,
+             "region": _region_example}

@@ -12,7 +12,8 @@ from typing import Callable
 
 from torch import nn
 
-from . import adafocal, asymmetric, gfl, ghm, gradient_ratio, longtail, sigmoid, softmax  # noqa: F401 (declarations)
+from . import (adafocal, asymmetric, gfl, ghm, gradient_ratio, longtail, region, region_focal,  # noqa: F401 (declarations)
+               sigmoid, softmax)
 from ._declare import declarations
 from ._loss_module import _EXAMPLES, PER_CLASS, LossModule  # noqa: F401 (LossModule is public here)
 

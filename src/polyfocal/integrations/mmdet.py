@@ -124,7 +124,7 @@ def _adapters() -> dict[str, type[nn.Module]]:
     """``Polyfocal<Module>`` for every declared loss (GHM-C's own; GHM-R, a regression loss, left out)."""
     made = {}
     for declared in declarations():
-        if declared.name == "ghm_r_loss":
+        if declared.name == "ghm_r_loss" or declared.family == "region":  # mmdet's own segmentation losses differ
             continue
         name = PREFIX + declared.module
         made[name] = PolyfocalGHMCLoss if declared.name == "ghm_c_loss" else type(
