@@ -63,7 +63,7 @@ def distillation_context(tmp_path) -> dict:
 CONTEXTS = {"pf.focal_loss(logits, target": lambda tmp_path: {}, "pf.linear_loss(hidden": head_context,
             "pf.AdaFocalLoss()": calibration_context, "compute_loss_func(": trainer_context,
             "pf.linear_distillation_loss(student_hidden": distillation_context,
-            "pf.class_prior(counts)": lambda tmp_path: {}}
+            "pf.class_prior(counts)": lambda tmp_path: {}, "pf.dice_focal_loss(logits": lambda tmp_path: {}}
 
 
 def context_of(block: str):
