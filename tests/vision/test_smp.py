@@ -51,8 +51,13 @@ def test_multiclass_dice_and_tversky(ignore, smooth):
     counts = present(torch.bincount(labels[labels >= 0], minlength=C))
     options = dict(batch=True, smooth_nr=smooth, smooth_dr=smooth, ignore_index=-1, reduction="none")
     smp = dict(smooth=smooth, ignore_index=-1 if ignore else None)
+    # smp's Dice is its Tversky score at alpha = beta = 1/2: (tp + s) / (tp + (FP + FN) / 2 + s), smoothed
+    # once where polyfocal's (MONAI's) (2 tp + s) / (sum p + sum y + s) smooths the doubled ratio
     assert_same(smp_losses.DiceLoss("multiclass", **smp),
-                lambda z, t: (pf.dice_loss(z, t, **options) * counts).mean(), x, labels)
+                lambda z, t: (pf.tversky_loss(z, t, alpha=0.5, beta=0.5, **options) * counts).mean(), x, labels)
+    if smooth == 0.0:
+        assert_same(smp_losses.DiceLoss("multiclass", **smp),
+                    lambda z, t: (pf.dice_loss(z, t, **options) * counts).mean(), x, labels)
     assert_same(smp_losses.TverskyLoss("multiclass", alpha=0.3, beta=0.7, gamma=0.75, **smp),
                 lambda z, t: ((pf.tversky_loss(z, t, alpha=0.3, beta=0.7, **options) * counts).mean()) ** 0.75,
                 x, labels)
