@@ -113,6 +113,7 @@ def test_paired_difference_pairs_runs_by_seed():
 # --- the report and the command ---------------------------------------------------------------------
 
 TINY = dict(n_terms=(1, 5), epsilons=(0.0, 2.0), poly1_focal_epsilons=(-1.0,), digits_epochs=1, dense_epochs=1,
+            segmentation_epochs=1,
             dense_n_train=8, gfl_ablation=True)
 
 

@@ -64,6 +64,8 @@ FINDINGS = {
     "longtail": "8. Logit adjustment and class-balanced focal loss vs cross-entropy on long-tailed data "
                 "(Menon et al.; Cui et al.)",
     "asl": "9. Asymmetric loss vs sigmoid cross-entropy and focal loss on multi-label data (Ben-Baruch et al.)",
+    "segmentation": "10. Focal Tversky and unified focal loss vs Dice + cross-entropy on small structures "
+                    "(Abraham and Khan; Yeung et al.)",
 }
 
 
@@ -79,6 +81,7 @@ class ReproduceConfig:
     digits_imbalance: float = 50.0
     longtail_imbalance: float = 100.0  # finding 8's largest/smallest class, as the papers' CIFAR-LT
     multilabel_epochs: int | None = None  # finding 9; None: the task's (30)
+    segmentation_epochs: int | None = None  # finding 10; None: the task's (20)
     dense_epochs: int | None = 30
     dense_n_train: int = 384
     many_terms: int = 10               # "many" terms for finding 1
@@ -229,6 +232,14 @@ ASL_CLAIM = ("On multi-label data, where each image has a few positive labels am
              "cross-entropy and focal loss (Ben-Baruch et al., ICCV 2021).")
 
 
+SEGMENTATION_CLAIM = ("On the segmentation of small structures, the focal Tversky loss (Abraham and Khan, ISBI 2019) "
+                      "and the unified focal loss (Yeung et al., CMIG 2022) reach a higher Dice than Dice plus "
+                      "cross-entropy.")
+#: finding 10's losses: the region sums over the batch, as the papers' implementations flatten it
+DICE_CE, FOCAL_TVERSKY, UNIFIED = ("dice_focal:pixel_loss=cross_entropy:batch=true", "focal_tversky:batch=true",
+                                   "unified_focal:batch=true")
+
+
 def _higher(results: dict, pairs, metric: str, what: str) -> tuple[list, Verdicts]:
     """The paired rows "a > b" in ``metric`` for ``pairs`` of ``(a, b, name)``, and their verdicts, each named
     ``"name: what"``."""
@@ -262,6 +273,20 @@ def _asl(config: ReproduceConfig, run) -> Finding:
                f"over the 10 labels.")
     return Finding(claim=ASL_CLAIM, setting=setting, verdict=verdicts, task=task, results=results, metric="map",
                    differences=diffs)
+
+
+def _segmentation(config: ReproduceConfig, run) -> Finding:
+    task = make_task("seg-toy")
+    results = run(task, [DICE_CE, FOCAL_TVERSKY, UNIFIED], config.segmentation_epochs)
+    diffs, verdicts = _higher(results, ((FOCAL_TVERSKY, DICE_CE, "focal Tversky vs Dice + CE"),
+                                        (UNIFIED, DICE_CE, "unified focal vs Dice + CE")), "dice", "Dice higher")
+    setting = (f"seg-toy ({task.description}; {len(task.x_train)} train and {len(task.x_test)} test images), a "
+               f"3-layer fully convolutional net with a softmax head; dice_focal_loss with cross-entropy per pixel "
+               f"vs focal_tversky_loss (alpha 0.3, beta 0.7, gamma 4/3) vs unified_focal_loss (asymmetric, lambda "
+               f"0.5, delta 0.6, gamma 0.5), each class's region sums over the batch; the test Dice of the "
+               f"foreground classes (each over all its test pixels, torchmetrics), averaged.")
+    return Finding(claim=SEGMENTATION_CLAIM, setting=setting, verdict=verdicts, task=task, results=results,
+                   metric="dice", differences=diffs)
 
 
 def _dense(config: ReproduceConfig, run) -> tuple:
@@ -409,6 +434,9 @@ def reproduce_findings(config: ReproduceConfig | None = None, progress: bool = F
         if "asl" in only:
             say("finding 9: ASL vs BCE and focal, multi-label")
             findings["asl"] = _asl(config, run)
+        if "segmentation" in only:
+            say("finding 10: focal Tversky and unified focal vs Dice + CE, segmentation")
+            findings["segmentation"] = _segmentation(config, run)
     except KeyboardInterrupt:
         if not findings:
             raise  # nothing finished, nothing to report
@@ -510,7 +538,8 @@ def _variants_axis(ax, key: str, results: dict, summary: dict, metric: str) -> N
         x = np.arange(len(labels))
         seed_dots(ax, x + 0.12, results, labels, metric, "C2")
         errorbars(ax, x, [summary[l][metric] for l in labels], "C2", fmt="o")
-        ax.set_xticks(x, [label.replace("+", "\n+") for label in labels])
+        # a box loss and each option on a line of its own: "dice_focal\n:pixel_loss=cross_entropy\n:batch=true"
+        ax.set_xticks(x, [label.replace("+", "\n+").replace(":", "\n:") for label in labels])
         ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.set_xlabel("variant")
     ax.set_ylabel(f"test {metric}")

@@ -3,7 +3,8 @@
 ``digits-lt`` (scikit-learn's bundled digits, long-tailed train split, balanced test),
 ``tabular-imbalanced`` (``make_classification`` with 1% positives), ``dense-toy``
 (a per-pixel class map of small objects, ~1% positive locations, with each positive
-location's distances to its object's box edges) and a user's own ``.csv``/``.npz`` or
+location's distances to its object's box edges), ``seg-toy`` (the same images as a segmentation
+task) and a user's own ``.csv``/``.npz`` or
 image folder (:func:`load_data`). All run on a CPU in seconds.
 
     >>> task = make_task("dense-toy", n_train=64)                 # doctest: +SKIP
@@ -26,6 +27,8 @@ from .._errors import InputValueError
 from . import metrics as M
 from .boxes import box_metrics
 from .mosaics import digit_mosaics
+from .segmentation import METRICS as SEGMENTATION_METRICS
+from .segmentation import foreground_share, seg_images, segmentation_metrics
 
 __all__ = ["Task", "TASKS", "make_task", "load_data"]
 
@@ -35,6 +38,7 @@ METRICS = {
     "binary": ("average_precision", "roc_auc"),
     "dense": ("map",),
     "multilabel": ("map",),
+    "segmentation": SEGMENTATION_METRICS,
 }
 #: a long-tailed multi-class task's accuracy on its most frequent, middle and rarest thirds of classes
 GROUP_METRICS = ("head_accuracy", "middle_accuracy", "tail_accuracy")
@@ -75,7 +79,7 @@ class Task:
     def with_validation(self, fraction: float, seed: int = 0) -> "Task":
         """This task with ``fraction`` of each class's training examples held out as validation data
         (for a loss that learns from it, AdaFocal); the test split is unchanged."""
-        if self.kind == "dense" or self.x_val is not None:
+        if self.kind in ("dense", "segmentation") or self.x_val is not None:
             raise InputValueError(f"task {self.name!r} cannot hold out validation data (dense, or held out already)")
         train, val = _stratified_split(self.y_train.numpy(), fraction, np.random.default_rng(seed))
         return replace(self, x_train=self.x_train[train], y_train=self.y_train[train], x_val=self.x_train[val],
@@ -84,7 +88,7 @@ class Task:
     @property
     def families(self) -> tuple[str, ...]:
         return {"multiclass": ("softmax",), "binary": ("softmax", "sigmoid"), "dense": ("sigmoid",),
-                "multilabel": ("sigmoid",)}[self.kind]
+                "multilabel": ("sigmoid",), "segmentation": ("softmax", "region")}[self.kind]
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -104,7 +108,10 @@ class Task:
         return self.metrics if box is None else BOX_METRICS
 
     def count(self, target) -> torch.Tensor:
-        """What a batch's loss is normalised by: positive locations (dense, as RetinaNet), else examples."""
+        """What a batch's loss is normalised by: positive locations (dense, as RetinaNet), pixels (segmentation's
+        per-pixel losses; a region loss is a mean of overlaps and takes none), else examples."""
+        if self.kind == "segmentation":
+            return torch.tensor(target.numel())
         if self.kind == "dense":
             labels = target[0] if isinstance(target, tuple) else target
             return (labels < self.num_classes).sum()
@@ -115,7 +122,9 @@ class Task:
             counts = self.y_train.sum(0).long()
         else:
             counts = torch.bincount(self.y_train.flatten().long(), minlength=self.num_classes + (self.kind == "dense"))
-        return {"name": self.name, "kind": self.kind, "description": self.description,
+        extra = {"foreground_share": foreground_share(self.y_train, self.num_classes)} if (
+            self.kind == "segmentation") else {}
+        return {**extra, "name": self.name, "kind": self.kind, "description": self.description,
                 "num_classes": self.num_classes, "n_train": len(self.x_train), "n_test": len(self.x_test),
                 "n_val": 0 if self.x_val is None else len(self.x_val),
                 "train_class_counts": counts.tolist(), "options": self.options}
@@ -127,7 +136,7 @@ class Task:
         """
         if box_channels and self.boxes_train is None:
             raise InputValueError(f"task {self.name!r} has no box targets; box losses need dense-toy")
-        if self.kind == "dense":
+        if self.kind in ("dense", "segmentation"):
             model = DenseNet(self.x_train.shape[1], self.num_classes, box_channels)
             classifier = model.classify
         else:
@@ -151,6 +160,8 @@ class Task:
         """The task's metrics for test-set logits (and predicted box distances, dense tasks); with
         ``primary_only``, a multi-class task's headline metric alone (a training curve's point: no
         temperature fit every epoch)."""
+        if self.kind == "segmentation":
+            return segmentation_metrics(logits.detach(), self.y_test)
         y = self.y_test.numpy()
         logits = logits.detach().double()
         if self.kind == "multiclass":
@@ -326,6 +337,20 @@ def dense_toy(n_train: int = 256, size: int = 32, seed: int = 0) -> Task:
                 boxes_train=b_train, boxes_test=b_test)
 
 
+def seg_toy(n_train: int = 256, size: int = 32, seed: int = 0) -> Task:
+    """dense-toy's images as a segmentation task (:mod:`.segmentation`): class 0 the background; a softmax or
+    region loss on a fully convolutional net; Dice and IoU of the foreground classes."""
+    _at_least(n_train, 4, "seg-toy", "a batch of images and half as many to test")
+    generator = torch.Generator().manual_seed(seed)
+    x_train, y_train = seg_images(n_train, size, generator, _dense_images)
+    x_test, y_test = seg_images(max(n_train // 2, 1), size, generator, _dense_images)
+    share = sum(foreground_share(y_train, 4))
+    return Task("seg-toy", "segmentation", 4, x_train, y_train, x_test, y_test,
+                f"{size}x{size} noise images with 3-4 px squares/rings/pluses (classes 1-3, {100 * share:.1f}% of "
+                f"the training pixels); class 0 the background", epochs=20, batch_size=32, lr=1e-2,
+                options={"n_train": n_train, "size": size, "seed": seed})
+
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -436,7 +461,8 @@ def load_data(path: str, label_column: str | None = None, seed: int = 0, test_fr
 TASKS = {"digits-lt": (digits_lt, ("imbalance", "seed")),
          "tabular-imbalanced": (tabular_imbalanced, ("n_train", "seed")),
          "dense-toy": (dense_toy, ("n_train", "seed")),
-         "multilabel-toy": (multilabel_toy, ("n_train", "seed"))}
+         "multilabel-toy": (multilabel_toy, ("n_train", "seed")),
+         "seg-toy": (seg_toy, ("n_train", "seed"))}
 
 
 def make_task(name: str, **options) -> Task:

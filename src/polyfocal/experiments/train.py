@@ -59,9 +59,10 @@ class LossSpec:
 
 
 def loss_family(name: str) -> str | None:
-    """``"softmax"`` or ``"sigmoid"`` for classification losses; None for the others (DFL, GHM-R)."""
+    """``"softmax"`` or ``"sigmoid"`` for classification losses, ``"region"`` for segmentation's region
+    losses; None for the others (DFL, GHM-R)."""
     family = declaration(name).family
-    return family if family in ("softmax", "sigmoid") else None
+    return family if family in ("softmax", "sigmoid", "region") else None
 
 
 def parse_value(text: str):
@@ -93,9 +94,11 @@ def _try_loss(name: str, params: dict) -> None:
         return
     per_class = [len(v) for k, v in params.items() if k in ("alpha", "weight", "pos_weight") and isinstance(v, tuple)]
     classes = per_class[0] if per_class else 3
-    logits = torch.zeros(2, classes)
+    logits = torch.zeros(2, classes, 2) if family == "region" else torch.zeros(2, classes)
+    target = torch.zeros(2, classes) if family == "sigmoid" else torch.tensor([[0, 1], [1, 0]] if family == "region"
+                                                                             else [0, 1])
     with use_backend("reference"):
-        loss(logits, torch.tensor([0, 1]) if family == "softmax" else torch.zeros(2, classes))
+        loss(logits, target)
 
 
 def parse_losses(text: str, argument: str = "--losses") -> list[LossSpec]:
@@ -164,8 +167,10 @@ def check_compatible(task: Task, specs, argument: str = "--losses") -> None:
     for spec in specs:
         family = loss_family(spec.name)
         if family not in task.families:
-            hint = ("sigmoid losses (bce, sigmoid_focal, poly1_focal, qfl, vfl, ghm_c, ...)"
-                    if task.families == ("sigmoid",) else "softmax losses (ce, focal, poly1, ...)")
+            hint = {("sigmoid",): "sigmoid losses (bce, sigmoid_focal, poly1_focal, qfl, vfl, ghm_c, ...)",
+                    ("softmax", "region"): "softmax losses (ce, focal, poly1, ...) and region losses (dice, "
+                                           "dice_focal, focal_tversky, unified_focal, ...)"}.get(
+                task.families, "softmax losses (ce, focal, poly1, ...)")
             raise InputValueError(f"`{argument}`: {spec.label!r} is a {family} loss; task {task.name!r} "
                                   f"({task.kind}) takes {hint}")
         if spec.box and task.boxes_train is None:
@@ -243,6 +248,8 @@ def _criterion(spec: LossSpec, world: int):
         module = build_loss(spec.name, **spec.params)
         return (lambda logits, target, normalizer: module(logits, target, normalizer=normalizer)), module
     function = get_loss_function(spec.name)
+    if loss_family(spec.name) == "region":  # a mean of overlaps: no count to divide by
+        return (lambda logits, target, normalizer: function(logits, target, **spec.params)), None
     return (lambda logits, target, normalizer: function(logits, target, **spec.params, normalizer=normalizer)), None
 
 
@@ -409,7 +416,7 @@ def compare(task: Task, specs, seeds, epochs: int | None = None, batch_size: int
               "seeds": seeds, "epochs": task.epochs if epochs is None else epochs,
               "batch_size": batch_size or task.batch_size, "lr": lr or task.lr, "backend": backend,
               "threads": threads, "optimizer": "Adam", "metrics_at": "final epoch",
-              "normalizer": "positive locations" if task.kind == "dense" else "examples",
+              "normalizer": {"dense": "positive locations", "segmentation": "pixels"}.get(task.kind, "examples"),
               "processes": current().world}
     metrics = task.metrics_for(specs[0].box)
     return {"config": config, "versions": versions(), "task": task.summary(), "metrics": list(metrics),
