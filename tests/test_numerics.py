@@ -77,8 +77,6 @@ def loss_call(name: str, form: str, gamma=None, **kwargs):
     if form == "smoothed":
         params["label_smoothing"] = 0.1
     function = pf.get_loss_function(name)
-    if FORMS[name][0] == "region" and kwargs.get("backend") == "reference":
-        del kwargs["backend"]  # a region term has one engine (autograd); a per-pixel term's default is tested apart
     if FORMS[name][0] == "region" and kwargs.get("reduction") == "none" and name not in NONE_REDUCTION:
         kwargs["reduction"] = "sum"  # a region term plus a per-pixel term has no per-element form
     return lambda x, target: function(x, target, **{**params, **kwargs})

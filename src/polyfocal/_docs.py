@@ -57,7 +57,9 @@ REGION_ARGS = """logits: ``(N, C, *spatial)`` scores, at least one spatial dimen
             all-reduces the gradient of the sums, so that DDP's average of the ranks' parameter gradients
             is the gradient of the whole batch's loss.
         validate: check target values (costs a host sync). ``None``: on CPU outside
-            ``torch.compile``; ``True``: always; ``False``: never."""
+            ``torch.compile``; ``True``: always; ``False``: never.
+        backend: the engine of a per-pixel term (Dice-focal, Tversky-focal); the region sums and terms have
+            one, autograd, whichever is named (the name is checked)."""
 
 RETURNS = """Returns:
         The loss: a scalar, or the per-element loss for ``reduction="none"``, in the dtype of

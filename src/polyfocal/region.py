@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import _checks, _region
+from ._backend import check_backend
 from ._declare import declare, public_names
 from ._errors import InputTypeError, InputValueError
 from ._numerics import no_autocast, output_dtype
@@ -31,9 +32,12 @@ def _region_options(pix: _region.Pixels, weight, include_background: bool, smoot
 
 
 def _region_loss(terms_of, logits, target, *, activation, weight, ignore_index, include_background, batch,
-                 smooth_nr, smooth_dr, reduction, validate, distributed, mask, squared=False) -> Tensor:
+                 smooth_nr, smooth_dr, reduction, validate, distributed, mask, backend, squared=False) -> Tensor:
     """The loss of a region term ``terms_of(sums)`` (per image and class, or per class): weighted, the
-    background left out where asked, reduced."""
+    background left out where asked, reduced. One engine, autograd: ``backend`` is checked and has nothing
+    to choose (the sums are one pass each beside the softmax)."""
+    if backend is not None:
+        check_backend(backend)
     out_dtype = output_dtype(logits)
     with no_autocast(logits):
         pix = _region.pixels(logits, target, activation, ignore_index, validate, mask)
@@ -50,7 +54,7 @@ def _region_loss(terms_of, logits, target, *, activation, weight, ignore_index, 
 def dice_loss(logits: Tensor, target: Tensor, *, activation: str | None = "softmax", squared_pred: bool = False,
               jaccard: bool = False, weight=None, ignore_index: int = -100, mask=None, include_background: bool = True,
               batch: bool = False, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean",
-              distributed: bool | None = None, validate: bool | None = None) -> Tensor:
+              distributed: bool | None = None, validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Dice loss ``1 - (2 sum p y + smooth_nr) / (sum p + sum y + smooth_dr)`` per image and class
     (Milletari et al., V-Net, arXiv:1606.04797), as MONAI's ``DiceLoss``.
 
@@ -75,7 +79,7 @@ def dice_loss(logits: Tensor, target: Tensor, *, activation: str | None = "softm
     return _region_loss(terms_of, logits, target, activation=activation, weight=weight, ignore_index=ignore_index,
                         include_background=include_background, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
                         reduction=reduction, validate=validate, distributed=distributed, mask=mask,
-                        squared=squared_pred)
+                        backend=backend, squared=squared_pred)
 
 
 def _tversky_weights(alpha, beta) -> tuple[float, float]:
@@ -91,7 +95,7 @@ def tversky_loss(logits: Tensor, target: Tensor, *, alpha: float = 0.5, beta: fl
                  activation: str | None = "softmax", weight=None, ignore_index: int = -100, mask=None,
                  include_background: bool = True, batch: bool = False, smooth_nr: float = 1e-5,
                  smooth_dr: float = 1e-5, reduction: str = "mean", distributed: bool | None = None,
-                 validate: bool | None = None) -> Tensor:
+                 validate: bool | None = None, backend: str | None = None) -> Tensor:
     """Tversky loss ``1 - TI``, ``TI = (tp + smooth_nr) / (tp + alpha fp + beta fn + smooth_dr)`` per image
     and class (Salehi et al., arXiv:1706.05721), as MONAI's ``TverskyLoss``: ``tp = sum p y``, false
     positives ``sum p (1 - y)``, false negatives ``sum (1 - p) y``.
@@ -111,7 +115,8 @@ def tversky_loss(logits: Tensor, target: Tensor, *, alpha: float = 0.5, beta: fl
 
     return _region_loss(terms_of, logits, target, activation=activation, weight=weight, ignore_index=ignore_index,
                         include_background=include_background, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                        reduction=reduction, validate=validate, distributed=distributed, mask=mask)
+                        reduction=reduction, validate=validate, distributed=distributed, mask=mask,
+                        backend=backend)
 
 
 @declare("region", "FocalTverskyLoss", aliases=("focal_tversky",))
@@ -119,7 +124,8 @@ def focal_tversky_loss(logits: Tensor, target: Tensor, *, alpha: float = 0.3, be
                        gamma: float = 4.0 / 3.0, activation: str | None = "softmax", weight=None,
                        ignore_index: int = -100, mask=None, include_background: bool = True, batch: bool = False,
                        smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean",
-                       distributed: bool | None = None, validate: bool | None = None) -> Tensor:
+                       distributed: bool | None = None, validate: bool | None = None,
+                       backend: str | None = None) -> Tensor:
     """Focal Tversky loss ``(1 - TI)^(1/gamma)`` per image and class (Abraham and Khan, arXiv:1810.07842),
     ``TI`` as in :func:`tversky_loss`.
 
@@ -148,7 +154,8 @@ def focal_tversky_loss(logits: Tensor, target: Tensor, *, alpha: float = 0.3, be
 
     return _region_loss(terms_of, logits, target, activation=activation, weight=weight, ignore_index=ignore_index,
                         include_background=include_background, batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                        reduction=reduction, validate=validate, distributed=distributed, mask=mask)
+                        reduction=reduction, validate=validate, distributed=distributed, mask=mask,
+                        backend=backend)
 
 
 __all__ = public_names(__name__)

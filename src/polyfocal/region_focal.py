@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _checks, _region
+from ._backend import check_backend
 from ._declare import declare, public_names
 from ._errors import InputTypeError, InputValueError
 from ._numerics import no_autocast, output_dtype
@@ -178,7 +179,7 @@ def unified_focal_loss(logits: Tensor, target: Tensor, *, form: str = "asymmetri
                        delta: float = 0.6, gamma: float = 0.5, activation: str | None = "softmax",
                        ignore_index: int = -100, mask=None, batch: bool = False, smooth_nr: float = 1e-5,
                        smooth_dr: float = 1e-5, reduction: str = "mean", distributed: bool | None = None,
-                       validate: bool | None = None) -> Tensor:
+                       validate: bool | None = None, backend: str | None = None) -> Tensor:
     """The unified focal loss ``lambda_focal * L_F + (1 - lambda_focal) * L_FT`` (Yeung et al., Computerized
     Medical Imaging and Graphics 2022, arXiv:2102.04525), binary and multi-class; class 0 is the background.
 
@@ -199,8 +200,8 @@ def unified_focal_loss(logits: Tensor, target: Tensor, *, form: str = "asymmetri
         gamma: in [0, 1], the focusing parameter of both parts.
         logits: ``(N, C, *spatial)``; with ``activation="sigmoid"`` or probabilities, one channel
             (the foreground) is a binary problem.
-        target, activation, ignore_index, mask, batch, smooth_nr, smooth_dr, distributed, validate: as
-            :func:`dice_loss`.
+        target, activation, ignore_index, mask, batch, smooth_nr, smooth_dr, distributed, validate, backend:
+            as :func:`dice_loss` (its focal part is computed with the region sums, on autograd).
         reduction: ``"mean"`` or ``"sum"`` (each part's sum).
 
     Returns:
@@ -208,6 +209,8 @@ def unified_focal_loss(logits: Tensor, target: Tensor, *, form: str = "asymmetri
     """
     lambda_focal = _checks.number(lambda_focal, "lambda_focal", low=0.0, high=1.0)
     _checks.check_reduction(reduction, None)
+    if backend is not None:
+        check_backend(backend)
     if reduction == "none":
         raise InputValueError("`reduction='none'`: the unified focal loss's parts have different shapes; "
                               "take 'mean' or 'sum'")
