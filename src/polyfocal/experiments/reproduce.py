@@ -247,46 +247,48 @@ def _higher(results: dict, pairs, metric: str, what: str) -> tuple[list, Verdict
     return diffs, Verdicts(tuple((f"{name}: {what}", d["verdict"]) for (_, _, name), d in zip(pairs, diffs)))
 
 
+def _beats(claim: str, setting: str, task, results: dict, pairs, metric: str, what: str) -> Finding:
+    """A finding whose claim is that each ``a`` of ``pairs`` beats its ``b`` in ``metric`` (see :func:`_higher`)."""
+    diffs, verdicts = _higher(results, pairs, metric, what)
+    return Finding(claim=claim, setting=setting, verdict=verdicts, task=task, results=results, metric=metric,
+                   differences=diffs)
+
+
 def _longtail(config: ReproduceConfig, run) -> Finding:
     task = make_task("digits-lt", imbalance=config.longtail_imbalance)
     results = run(task, ["ce", "logit_adjusted", "focal:alpha=balanced"], config.digits_epochs)
-    diffs, verdicts = _higher(results, (("logit_adjusted", "ce", "logit adjustment"),
-                                        ("focal:alpha=balanced", "ce", "class-balanced focal")),
-                              "balanced_accuracy", "balanced accuracy higher")
     imbalance = f"{config.longtail_imbalance:g}"
     setting = (f"digits-lt (imbalance {imbalance}: class c keeps n_max * {imbalance}^(-c/9) training images; the "
                f"test set balanced), MLP, cross-entropy vs logit_adjusted_cross_entropy (prior from the training "
                f"labels) and focal_loss (gamma 2, alpha = class_balanced_weight of the training counts, beta 0.9999); "
                f"test balanced accuracy.")
-    return Finding(claim=LONGTAIL_CLAIM, setting=setting, verdict=verdicts, task=task, results=results,
-                   metric="balanced_accuracy", differences=diffs)
+    return _beats(LONGTAIL_CLAIM, setting, task, results, (("logit_adjusted", "ce", "logit adjustment"),
+                                                          ("focal:alpha=balanced", "ce", "class-balanced focal")),
+                  "balanced_accuracy", "balanced accuracy higher")
 
 
 def _asl(config: ReproduceConfig, run) -> Finding:
     task = make_task("multilabel-toy")
     results = run(task, ["bce", "sigmoid_focal", "asl"], config.multilabel_epochs)
-    diffs, verdicts = _higher(results, (("asl", "bce", "ASL vs BCE"), ("asl", "sigmoid_focal", "ASL vs focal")), "map",
-                              "mAP higher")
     setting = (f"multilabel-toy ({task.description}; {len(task.x_train)} train and {len(task.x_test)} test "
                f"images), MLP with a sigmoid head, each batch's summed loss divided by its images; binary_cross_entropy"
                f" vs sigmoid_focal_loss (gamma 2, alpha 0.25) vs asymmetric_loss (the paper's defaults); test mAP "
                f"over the 10 labels.")
-    return Finding(claim=ASL_CLAIM, setting=setting, verdict=verdicts, task=task, results=results, metric="map",
-                   differences=diffs)
+    return _beats(ASL_CLAIM, setting, task, results, (("asl", "bce", "ASL vs BCE"),
+                                                     ("asl", "sigmoid_focal", "ASL vs focal")), "map", "mAP higher")
 
 
 def _segmentation(config: ReproduceConfig, run) -> Finding:
     task = make_task("seg-toy")
     results = run(task, [DICE_CE, FOCAL_TVERSKY, UNIFIED], config.segmentation_epochs)
-    diffs, verdicts = _higher(results, ((FOCAL_TVERSKY, DICE_CE, "focal Tversky vs Dice + CE"),
-                                        (UNIFIED, DICE_CE, "unified focal vs Dice + CE")), "dice", "Dice higher")
     setting = (f"seg-toy ({task.description}; {len(task.x_train)} train and {len(task.x_test)} test images), a "
                f"3-layer fully convolutional net with a softmax head; dice_focal_loss with cross-entropy per pixel "
                f"vs focal_tversky_loss (alpha 0.3, beta 0.7, gamma 4/3) vs unified_focal_loss (asymmetric, lambda "
                f"0.5, delta 0.6, gamma 0.5), each class's region sums over the batch; the test Dice of the "
                f"foreground classes (each over all its test pixels, torchmetrics), averaged.")
-    return Finding(claim=SEGMENTATION_CLAIM, setting=setting, verdict=verdicts, task=task, results=results,
-                   metric="dice", differences=diffs)
+    return _beats(SEGMENTATION_CLAIM, setting, task, results, ((FOCAL_TVERSKY, DICE_CE, "focal Tversky vs Dice + CE"),
+                                                              (UNIFIED, DICE_CE, "unified focal vs Dice + CE")),
+                  "dice", "Dice higher")
 
 
 def _dense(config: ReproduceConfig, run) -> tuple:

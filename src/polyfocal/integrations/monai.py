@@ -94,7 +94,7 @@ class _Region(nn.Module):
             _single_channel("to_onehot_y")
         elif self.to_onehot_y:
             target = _labels(target, classes, self.ignore_index)
-        if target.is_floating_point() is False and target.dim() == input.dim():
+        if not target.is_floating_point() and target.dim() == input.dim():  # a one-hot of integers
             target = target.to(input.dtype)
         include_background = self.include_background
         if not include_background and classes == 1:
@@ -104,9 +104,6 @@ class _Region(nn.Module):
             raise InputValueError(f"ground truth has different shape ({target.shape}) from input ({input.shape})")
         return dict(logits=input, target=target, activation=activation, include_background=include_background,
                     keep=keep, batch=self.batch, smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr)
-
-    def _shaped(self, loss: Tensor, input: Tensor) -> Tensor:
-        return loss
 
 
 class DiceLoss(_Region):
