@@ -4,7 +4,7 @@ collected); ``run(None, data)`` is the one-process run on the whole batch.
     python _region_worker.py RANK WORLD_SIZE STORE_FILE DATA_FILE OUT_FILE
 
 Each rank takes its half of the images through a 1x1 convolution into each loss with ``batch=True`` and
-saves the loss and the gradient of the convolution's weight.
+saves the loss and the gradient of the convolution's weight, with the engine ``data["backend"]``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ def run(rank: int | None, data: dict) -> dict:
     out = {}
     for name, loss_of in LOSSES.items():
         weight = data["conv"].clone().requires_grad_()
-        loss = loss_of(F.conv2d(x, weight), labels)
-        out[name] = (loss.detach(), torch.autograd.grad(loss, weight)[0])
+        with pf.use_backend(data["backend"]):  # the sums' gradients by autograd or written out
+            loss = loss_of(F.conv2d(x, weight), labels)
+            out[name] = (loss.detach(), torch.autograd.grad(loss, weight)[0])
     return out
 
 

@@ -94,8 +94,10 @@ NONE_REDUCTION = {"dice_loss", "tversky_loss", "focal_tversky_loss"}
 
 
 def engines(name):
-    if name in SINGLE_ENGINE or FORMS[name][0] == "region":
+    if name in SINGLE_ENGINE:
         return ("reference",)
+    if FORMS[name][0] == "region":  # "eager": the written-out gradients whatever the size
+        return ("reference", "eager")
     return ("reference", "eager", "fused") if FORMS[name][0] == "softmax" else ("reference", "fused")
 
 

@@ -18,6 +18,18 @@ from _gloo import needs_gloo, run_ranks
 WORKER = Path(__file__).with_name("_region_worker.py")
 
 
+@pytest.fixture(autouse=True, params=["reference", "eager"])
+def engine(request, monkeypatch):
+    """Every test twice: autograd's gradients of the sums, and the written-out ones (what ``"auto"`` takes
+    for large logits), on blocks of a few positions so that the small inputs here span several."""
+    from polyfocal import _region_sums
+
+    monkeypatch.setattr(_region_sums, "_MIN_BLOCK", 8)
+    monkeypatch.setattr(_region_sums, "_BLOCKS", 64)
+    with pf.use_backend(request.param):
+        yield request.param
+
+
 def logits_and_targets(n=3, c=4, spatial=(5, 6), seed=0, scale=2.0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, *spatial, generator=g, dtype=torch.float64) * scale
@@ -196,6 +208,33 @@ def test_fp32_within_1e6_of_float64():
             assert ((g32.double() - g64).norm() / g64.norm()).item() <= 1e-5, f.__name__
 
 
+def saved_for_backward(f, x, target) -> list[int]:
+    """The sizes in bytes of the storages ``f(x, target)`` saves for backward, beyond its inputs'."""
+    inputs, saved = {x.untyped_storage().data_ptr(), target.untyped_storage().data_ptr()}, {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in inputs:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        f(x, target)
+    return list(saved.values())
+
+
+def test_written_out_gradients_keep_no_logits_sized_tensor(engine):
+    """Written out, a region term saves no logits-sized tensor for backward (only per-pixel ones: the
+    labels with their ignored pixels at 0, the mask) and the unified focal loss one, its focal part's
+    gradient; autograd's keeps the probabilities at least."""
+    x, labels, _ = logits_and_targets(n=2, c=4, spatial=(16, 16))
+    x.requires_grad_()
+    logits = x.numel() * x.element_size()
+    for f, written in ((pf.dice_loss, 0), (pf.focal_tversky_loss, 0), (pf.unified_focal_loss, 1)):
+        large = sum(size >= logits for size in saved_for_backward(f, x, labels))
+        assert large == written if engine == "eager" else large >= 1, (f.__name__, large)
+
+
 def test_autocast_and_half_precision_compute_in_fp32():
     x, labels, _ = logits_and_targets()
     for f in (pf.dice_loss, pf.unified_focal_loss, pf.dice_focal_loss):
@@ -285,13 +324,13 @@ def test_bad_input_is_a_clear_error(f, change, error, message):
 
 
 @needs_gloo
-def test_whole_batch_sums_across_two_ranks_equal_one_process(tmp_path):
+def test_whole_batch_sums_across_two_ranks_equal_one_process(tmp_path, engine):
     """With batch=True each rank's region loss is the whole batch's, and DDP's average of the ranks' parameter
     gradients (here: of a 1x1 convolution before the loss) is the one-process gradient."""
     g = torch.Generator().manual_seed(5)
     data = {"x": torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64),
             "labels": torch.randint(0, 4, (4, 5, 5), generator=g),
-            "conv": torch.randn(4, 3, 1, 1, generator=g, dtype=torch.float64)}
+            "conv": torch.randn(4, 3, 1, 1, generator=g, dtype=torch.float64), "backend": engine}
     data["labels"][1, 0], data["labels"][3, 0] = -100, -100  # as many on each rank: the pixel means agree
     results = run_ranks(WORKER, data, tmp_path)
     import _region_worker

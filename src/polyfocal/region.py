@@ -9,7 +9,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import _checks, _region
-from ._backend import check_backend
 from ._declare import declare, public_names
 from ._errors import InputTypeError, InputValueError
 from ._numerics import no_autocast, output_dtype
@@ -22,10 +21,10 @@ def _region_options(pix: _region.Pixels, weight, include_background: bool, smoot
         _checks.number(value, name, low=0.0)
     if not isinstance(include_background, bool):
         raise InputTypeError(f"`include_background` must be True or False; got {include_background!r}")
-    if not include_background and pix.probability.shape[1] == 1:
+    if not include_background and pix.logits.shape[1] == 1:
         raise InputValueError("`include_background=False` leaves out channel 0, the only one of these logits "
                               "(one channel is the foreground); got shape with C=1")
-    weight = _checks.class_vector(weight, "weight", pix.probability.shape[1], pix.probability)
+    weight = _checks.class_vector(weight, "weight", pix.logits.shape[1], pix.logits)
     if weight is not None and bool(_checks.should_validate(None, weight)) and bool((weight < 0).any()):
         raise InputValueError(f"`weight` must be >= 0; got {weight.tolist()}")
     return weight
@@ -34,15 +33,15 @@ def _region_options(pix: _region.Pixels, weight, include_background: bool, smoot
 def _region_loss(terms_of, logits, target, *, activation, weight, ignore_index, include_background, batch,
                  smooth_nr, smooth_dr, reduction, validate, distributed, mask, backend, squared=False) -> Tensor:
     """The loss of a region term ``terms_of(sums)`` (per image and class, or per class): weighted, the
-    background left out where asked, reduced. One engine, autograd: ``backend`` is checked and has nothing
-    to choose (the sums are one pass each beside the softmax)."""
-    if backend is not None:
-        check_backend(backend)
+    background left out where asked, reduced; the sums' gradient autograd's or written out
+    (:func:`polyfocal._region.written_out`)."""
     out_dtype = output_dtype(logits)
     with no_autocast(logits):
         pix = _region.pixels(logits, target, activation, ignore_index, validate, mask)
         weight = _region_options(pix, weight, include_background, smooth_nr, smooth_dr, reduction)
-        sums = _region.class_sums(pix, squared=squared, batch=batch, distributed=distributed)
+        written_out = _region.written_out(backend, pix.logits)
+        sums = _region.class_sums(pix, squared=squared, batch=batch, distributed=distributed,
+                                  written_out=written_out)
         first = 0 if include_background else 1
         terms = terms_of(sums.classes(first))
         if weight is not None:

@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from . import _checks, _region
-from ._backend import check_backend
 from ._declare import declare, public_names
 from ._errors import InputTypeError, InputValueError
 from ._numerics import no_autocast, output_dtype
@@ -77,7 +76,7 @@ def dice_focal_loss(logits: Tensor, target: Tensor, *, pixel_loss: str | None = 
         {region_args}
         reduction: ``"mean"`` (the region terms' mean plus the per-pixel loss's mean over the counted
             pixels) or ``"sum"`` (each term's sum).
-        backend: the per-pixel loss's engine.
+        backend: the engine of both terms (``"reference"``: autograd's gradient of the region sums).
 
     Returns:
         A scalar.
@@ -93,7 +92,7 @@ def dice_focal_loss(logits: Tensor, target: Tensor, *, pixel_loss: str | None = 
     region = dice_loss(logits, target, activation=activation, squared_pred=squared_pred, jaccard=jaccard,
                        weight=weight, ignore_index=ignore_index, include_background=include_background, batch=batch,
                        smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction=reduction, distributed=distributed,
-                       validate=validate)
+                       validate=validate, backend=backend)
     return lambda_region * region + lambda_pixel * pixel
 
 
@@ -112,7 +111,7 @@ def tversky_focal_loss(logits: Tensor, target: Tensor, *, alpha: float = 0.5, be
         pixel_loss, pixel_params, lambda_region, lambda_pixel: as :func:`dice_focal_loss`.
         {region_args}
         reduction: ``"mean"`` or ``"sum"``, as :func:`dice_focal_loss`.
-        backend: the per-pixel loss's engine.
+        backend: the engine of both terms (``"reference"``: autograd's gradient of the region sums).
 
     Returns:
         A scalar.
@@ -123,7 +122,7 @@ def tversky_focal_loss(logits: Tensor, target: Tensor, *, alpha: float = 0.5, be
     region = tversky_loss(logits, target, alpha=alpha, beta=beta, activation=activation, weight=weight,
                           ignore_index=ignore_index, include_background=include_background, batch=batch,
                           smooth_nr=smooth_nr, smooth_dr=smooth_dr, reduction=reduction, distributed=distributed,
-                          validate=validate)
+                          validate=validate, backend=backend)
     return lambda_region * region + lambda_pixel * pixel
 
 
@@ -147,9 +146,10 @@ def _two_classes(logits: Tensor, target, activation):
 
 
 def unified_parts(logits: Tensor, target, *, form, delta, gamma, activation, ignore_index, batch, smooth_nr,
-                  smooth_dr, distributed, validate, keep=None) -> tuple[Tensor, Tensor, Tensor]:
-    """The unified focal loss's parts: the per-pixel focal terms summed over the counted pixels, their
-    count, and the focal Tversky terms per image (or batch) and class."""
+                  smooth_dr, distributed, validate, focal_weight, per_pixel_mean: bool, keep=None,
+                  backend=None) -> tuple[Tensor, Tensor]:
+    """The unified focal loss's parts: ``focal_weight`` times the per-pixel focal terms' sum (their mean over
+    the counted pixels with ``per_pixel_mean``), and the focal Tversky terms per image (or batch) and class."""
     if form not in UNIFIED_FORMS:
         raise InputValueError(f"`form` must be one of {UNIFIED_FORMS}; got {form!r}")
     delta = _checks.number(delta, "delta", low=0.0, high=1.0)
@@ -158,20 +158,21 @@ def unified_parts(logits: Tensor, target, *, form, delta, gamma, activation, ign
         _checks.number(value, name, low=0.0)
     logits, target, activation = _two_classes(logits, target, activation)
     pix = _region.pixels(logits, target, activation, ignore_index, validate, keep)
-    x = pix.probability
+    x, written_out = pix.logits, _region.written_out(backend, pix.logits)
     weights = torch.full((x.shape[1],), delta, dtype=x.dtype, device=x.device)
     weights[0] = 1 - delta  # the background's weight; delta the rare classes'
     gammas, exponents = torch.full_like(weights, gamma), torch.full_like(weights, 1 - gamma)
     if form == "asymmetric":  # suppress the background's focal term, enhance the rare classes' region terms
         gammas[1:], exponents[0] = 0.0, 1.0
+    scale = focal_weight / _region.counted(pix) if per_pixel_mean else focal_weight
     if pix.labels is None:  # a probability target weighs every class's focal term
-        focal = _region.at_target(_region.class_focal_terms(pix, gammas) * weights.view(1, -1, 1), pix)
+        per_class = _region.class_focal_terms(pix, gammas) * weights.view(1, -1, 1)
+        focal = _region.at_target(per_class, pix).sum() * scale
     else:
-        focal = _region.focal_at_labels(pix, gammas, weights)
-    focal_sum = focal.sum()
-    sums = _region.class_sums(pix, batch=batch, distributed=distributed)
+        focal = _region.focal_sum_at_labels(pix, gammas, weights, scale, _region.written_out(backend, None))
+    sums = _region.class_sums(pix, batch=batch, distributed=distributed, written_out=written_out)
     tversky = _region.tversky_terms(sums, alpha=1 - delta, beta=delta, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
-    return focal_sum, _region.counted(pix), _region.focal(tversky, exponents)
+    return focal, _region.focal(tversky, exponents)
 
 
 @declare("region", "UnifiedFocalLoss", aliases=("unified_focal",))
@@ -201,7 +202,8 @@ def unified_focal_loss(logits: Tensor, target: Tensor, *, form: str = "asymmetri
         logits: ``(N, C, *spatial)``; with ``activation="sigmoid"`` or probabilities, one channel
             (the foreground) is a binary problem.
         target, activation, ignore_index, mask, batch, smooth_nr, smooth_dr, distributed, validate, backend:
-            as :func:`dice_loss` (its focal part is computed with the region sums, on autograd).
+            as :func:`dice_loss`; the focal part of class-index targets takes the softmax row engine's
+            written-out gradient (``backend="reference"``: autograd).
         reduction: ``"mean"`` or ``"sum"`` (each part's sum).
 
     Returns:
@@ -209,20 +211,17 @@ def unified_focal_loss(logits: Tensor, target: Tensor, *, form: str = "asymmetri
     """
     lambda_focal = _checks.number(lambda_focal, "lambda_focal", low=0.0, high=1.0)
     _checks.check_reduction(reduction, None)
-    if backend is not None:
-        check_backend(backend)
     if reduction == "none":
         raise InputValueError("`reduction='none'`: the unified focal loss's parts have different shapes; "
                               "take 'mean' or 'sum'")
     out_dtype = output_dtype(logits)
     with no_autocast(logits):
-        focal_sum, count, terms = unified_parts(
+        focal, terms = unified_parts(
             logits, target, form=form, delta=delta, gamma=gamma, activation=activation, ignore_index=ignore_index,
             batch=batch, smooth_nr=smooth_nr, smooth_dr=smooth_dr, distributed=distributed, validate=validate,
-            keep=mask)
-        focal_part = focal_sum / count if reduction == "mean" else focal_sum
-        loss = lambda_focal * focal_part + (1 - lambda_focal) * _region.reduce_terms(terms, reduction)
-        return loss.to(out_dtype)
+            focal_weight=lambda_focal, per_pixel_mean=reduction == "mean", keep=mask, backend=backend)
+        # the focal part comes weighted and averaged, so that its saved gradient is the logits' own
+        return (focal + (1 - lambda_focal) * _region.reduce_terms(terms, reduction)).to(out_dtype)
 
 
 __all__ = public_names(__name__)

@@ -333,9 +333,10 @@ class AsymmetricUnifiedFocalLoss(nn.Module):
         if y_true.shape[1] == 1 and (self.to_onehot_y or y_pred.shape[1] == 1):
             y_true = _labels(y_true, 2, self.ignore_index)
         p = y_pred.clamp(_EPSILON, 1 - _EPSILON)
-        focal_sum, _, terms = unified_parts(p, y_true, form="asymmetric", delta=self.delta, gamma=self.gamma,
-                                            activation=None, ignore_index=-100, batch=False, smooth_nr=_EPSILON,
-                                            smooth_dr=_EPSILON, distributed=False, validate=None, keep=keep)
         # MONAI's parts are means whatever the reduction: the focal part's over every pixel and both channels
-        focal = focal_sum / (y_pred.shape[0] * 2 * y_pred[0, 0].numel())
-        return self.weight * focal + (1 - self.weight) * _region.reduce_terms(terms, "mean")
+        focal, terms = unified_parts(p, y_true, form="asymmetric", delta=self.delta, gamma=self.gamma,
+                                     activation=None, ignore_index=-100, batch=False, smooth_nr=_EPSILON,
+                                     smooth_dr=_EPSILON, distributed=False, validate=None, keep=keep,
+                                     focal_weight=self.weight / (y_pred.shape[0] * 2 * y_pred[0, 0].numel()),
+                                     per_pixel_mean=False)
+        return focal + (1 - self.weight) * _region.reduce_terms(terms, "mean")
