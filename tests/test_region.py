@@ -226,13 +226,16 @@ def saved_for_backward(f, x, target) -> list[int]:
 def test_written_out_gradients_keep_no_logits_sized_tensor(engine):
     """Written out, a region term saves no logits-sized tensor for backward (only per-pixel ones: the
     labels with their ignored pixels at 0, the mask) and the unified focal loss one, its focal part's
-    gradient; autograd's keeps the probabilities at least."""
+    gradient; autograd's keeps the probabilities at least. A float one-hot target (the unified focal part
+    takes its labels) too."""
     x, labels, _ = logits_and_targets(n=2, c=4, spatial=(16, 16))
     x.requires_grad_()
     logits = x.numel() * x.element_size()
-    for f, written in ((pf.dice_loss, 0), (pf.focal_tversky_loss, 0), (pf.unified_focal_loss, 1)):
-        large = sum(size >= logits for size in saved_for_backward(f, x, labels))
-        assert large == written if engine == "eager" else large >= 1, (f.__name__, large)
+    one_hot = target_of("one_hot", labels.clamp_min(0), x, 4)
+    for target in (labels, one_hot):
+        for f, written in ((pf.dice_loss, 0), (pf.focal_tversky_loss, 0), (pf.unified_focal_loss, 1)):
+            large = sum(size >= logits for size in saved_for_backward(f, x, target))
+            assert large == written if engine == "eager" else large >= 1, (f.__name__, target.dtype, large)
 
 
 def test_autocast_and_half_precision_compute_in_fp32():
@@ -255,9 +258,14 @@ def test_gradcheck_and_gradgradcheck():
             assert torch.autograd.gradgradcheck(lambda z: f(z, target, **kwargs), (inputs,))
 
 
-def test_one_pass_per_sum_without_a_loop_over_classes():
-    """The sums of 64 classes take as many operations as those of 2: no Python loop over classes or images."""
+def test_one_pass_per_sum_without_a_loop_over_classes(monkeypatch):
+    """The sums of 64 classes take as many operations as those of 2: no Python loop over classes or images
+    (the blocks of positions, the one loop, at their own size: one block for inputs this small)."""
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from polyfocal import _region_sums
+
+    monkeypatch.setattr(_region_sums, "_MIN_BLOCK", 1 << 18)
 
     class Count(TorchDispatchMode):
         ops = 0

@@ -1,5 +1,6 @@
 """Softmax family against the references, torch, and the family's identities."""
 
+import itertools
 import math
 
 import pytest
@@ -219,3 +220,61 @@ def test_hard_truncation_stops_gradient_past_margin():
     assert loss[0] == 0 and (grad[0] == 0).all()
     torch.testing.assert_close(loss[1], torch.tensor(math.log(2), dtype=torch.float64))  # p_t = 0.5 still counts
     assert (grad[2] != 0).all()
+
+
+def one_hot(t, num_classes):
+    return F.one_hot(t, num_classes).movedim(-1, 1).to(torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(set(ref.SOFTMAX) - ref.INDEX_ONLY))
+@pytest.mark.parametrize("shape", [(7, 5), (2, 4, 3, 5)])
+def test_an_exact_one_hot_target_is_the_class_index_loss(name, shape):
+    """An exactly one-hot float target (torchvision's habit) takes the class-index path: the same loss, value
+    and gradient bit for bit, with the row engine's memory; `alpha`, `sample_weight` and every reduction hold."""
+    logits, t = make_inputs(shape, "index")
+    t = t.clamp_min(0)
+    f, kwargs = pf.get_loss_function(name), dict(ref.SOFTMAX[name][1])
+    if name == "focal_loss":
+        kwargs["alpha"] = torch.rand(shape[1], dtype=torch.float64)
+    hot = one_hot(t, shape[1])  # classes last in memory, as F.one_hot makes them; and contiguous
+    for reduction, target in itertools.product(REDUCTIONS, (hot, hot.contiguous())):
+        by_index, by_one_hot = (f(logits, y, reduction=reduction, **kwargs) for y in (t, target))
+        assert torch.equal(by_index, by_one_hot), (name, reduction)
+        assert torch.equal(grads(by_index, logits), grads(by_one_hot, logits))
+    # ignore_index is a class index: a probability target's rows all count
+    torch.testing.assert_close(f(logits, hot, ignore_index=0, **kwargs),
+                               f(logits, hot, ignore_index=0, validate=False, **kwargs))
+
+
+def test_what_is_not_exactly_one_hot_keeps_the_probability_target():
+    """A target one-hot only to rounding, one that needs a gradient, or one not read (``validate=False``) is a
+    probability target; with `weight` too, whose mean divides by the rows (not by the labels' weights)."""
+    from polyfocal._checks import one_hot_labels
+
+    logits, t = make_inputs((6, 3), "index")
+    t = t.clamp_min(0)
+    y = one_hot(t, 3)
+    assert torch.equal(one_hot_labels(y, None), t)
+    near = y.clone()
+    near[0, (t[0] + 1) % 3] = 1e-30  # the row still sums to 1 in fp64
+    for target, validate in ((near, None), (y.clone().requires_grad_(), None), (y, False)):
+        assert one_hot_labels(target, validate) is None
+        torch.testing.assert_close(pf.focal_loss(logits, target, validate=validate),
+                                   ref.softmax_loss(ref.focal, logits, target.detach(), gamma=2.0))
+    y.requires_grad_()
+    assert torch.autograd.grad(pf.focal_loss(logits, y), y)[0].abs().sum() > 0
+    w = torch.tensor([0.2, 1.0, 3.0], dtype=torch.float64)
+    torch.testing.assert_close(pf.cross_entropy(logits, y.detach(), weight=w),
+                               F.cross_entropy(logits, y.detach(), weight=w))
+    assert not torch.allclose(pf.cross_entropy(logits, t, weight=w), F.cross_entropy(logits, y.detach(), weight=w))
+
+
+def test_one_hot_labels_are_exact_in_half_precision_with_many_classes():
+    """bf16 holds integers exactly only to 256 and fp16 to 2048: the labels are read in fp32."""
+    from polyfocal._checks import one_hot_labels
+
+    t = torch.randint(0, 3000, (64, 3), generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float16, torch.bfloat16):
+        hot = F.one_hot(t, 3000).movedim(-1, 1).to(dtype)
+        for y in (hot, hot.contiguous()):
+            assert torch.equal(one_hot_labels(y, None), t), dtype

@@ -20,7 +20,7 @@ from ._declare import Hyperparameter, declare, public_names
 from ._loss_module import _EXAMPLES, LossModule, PerClassStatistics
 from ._errors import InputTypeError, InputValueError
 from ._numerics import compute_dtype, is_class, output_dtype
-from ._softmax_engine import check_logits, check_target, softmax_loss
+from ._softmax_engine import check_logits, check_target, one_hot_as_indices, softmax_loss
 
 
 def _counts(counts, name: str = "counts") -> Tensor:
@@ -209,7 +209,9 @@ def ldam_loss(logits: Tensor, target: Tensor, *, class_counts=None, max_margin: 
     max_margin = _checks.number(max_margin, "max_margin", low=0.0)
     scale = _checks.number(scale, "scale", low=0.0, low_open=True)
     _checks.integer(ignore_index, "ignore_index", low=-(2**63))
-    check_target(logits, target, ignore_index, validate)  # before the target is read
+    index, _ = check_target(logits, target, ignore_index, validate)  # before the target is read
+    target, one_hot = one_hot_as_indices(target, index, weight, validate)
+    ignore_index = -1 if one_hot else ignore_index  # argmax's labels: none is ignored
     x = logits.to(compute_dtype(logits))
     x = scale * _margin_shifted(x, target, ldam_margins(class_counts, max_margin, num_classes), ignore_index)
     return softmax_loss(_math.poly_series, {}, x, target, weight=weight, ignore_index=ignore_index,

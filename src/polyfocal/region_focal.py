@@ -165,11 +165,13 @@ def unified_parts(logits: Tensor, target, *, form, delta, gamma, activation, ign
     if form == "asymmetric":  # suppress the background's focal term, enhance the rare classes' region terms
         gammas[1:], exponents[0] = 0.0, 1.0
     scale = focal_weight / _region.counted(pix) if per_pixel_mean else focal_weight
-    if pix.labels is None:  # a probability target weighs every class's focal term
+    labels = pix.labels if pix.dense is None else _checks.one_hot_labels(pix.dense, validate)
+    if labels is None:  # a probability target weighs every class's focal term
         per_class = _region.class_focal_terms(pix, gammas) * weights.view(1, -1, 1)
         focal = _region.at_target(per_class, pix).sum() * scale
-    else:
-        focal = _region.focal_sum_at_labels(pix, gammas, weights, scale, _region.written_out(backend, None))
+    else:  # class indices, or a one-hot target's (the same terms; the region sums keep the dense target)
+        focal = _region.focal_sum_at_labels(pix._replace(labels=labels), gammas, weights, scale,
+                                            _region.written_out(backend, None))
     sums = _region.class_sums(pix, batch=batch, distributed=distributed, written_out=written_out)
     tversky = _region.tversky_terms(sums, alpha=1 - delta, beta=delta, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
     return focal, _region.focal(tversky, exponents)
