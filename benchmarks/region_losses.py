@@ -5,7 +5,10 @@
 Peak memory: resident memory beyond the inputs and the logits' gradient at the peak of one forward +
 backward, in a fresh process per loss with ``MALLOC_MMAP_THRESHOLD_=131072`` (so that freed heap memory is
 returned and not counted twice), in units of the logits' own size. Time: forward + backward as a ratio to
-``F.cross_entropy``'s, interleaved rounds in one process. Class-index targets, fp32, the torch threads set; fused kernels compiled before anything is measured.
+``F.cross_entropy``'s with class indices, interleaved rounds in one process. Each loss with class-index targets
+and with the same target as a float one-hot ``(N, C, *spatial)`` (what MONAI's and torchvision's users pass;
+MONAI then takes it without ``to_onehot_y``); fp32, the torch threads set; fused kernels compiled before
+anything is measured.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ def _monai(name: str, **options):
     def run(x, t):
         import monai.losses
 
-        return getattr(monai.losses, name)(**options)(x, t.unsqueeze(1))
+        if t.is_floating_point():  # already one-hot
+            return getattr(monai.losses, name)(**options)(x, t)
+        return getattr(monai.losses, name)(to_onehot_y=True, **options)(x, t.unsqueeze(1))
     return run
 
 
@@ -43,16 +48,25 @@ LOSSES = {
     "pf.focal_tversky_loss": lambda x, t: pf.focal_tversky_loss(x, t),
     "pf.dice_focal_loss": lambda x, t: pf.dice_focal_loss(x, t),
     "pf.unified_focal_loss": lambda x, t: pf.unified_focal_loss(x, t),
-    "monai DiceLoss(softmax, to_onehot_y)": _monai("DiceLoss", softmax=True, to_onehot_y=True),
-    "monai DiceFocalLoss(softmax, to_onehot_y)": _monai("DiceFocalLoss", softmax=True, to_onehot_y=True),
+    "monai DiceLoss(softmax)": _monai("DiceLoss", softmax=True),
+    "monai DiceFocalLoss(softmax)": _monai("DiceFocalLoss", softmax=True),
 }
 BASELINE = "F.cross_entropy"
 
 
-def inputs(*shape: int):
+#: the target's forms: class indices ``(N, *spatial)`` and the same as a float one-hot ``(N, C, *spatial)``
+FORMS = ("index", "one-hot")
+#: the form a peak's fresh process builds
+FORM = "REGION_BENCHMARK_TARGET"
+
+
+def inputs(*shape: int, form: str = "index"):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g).requires_grad_()
-    return x, torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    t = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=g)
+    if form == "one-hot":
+        t = F.one_hot(t, shape[1]).movedim(-1, 1).float().contiguous()
+    return x, t
 
 
 def step(name: str, x, t) -> None:
@@ -62,21 +76,24 @@ def step(name: str, x, t) -> None:
 
 
 def peak_in_this_process(name: str, shape) -> int:
-    x, t = inputs(*shape)
+    x, t = inputs(*shape, form=os.environ.get(FORM, "index"))
     return measure_peak(lambda: step(name, x, t), x.numel() * x.element_size())
 
 
-def times(shape, rounds: int) -> dict[str, float]:
-    x, t = inputs(*shape)
-    samples = {name: [] for name in LOSSES}
-    for name in LOSSES:
-        step(name, x, t)  # warm up
+def times(shape, rounds: int) -> dict[tuple[str, str], float]:
+    """The median time of every loss with each target form, the rounds interleaved over all of them."""
+    x, index = inputs(*shape)
+    targets = {"index": index, "one-hot": inputs(*shape, form="one-hot")[1]}
+    cases = [(name, form) for form in FORMS for name in LOSSES]
+    samples = {case: [] for case in cases}
+    for name, form in cases:
+        step(name, x, targets[form])  # warm up
     for _ in range(rounds):
-        for name in LOSSES:
+        for name, form in cases:
             start = time.perf_counter()
-            step(name, x, t)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in samples.items()}
+            step(name, x, targets[form])
+            samples[name, form].append(time.perf_counter() - start)
+    return {case: statistics.median(s) for case, s in samples.items()}
 
 
 def main() -> None:
@@ -87,12 +104,18 @@ def main() -> None:
     shape = tuple(args.shape)
     logits = torch.Size(shape).numel() * 4
     timed = times(shape, args.rounds)
-    print(f"shape {shape}, fp32, class indices, {torch.get_num_threads()} thread(s); logits {logits / 2**20:.1f} MiB")
-    print("| loss | time / F.cross_entropy | peak beyond inputs and gradient (logits' sizes) | (MiB) |")
-    print("|---|---|---|---|")
+    peaks = {}
+    for form in FORMS:
+        os.environ[FORM] = form
+        peaks.update({(name, form): peak(name, shape, module="region_losses") / logits for name in LOSSES})
+    base = timed[BASELINE, "index"]
+    print(f"shape {shape}, fp32, {torch.get_num_threads()} thread(s); logits {logits / 2**20:.1f} MiB; times "
+          f"against F.cross_entropy with class indices; peaks beyond inputs and gradient, in logits' sizes")
+    print("| loss | class indices: time | peak | float one-hot: time | peak |")
+    print("|---|---|---|---|---|")
     for name in LOSSES:
-        extra = peak(name, shape, module="region_losses")
-        print(f"| {name} | {timed[name] / timed[BASELINE]:.2f}x | {extra / logits:.2f} | {extra / 2**20:.0f} |")
+        cells = " | ".join(f"{timed[name, f] / base:.2f}x | {peaks[name, f]:.2f}" for f in FORMS)
+        print(f"| {name} | {cells} |")
 
 
 if __name__ == "__main__":
