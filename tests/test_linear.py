@@ -144,6 +144,31 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
+class _ProductOutputs(TorchDispatchMode):
+    """The overload and storage of each matrix product's result."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.storages.append((func._overloadname, out.untyped_storage().data_ptr(), tuple(out.shape)))
+        return out
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_every_chunk_writes_its_logits_into_one_buffer(bias):
+    """The chunks' logits reuse one buffer (a fresh one is new pages to fault in at every chunk)."""
+    n, h, v, chunk = 40, 8, 50, 8
+    hidden, weight, head_bias, target = head(n, h, v)
+    with _ProductOutputs() as mode:
+        pf.linear_loss(hidden, weight, target, head_bias=head_bias if bias else None, chunk_size=chunk)
+    logits = [(overload, ptr) for overload, ptr, shape in mode.storages if shape == (chunk, v)]
+    assert len(logits) == n // chunk and len(set(logits)) == 1 and logits[0][0] == "out"
+
+
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_logits_exist_one_chunk_at_a_time(reduction):
     """No tensor of the call (forward and backward) is larger than a chunk of logits or the inputs."""

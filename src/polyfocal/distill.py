@@ -14,8 +14,9 @@ the divergence per row and its gradient in ``z``, written out (no autograd graph
 
 Each gradient is in the tempered logits ``z / T``; the loss is scaled by ``T ** 2`` (Hinton et al.'s
 convention, so that the gradient's size does not shrink as ``T`` grows), which makes the gradient in
-``z`` ``T`` times it. A hard loss on ``target`` (any softmax-family polyfocal loss, on ``z`` itself) runs
-on the same chunk, its gradient by its own engine. The chunk loop, the gradients of hidden, head and
+``z`` ``T`` times it. A hard loss on ``target`` (any softmax-family polyfocal loss, on the logits ``z``:
+computed from ``T log p_S``, which is ``z`` less a per-row constant) runs on the same chunk, a block of rows
+at a time before the divergence writes its gradient over the block, its gradient by its own engine. The chunk loop, the gradients of hidden, head and
 bias, and the reductions are :mod:`polyfocal.linear`'s.
 """
 
@@ -70,11 +71,12 @@ def log_softmax_(x: Tensor, sharded: bool = False, group=None) -> Tensor:
 
 
 def divergence(student_log: Tensor, teacher_log: Tensor, name: str, beta: float, gradient: bool, sharded: bool = False,
-               group=None):
+               group=None, extra: Callable | None = None):
     """Per row ``D(p_T, p_S)`` from log-probabilities ``(n, K)``, and with ``gradient`` its derivative in the
     student's softmax input (written over ``student_log``; ``teacher_log`` is written over too), or None. A
     block of rows at a time, so that its temporaries are a block's size. ``sharded``: the classes are split
-    over the ranks of ``group``; each sum over them is all-reduced."""
+    over the ranks of ``group``; each sum over them is all-reduced. ``extra(block, student_log[block])``, called
+    before the block is written over, returns a gradient to add to the block's (or None)."""
     def total(a: Tensor, b: Tensor) -> Tensor:
         row_sums = _row_dot(a, b)
         if sharded:
@@ -83,10 +85,13 @@ def divergence(student_log: Tensor, teacher_log: Tensor, name: str, beta: float,
 
     rows = []
     for block in _blocks(student_log.shape[0]):
+        more = None if extra is None else extra(block, student_log[block])
         block_rows, grad = _divergence_block(student_log[block], teacher_log[block], name, beta, gradient, total)
         rows.append(block_rows)
         if grad is not None and grad.data_ptr() != student_log[block].data_ptr():
             student_log[block] = grad
+        if more is not None:
+            student_log[block] += more
     loss = torch.cat(rows) if rows else student_log.new_zeros(0)
     return loss, student_log if gradient else None
 
@@ -121,12 +126,28 @@ class _Hard:
     params: dict
     weight: float
 
-    def rows_and_gradient(self, z: Tensor, target: Tensor, ignore_index: int, gradient: bool):
+    def rows_and_gradient(self, z: Tensor, target: Tensor, ignore_index: int, gradient: bool, grad_scale: float = 1.0):
+        """The weighted rows of the loss on logits ``z`` and, with ``gradient``, their gradient times ``grad_scale``."""
         x = z.detach().requires_grad_(gradient)
         with torch.enable_grad():
             rows = self.loss(x, target, reduction="none", ignore_index=ignore_index, validate=False, **self.params)
             grad = torch.autograd.grad(rows.sum(), x)[0] if gradient else None
-        return rows.detach() * self.weight, None if grad is None else grad.mul_(self.weight)
+        return rows.detach() * self.weight, None if grad is None else grad.mul_(self.weight * grad_scale)
+
+    def in_blocks(self, target: Tensor, ignore_index: int, temperature: float, gradient: bool):
+        """The hard part a block of rows at a time, as :func:`divergence`'s ``extra``: from the block's
+        log-probabilities at ``temperature`` (``T log p_S`` is the logits less a per-row constant, the same
+        softmax), its gradient divided by ``T`` (the divergence's is multiplied by it afterwards), so that no
+        third chunk-sized buffer waits for the divergence's. Returns ``extra`` and the list it fills with rows."""
+        rows = []
+
+        def extra(block: slice, student_log: Tensor):
+            block_rows, grad = self.rows_and_gradient(student_log * temperature, target[block], ignore_index,
+                                                      gradient, 1 / temperature)
+            rows.append(block_rows)
+            return grad
+
+        return extra, rows
 
 
 @dataclass(frozen=True)
@@ -148,27 +169,26 @@ class _DistillationHead:
     sharded: bool = False
     group: object = None
 
-    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
-        """The chunk's losses and gradient, with two ``(n, V)`` buffers alive at a time (three with a hard part,
-        whose gradient waits for the divergence's): each log-softmax is written over its logits."""
+    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None,
+                  out: Tensor | None = None):
+        """The chunk's losses and gradient, with two ``(n, V)`` buffers alive at a time: each log-softmax is
+        written over its logits, and a hard part runs a block of rows at a time inside :func:`divergence`."""
         gradient, t = seed is not None, self.temperature
         target = None if self.target is None else self.target[rows]
-        z = head_logits(h, weight, bias)
-        hard, hard_grad = None, None
-        if self.hard is not None:
-            hard, hard_grad = self.hard.rows_and_gradient(z, target, self.ignore_index, gradient)
+        extra, hard = (None, None) if self.hard is None else self.hard.in_blocks(target, self.ignore_index, t, gradient)
         with torch.no_grad():
             shards = (self.sharded, self.group)
+            z = head_logits(h, weight, bias, out)
             student_log = log_softmax_(z.div_(t) if t != 1 else z, *shards)
             teacher_log = log_softmax_(head_logits(self.teacher[0][rows], *self.teacher[1:]).div_(t), *shards)
-            loss, grad = divergence(student_log, teacher_log, self.divergence, self.beta, gradient, *shards)
+            loss, grad = divergence(student_log, teacher_log, self.divergence, self.beta, gradient, *shards, extra)
             del teacher_log
-            loss = loss * (t * t) if hard is None else loss * (t * t) + hard
-            return _finish(self, loss, None if grad is None else grad.mul_(t), target, hard_grad, seed, weight.dtype)
+            loss = loss * (t * t) if hard is None else loss * (t * t) + torch.cat(hard)
+            return _finish(self, loss, None if grad is None else grad.mul_(t), target, seed, weight.dtype)
 
 
-def _finish(head, loss: Tensor, grad: Tensor | None, target: Tensor | None, extra_grad: Tensor | None,
-            seed: Tensor | None, dtype: torch.dtype):
+def _finish(head, loss: Tensor, grad: Tensor | None, target: Tensor | None, seed: Tensor | None,
+            dtype: torch.dtype):
     """The chunk's ``(loss, z-loss, gradient)`` for :func:`polyfocal.linear._chunk_gradients`: ignored rows
     zeroed, the gradient times ``seed`` (per row, or the mean's scale) in the head's dtype."""
     if target is not None:
@@ -177,8 +197,6 @@ def _finish(head, loss: Tensor, grad: Tensor | None, target: Tensor | None, extr
         if grad is not None:
             grad.mul_(valid.unsqueeze(1))
     if grad is not None:
-        if extra_grad is not None:
-            grad.add_(extra_grad)
         grad.mul_(seed.unsqueeze(1) if seed.dim() else seed)
         grad = grad.to(dtype)
     loss = loss if head.reduction == "none" else loss.sum()

@@ -33,9 +33,10 @@ class _TopKHead:
     chunk: int
     name: str = "topk_distillation_loss"
 
-    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None):
+    def run_chunk(self, rows: slice, h: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None,
+                  out: Tensor | None = None):
         t, index = self.temperature, self.indices[rows]
-        z = head_logits(h, weight, bias)
+        z = head_logits(h, weight, bias, out)
         with torch.no_grad():
             pt, log_ratio = _teacher_topk(self.values[rows], t)
             if self.renormalize:  # the student's softmax over the k classes alone; 0 gradient elsewhere
@@ -48,7 +49,7 @@ class _TopKHead:
                 grad = log_softmax.exp_().scatter_add_(1, index, -pt)
             loss = _row_dot(pt, log_ratio.sub_(student)) * (t * t)
             target = None if self.target is None else self.target[rows]
-            return _finish(self, loss, grad.mul_(t) if seed is not None else None, target, None, seed, weight.dtype)
+            return _finish(self, loss, grad.mul_(t) if seed is not None else None, target, seed, weight.dtype)
 
 
 def _teacher_topk(values: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
