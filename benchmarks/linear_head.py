@@ -1,6 +1,7 @@
 """The fused linear head against the unfused path and torch's checkpointed chunks, side by side.
 
-    python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--shapes N,H,V ...] [--no-growth] [--out FILE]
+    python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--shapes N,H,V ...] [--no-growth] [--no-peak]
+                                     [--out FILE]
     python benchmarks/linear_head.py --small [--threads 1]    # ordinary heads: time ratios only
 
 For each shape, every implementation takes ``hidden (N, H)``, ``head_weight (V, H)`` and class
@@ -144,10 +145,10 @@ def table(results: list[dict]) -> str:
     lines = ["| shape (N, H, V) | implementation | time / unfused F.cross_entropy | peak memory beyond inputs "
              "and gradients / unfused F.cross_entropy's | (MiB) |", "|---|---|---|---|---|"]
     for r in results:
-        base_t, base_m = r["time"][BASELINE], r["peak"][BASELINE]
+        base_t, base_m = r["time"][BASELINE], r["peak"].get(BASELINE)
         for name in IMPLEMENTATIONS:
-            lines.append(f"| {r['shape']} | {name} | {r['time'][name] / base_t:.2f}x | "
-                         f"{r['peak'][name] / base_m:.3f} | {r['peak'][name] / 2**20:.0f} |")
+            memory = "- | -" if base_m is None else f"{r['peak'][name] / base_m:.3f} | {r['peak'][name] / 2**20:.0f}"
+            lines.append(f"| {r['shape']} | {name} | {r['time'][name] / base_t:.2f}x | {memory} |")
     return "\n".join(lines)
 
 
@@ -160,6 +161,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=None, metavar="N,H,V",
                         help="only these shapes (default: the four of the README's table)")
     parser.add_argument("--no-growth", action="store_true", help="skip the table of peak memory against N")
+    parser.add_argument("--no-peak", action="store_true",
+                        help="times only (a peak is measured in a fresh process, the same with one thread or two)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.small:
@@ -170,7 +173,7 @@ def main() -> None:
     results = []
     for shape in [tuple(int(v) for v in text.split(",")) for text in args.shapes] if args.shapes else SHAPES:
         results.append({"shape": shape, "time": times(shape, args.rounds),
-                        "peak": {name: peak(name, shape) for name in IMPLEMENTATIONS}})
+                        "peak": {} if args.no_peak else {name: peak(name, shape) for name in IMPLEMENTATIONS}})
         print(table(results[-1:]), flush=True)
     growth = [] if args.no_growth else [
         {"shape": shape, "peak": {name: peak(name, shape) for name in (BASELINE, "pf.linear_loss focal_loss")}}
