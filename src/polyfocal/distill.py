@@ -16,8 +16,8 @@ Each gradient is in the tempered logits ``z / T``; the loss is scaled by ``T ** 
 convention, so that the gradient's size does not shrink as ``T`` grows), which makes the gradient in
 ``z`` ``T`` times it. A hard loss on ``target`` (any softmax-family polyfocal loss, on the logits ``z``:
 computed from ``T log p_S``, which is ``z`` less a per-row constant) runs on the same chunk, a block of rows
-at a time before the divergence writes its gradient over the block, its gradient by its own engine. The chunk loop, the gradients of hidden, head and
-bias, and the reductions are :mod:`polyfocal.linear`'s.
+at a time before the divergence writes its gradient over the block, its gradient by its own engine. The
+chunk loop, the gradients of hidden, head and bias, and the reductions are :mod:`polyfocal.linear`'s.
 """
 
 from __future__ import annotations
