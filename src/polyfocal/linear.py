@@ -84,7 +84,6 @@ class _Head:
     z_loss: float | None
     softcap: float | None
 
-
     def rows(self, x: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
         """The chunk's loss (per row, or summed) and z-loss, from logits ``x`` that may require a gradient."""
         if self.softcap is not None:
