@@ -72,9 +72,21 @@ def fused_vs(want_fn, got_fn, logits64, rtol=1e-5, atol=1e-6):
     torch.testing.assert_close(g_got.double(), g_want, rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("name", sorted(ref.SOFTMAX))
-@pytest.mark.parametrize("kind", ["index", pytest.param("probs", marks=INDUCTOR_TRITON)])
-@pytest.mark.parametrize("reduction", ["none", "mean"])
+#: the losses whose reduction="mean" kernels test_triton's rerun also runs as inductor's Triton: the summed
+#: kernel is the per-element one inside a reduction, which inductor writes alike for every loss (and the
+#: label-smoothing test runs every softmax loss's summed kernel)
+TRITON_SUMMED = ("focal_loss", "sigmoid_focal_loss", "binary_cross_entropy")
+
+
+def matrix(names, kinds, triton_kinds):
+    """``(name, kind, reduction)`` for every name, kind and reduction, marked for the Triton rerun where
+    ``kind`` is in ``triton_kinds`` and the reduction is ``"none"`` or the loss is one of TRITON_SUMMED."""
+    return [pytest.param(name, kind, reduction, marks=INDUCTOR_TRITON if kind in triton_kinds and (
+                reduction == "none" or name in TRITON_SUMMED) else ())
+            for reduction in ("none", "mean") for kind in kinds for name in sorted(names)]
+
+
+@pytest.mark.parametrize("name, kind, reduction", matrix(ref.SOFTMAX, ("index", "probs"), ("probs",)))
 def test_softmax_losses(name, kind, reduction):
     if kind == "probs" and name in ref.INDEX_ONLY:
         pytest.skip("class indices only")
@@ -99,10 +111,7 @@ def test_softmax_label_smoothing_and_alpha(name):
              lambda x: pf.focal_loss(x, target, alpha=alpha, gamma=1.5), logits)
 
 
-@INDUCTOR_TRITON
-@pytest.mark.parametrize("name", sorted(ref.SIGMOID))
-@pytest.mark.parametrize("kind", ["index", "soft"])
-@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("name, kind, reduction", matrix(ref.SIGMOID, ("index", "soft"), ("index", "soft")))
 def test_sigmoid_losses(name, kind, reduction):
     f, params = ref.SIGMOID[name]
     logits, target = sigmoid_inputs(kind)
