@@ -10,11 +10,14 @@ faster). ``polyfocal._backend.FUSED_MIN_ELEMENTS`` is set from this table.
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
 import polyfocal as pf
 from small import step, time_interleaved
+
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
 
 SIZES = [(256, 64), (512, 128), (1024, 128), (1024, 256), (2048, 256), (4096, 256), (4096, 1000)]
 

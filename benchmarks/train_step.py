@@ -11,6 +11,7 @@ step's time to the step with ``F.cross_entropy``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -19,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import polyfocal as pf
+
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
 
 LOSSES = {"F.cross_entropy": F.cross_entropy, "pf.cross_entropy": pf.cross_entropy,
           "pf.focal_loss": pf.focal_loss, "pf.poly1_cross_entropy": pf.poly1_cross_entropy,
