@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
 from polyfocal import _backend, _fused, _math, _softmax_engine
+from polyfocal._errors import InputTypeError, InputValueError
 from test_numerics import FORMS, GAMMA_LOSSES
 
 SOFTMAX = sorted(name for name, (family, _, _) in FORMS.items() if family == "softmax")
@@ -237,16 +238,39 @@ def dispatched(call) -> list[str]:
     return mode.ops
 
 
-def test_plain_cross_entropy_is_torchs_kernel_plus_the_index_check_where_no_row_is_ignored():
-    """Validated labels that are all classes (and an ignore_index that is none) need no mask and no
-    count: the mean is F.cross_entropy's own, so the call adds only the index check's one pass."""
+def test_plain_cross_entropy_is_torchs_kernel_and_one_read_of_its_value():
+    """Plain cross-entropy's mean over class indices, every other option at its default: F.cross_entropy, whose
+    kernel checks the labels on CPU, and one read of the value (NaN only for an all-ignored batch, which the
+    contract makes 0, or NaN logits); ignored rows are torch's own mean. Before: an index check's pass, two reads."""
     x, t = torch.randn(32, 10, requires_grad=True), torch.randint(0, 10, (32,))
-    pf.cross_entropy(x, t)  # a first call makes what later calls share (a dtype's 0-d stand-in)
+    pf.cross_entropy(x, t)
     ops, torch_ops = dispatched(lambda: pf.cross_entropy(x, t)), dispatched(lambda: F.cross_entropy(x, t))
-    assert ops == ["aten.aminmax.default"] + ["aten._local_scalar_dense.default"] * 2 + torch_ops
-    t[0] = -100  # one ignored row: the contract's count, which makes an all-ignored batch 0
-    assert len(dispatched(lambda: pf.cross_entropy(x, t))) > len(ops)
+    assert ops == torch_ops + ["aten._local_scalar_dense.default"]
+    t[0] = -100  # one ignored row: torch's mean is the contract's
+    assert dispatched(lambda: pf.cross_entropy(x, t)) == ops
     torch.testing.assert_close(pf.cross_entropy(x, t), F.cross_entropy(x, t))
+    everything = torch.full_like(t, -100)  # torch's NaN; the contract's 0, with a zero gradient
+    loss = pf.cross_entropy(x, everything)
+    assert loss.item() == 0 and not torch.autograd.grad(loss, x)[0].any()
+    nan = x.detach().clone()
+    nan[3, 2] = float("nan")
+    assert pf.cross_entropy(nan, t).isnan()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda x, t: pf.cross_entropy(x, t.index_fill(0, torch.tensor([5]), 10)), "class index 10, outside [0, 9]"),
+    (lambda x, t: pf.cross_entropy(x, t.index_fill(0, torch.tensor([5]), -1)), "class index -1, outside [0, 9]"),
+    (lambda x, t: pf.cross_entropy(x, t[:-1]), "must have shape (N, *) = (32,)"),
+    (lambda x, t: pf.cross_entropy(x[:, :1], t.zero_()), "C >= 2 classes"),
+    (lambda x, t: pf.cross_entropy(x, t, ignore_index=True), "`ignore_index` must be an int"),
+    (lambda x, t: pf.cross_entropy(x, t, label_smoothing=False), "`label_smoothing` must be a real number"),
+])
+def test_plain_cross_entropy_on_torchs_kernel_words_the_contracts_errors(call, message):
+    """Where torch's kernel refuses an input (or would take it), the contract's checks run and word the error."""
+    x, t = torch.randn(32, 10, requires_grad=True), torch.randint(0, 10, (32,))
+    with pytest.raises((InputValueError, InputTypeError)) as caught:
+        call(x, t)
+    assert message in str(caught.value)
 
 
 @pytest.mark.parametrize("loss_fn, budget", [(pf.focal_loss, 42), (pf.poly1_cross_entropy, 42),
