@@ -184,6 +184,23 @@ def test_auto_takes_eager_below_the_crossover_and_fused_above(monkeypatch):
     assert engine("auto", large.detach()) == ("fused" if _fused.available() else "reference")
 
 
+def test_plain_cross_entropy_has_its_own_crossover_to_the_fused_engine(monkeypatch):
+    """Plain cross-entropy's eager engine is torch's own kernel, which the fused engine overtakes at a larger
+    size than the softmax row engine (benchmarks/crossover.py): between the two crossovers a focal loss runs
+    fused, cross-entropy torch's kernel; above both, cross-entropy runs fused too."""
+    x, t = torch.randn(11, 10, requires_grad=True), torch.randint(0, 10, (11,))
+    monkeypatch.setitem(_backend.EAGER_MAX_ELEMENTS, "softmax", 100)
+    monkeypatch.setitem(_backend.EAGER_MAX_ELEMENTS, "cross_entropy", 1000)
+    assert not is_saved_gradient(pf.cross_entropy(x, t))
+    assert not is_saved_gradient(pf.cross_entropy(x, t, reduction="sum"))  # the contract's full path too
+    assert is_saved_gradient(pf.focal_loss(x, t)) == _fused.available()
+    monkeypatch.setitem(_backend.EAGER_MAX_ELEMENTS, "cross_entropy", 100)
+    for reduction in ("mean", "sum"):
+        loss = pf.cross_entropy(x, t, reduction=reduction)
+        assert is_saved_gradient(loss) == _fused.available()
+        torch.testing.assert_close(loss, F.cross_entropy(x, t, reduction=reduction))
+
+
 def test_plain_cross_entropy_values_alone_are_torchs_kernel_above_the_crossover(monkeypatch):
     """Without a gradient, "auto" takes the fused engine above the crossover, except for plain
     cross-entropy, which is ``F.cross_entropy`` (a fused gradient would be work thrown away)."""
