@@ -25,7 +25,7 @@ import polyfocal as pf
 sys.path.insert(0, os.path.dirname(__file__))
 from linear_head import measure_peak, peak  # noqa: E402
 
-os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time kernels, not the eager stand-in
 
 
 def unfused(hs, ws, ht, wt, t, divergence):

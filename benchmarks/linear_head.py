@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 import polyfocal as pf
 
-os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time kernels, not the eager stand-in
 
 SHAPES = [(4096, 512, 32000), (1024, 512, 128256), (8192, 1024, 32000), (2048, 1024, 128256)]
 GROWTH = [(1024, 1024, 128256), (2048, 1024, 128256), (4096, 1024, 128256)]

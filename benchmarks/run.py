@@ -34,7 +34,7 @@ import compositions as comp  # noqa: E402
 import polyfocal as pf  # noqa: E402
 from polyfocal._backend import use_backend  # noqa: E402
 
-os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time kernels, not the eager stand-in
 
 
 REFERENCE_MAX_ELEMENTS = 50_000_000

@@ -28,7 +28,7 @@ import compositions as comp  # noqa: E402
 
 import polyfocal as pf  # noqa: E402
 
-os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time kernels, not the eager stand-in
 
 SOFTMAX_SHAPES = [(32, 10), (256, 100), (1024, 1000)]
 SIGMOID_SHAPES = [(64, 80), (1024, 80), (8, 80, 32, 32)]

@@ -21,7 +21,7 @@ from torch import nn
 
 import polyfocal as pf
 
-os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time the kernels, not the eager stand-in
+os.environ.setdefault("POLYFOCAL_COMPILE", "wait")  # warm-ups compile: time kernels, not the eager stand-in
 
 LOSSES = {"F.cross_entropy": F.cross_entropy, "pf.cross_entropy": pf.cross_entropy,
           "pf.focal_loss": pf.focal_loss, "pf.poly1_cross_entropy": pf.poly1_cross_entropy,

@@ -81,7 +81,7 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
     name = check_backend(backend if backend is not None else _default)
     if name == "reference" or torch.compiler.is_compiling():
         return "reference"
-    other_grad = _requires_grad(others)
+    other_grad = requires_grad(others)
     small = logits.numel() < (EAGER_MAX_ELEMENTS[eager] if eager else FUSED_MIN_ELEMENTS)
     if name == "eager" or (name == "auto" and not other_grad and small):
         return "eager" if eager and not other_grad else "reference"
@@ -99,7 +99,7 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
     return "triton" if logits.is_cuda and _triton.available() else "fused"
 
 
-def _requires_grad(values) -> bool:
+def requires_grad(values) -> bool:
     """Whether any tensor among ``values`` (nested in tuples, lists and dicts) requires a gradient."""
     for value in values:
         if value is None:  # most optional inputs: one compare, not three isinstance checks
@@ -107,9 +107,9 @@ def _requires_grad(values) -> bool:
         if isinstance(value, Tensor):
             if value.requires_grad:
                 return True
-        elif isinstance(value, (tuple, list)) and _requires_grad(value):
+        elif isinstance(value, (tuple, list)) and requires_grad(value):
             return True
-        elif isinstance(value, dict) and _requires_grad(value.values()):
+        elif isinstance(value, dict) and requires_grad(value.values()):
             return True
     return False
 

@@ -214,21 +214,30 @@ def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing
     return t, row_factor, count, dense
 
 
-def _plain_torch_cross_entropy(logits, target, ignore_index, options: tuple) -> Tensor | None:
-    """The commonest call, plain cross-entropy's mean over class indices with every other option at its
-    default, on CPU where ``"auto"`` takes torch's own kernel: ``F.cross_entropy`` and one read of its value,
-    which is the whole contract there (torch's kernel checks every label on CPU; its mean is the contract's
-    but for an all-ignored batch, which reads NaN). The full contract's host work cost 1.7x ``F.cross_entropy``'s time at 32 x 10
-    (forward and backward, one thread), this 1.15x. None where the full contract must run: any
-    other option, input or device; torch's error (the contract words its own) or a NaN (0 where every label
-    is ignored)."""
-    if (type(logits) is not Tensor or type(target) is not Tensor or not logits.is_cpu or logits.ndim != 2
-            or logits.dtype not in _TORCH_CE_DTYPES or target.dtype != torch.int64 or target.ndim != 1
-            or type(ignore_index) is not int or any(v is not None for v in options) or logits.shape[1] < 2):
-        return None
-    fused = logits.numel() >= _backend.EAGER_MAX_ELEMENTS["cross_entropy"] and logits.requires_grad
-    if (fused and torch.is_grad_enabled()) or get_backend() != "auto" or torch.is_autocast_enabled("cpu") \
-            or torch.compiler.is_compiling():
+def _default_call(logits, target, ignore_index, options: tuple) -> bool:
+    """Whether a call is the commonest one, on which the contract's checks reduce to O(1) host work: ``(N, C)``
+    fp32 or fp64 logits on CPU, int64 class indices ``(N,)``, the mean, every other option at its default
+    (``options`` all None), ``"auto"``, outside autocast and ``torch.compile``. Anything else, a wrong input
+    too, takes the full contract, which words the errors."""
+    return (type(logits) is Tensor and type(target) is Tensor and logits.is_cpu and logits.ndim == 2
+            and logits.dtype in _DEFAULT_DTYPES and target.dtype == torch.int64 and target.ndim == 1
+            and type(ignore_index) is int and all(v is None for v in options) and logits.shape[1] >= 2
+            and get_backend() == "auto" and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
+_DEFAULT_DTYPES = (torch.float32, torch.float64)
+
+
+def _plain_torch_cross_entropy(logits, target, ignore_index) -> Tensor | None:
+    """Plain cross-entropy on a :func:`_default_call` where ``"auto"`` takes torch's own kernel:
+    ``F.cross_entropy`` and one read of its value, which is the whole contract there (torch's kernel checks
+    every label on CPU; its mean is the contract's but for an all-ignored batch, which reads NaN). The full
+    contract's host work cost 1.7x ``F.cross_entropy``'s time at 32 x 10 (forward and backward, one
+    thread), this 1.15x. None where the full contract must run: torch's error (the contract words its own)
+    or a NaN (0 where every label is ignored)."""
+    if (logits.requires_grad and torch.is_grad_enabled()
+            and logits.numel() >= _backend.EAGER_MAX_ELEMENTS["cross_entropy"]):
         return None
     try:
         loss = F.cross_entropy(logits, target, ignore_index=ignore_index)
@@ -238,7 +247,34 @@ def _plain_torch_cross_entropy(logits, target, ignore_index, options: tuple) -> 
     return loss if value == value else None
 
 
-_TORCH_CE_DTYPES = (torch.float32, torch.float64)
+def _default_rows(phi: PerClass, params: dict, logits: Tensor, target: Tensor, ignore_index: int) -> Tensor | None:
+    """A loss of ``p_t`` on a :func:`_default_call` below the row engine's crossover: the eager row engine
+    after the one check that call needs (every label a class, so no row is ignored and the count is N). None
+    where the full contract must run (an ignored or out-of-range label, a parameter that needs a gradient)."""
+    num_rows, num_classes = logits.shape
+    if (phi in _math.READS_BELOW or target.shape[0] != num_rows or not num_rows or 0 <= ignore_index < num_classes
+            or logits.numel() >= _backend.EAGER_MAX_ELEMENTS["softmax"] or _backend.requires_grad((params,))):
+        return None
+    low_high = torch.aminmax(target)
+    if int(low_high.min) < 0 or int(low_high.max) >= num_classes:
+        return None
+    scale = torch.scalar_tensor(1.0 / num_rows, dtype=logits.dtype)
+    rows = RowTarget(target, None, None)
+    reference = partial(_reference, phi=phi, params=params, dtype=logits.dtype, rows=rows, reduction="mean",
+                        scale=scale)
+    return _rows.softmax_rows(_rows.eager_rows, phi, params, logits, target, None, dtype=logits.dtype, scale=scale,
+                              summed=True, reference=reference)
+
+
+def _reference(x: Tensor, *, phi: PerClass, params: dict, dtype: torch.dtype, rows: "RowTarget", reduction: str,
+               scale: Tensor) -> Tensor:
+    """The loss by autograd through the math (the reference engine; second derivatives of the others)."""
+    x = x.to(dtype)
+    if rows.dense is None:
+        per_row = index_rows(x, rows.t, rows.factor, phi, **params)
+    else:
+        per_row = soft_rows(x, rows.dense, phi, **params)
+    return reduce_loss(per_row, reduction, scale)
 
 
 def _is_zero(value) -> bool:
@@ -251,9 +287,11 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
                  normalizer=None, validate: bool | None = None, sample_weight: Tensor | None = None,
                  backend: str | None = None) -> Tensor:
     """Evaluate the softmax-family loss ``phi(**params)`` with the library's contract (module docstring)."""
-    if phi is _math.poly_series and not params and reduction == "mean" and _is_zero(label_smoothing):
-        loss = _plain_torch_cross_entropy(logits, target, ignore_index,
-                                          (weight, alpha, normalizer, validate, sample_weight, backend))
+    if reduction == "mean" and _is_zero(label_smoothing) and _default_call(
+            logits, target, ignore_index, (weight, alpha, normalizer, validate, sample_weight, backend)):
+        plain = phi is _math.poly_series and not params
+        loss = (_plain_torch_cross_entropy(logits, target, ignore_index) if plain
+                else _default_rows(phi, params, logits, target, ignore_index))
         if loss is not None:
             return loss
     num_classes = check_logits(logits)
@@ -288,11 +326,8 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         scale = reduction_scale(reduction, count, normalizer, like)
         by_index = index and not smoothing
         rows = RowTarget(t, row_factor, dense)
-
-        def reference(x: Tensor) -> Tensor:
-            x = x.to(dtype)
-            per_row = index_rows(x, t, row_factor, phi, **params) if by_index else soft_rows(x, dense, phi, **params)
-            return reduce_loss(per_row, reduction, scale)
+        reference = partial(_reference, phi=phi, params=params, dtype=dtype, rows=rows, reduction=reduction,
+                            scale=scale)
 
         # the one decision: which kernel computes this call; the eager one while the fused one compiles
         # in the background or where it cannot run
