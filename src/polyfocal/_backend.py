@@ -35,7 +35,7 @@ FUSED_MIN_ELEMENTS = 1 << 16
 #: per family, below this "auto" runs its eager engine where a loss has one: where the fused engine
 #: overtakes it on one thread (benchmarks/crossover.py): the class-index softmax losses between 2^18
 #: and 2^19 logits; plain cross-entropy on (N, C) rows, whose eager engine is torch's own kernel, above
-#: 2^21 (1.35-1.6x F.cross_entropy's time at 4096 x 256, 0.44-0.91x at 4096 x 1000, one thread and two);
+#: 2^21 (1.2-1.6x F.cross_entropy's time at 4096 x 256, 0.41-0.91x at 4096 x 1000, one thread and two);
 #: the sigmoid family's before 2^14 already, so there the eager engine only takes the reference engine's
 #: place below FUSED_MIN_ELEMENTS (the first call's compilation)
 EAGER_MAX_ELEMENTS = {"softmax": 1 << 18, "cross_entropy": 1 << 21, "sigmoid": FUSED_MIN_ELEMENTS}
