@@ -180,6 +180,41 @@ def test_create_graph_of_a_per_row_loss_is_differentiable_in_grad_output(engine)
     assert torch.isfinite(dw).all() and dw.abs().sum() > 0
 
 
+#: GHM-C's weights are a histogram over the batch, whose scatter-add vmap cannot batch over samples
+NO_PER_SAMPLE = {"ghm_c_loss"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (family, forms, _) in FORMS.items()
+                                        if family in ("softmax", "sigmoid") and "index" in forms))
+def test_torch_func_transforms_differentiate_every_loss(name):
+    """Inside ``torch.func`` (``grad``; ``vmap`` of ``grad``: per-sample gradients, as DP-SGD takes them) every
+    loss runs the reference engine and skips the host reads of value checks: the saved-gradient Function
+    cannot serve functorch's wrapped tensors, and a batched target cannot be read (every case raised before)."""
+    family = FORMS[name][0]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64) * 2
+    target, f = make_target(family, "index", x, g), loss_call(name, "index")
+    z = x.clone().requires_grad_()
+    expected = torch.autograd.grad(f(z, target), z)[0]
+    torch.testing.assert_close(torch.func.grad(lambda v: f(v, target))(x), expected)
+    if name in NO_PER_SAMPLE:
+        return
+    per_sample = torch.func.vmap(torch.func.grad(lambda xi, ti: f(xi[None], ti[None])))(x, target)
+    for i in range(x.shape[0]):
+        z = x[i:i + 1].clone().requires_grad_()
+        torch.testing.assert_close(per_sample[i], torch.autograd.grad(f(z, target[i:i + 1]), z)[0][0])
+
+
+def test_torch_func_hessian_of_focal_loss_matches_autograds():
+    x = torch.randn(3, 5, dtype=torch.float64)
+    t = torch.tensor([0, 4, 2])
+    hessian = torch.func.hessian(lambda z: pf.focal_loss(z, t, gamma=1.5))(x)
+    z = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(pf.focal_loss(z, t, gamma=1.5, backend="reference"), z, create_graph=True)
+    rows = [torch.autograd.grad(grad.reshape(-1)[k], z, retain_graph=True)[0] for k in range(grad.numel())]
+    torch.testing.assert_close(hessian.reshape(grad.numel(), -1), torch.stack(rows).reshape(grad.numel(), -1))
+
+
 # --- derivatives in the target, at targets exactly 0 or 1 ----------------------------------------
 
 #: not differentiable in the target where it is exactly 0 or 1 (a branch on ``q > 0``, a cut at p_t)

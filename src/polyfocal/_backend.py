@@ -2,7 +2,8 @@
 with a written-out gradient, or a compiled (fused) one.
 
 ``"auto"`` (default) picks, when the call is not already inside ``torch.compile`` (whose own
-fusion then applies to the reference math):
+fusion then applies to the reference math) or a ``torch.func`` transform (which differentiates the
+reference math: the other engines' saved-gradient Function cannot serve its wrapped tensors):
 
 * for a loss with an eager engine (class-index targets: the softmax family, and the sigmoid
   family's labels without scores), that engine below its family's ``EAGER_MAX_ELEMENTS`` logits,
@@ -28,6 +29,7 @@ import contextlib
 import torch
 from torch import Tensor
 
+from . import _compat
 from ._errors import InputValueError
 
 BACKENDS = ("auto", "reference", "eager", "fused", "triton")
@@ -79,7 +81,7 @@ def engine_for(backend: str | None, logits: Tensor, others=(), eager: str | None
     is an error rather than a silently missing gradient.
     """
     name = check_backend(backend if backend is not None else _default)
-    if name == "reference" or torch.compiler.is_compiling():
+    if name == "reference" or torch.compiler.is_compiling() or _compat.in_functorch_transform():
         return "reference"
     other_grad = requires_grad(others)
     small = logits.numel() < (EAGER_MAX_ELEMENTS[eager] if eager else FUSED_MIN_ELEMENTS)

@@ -3,7 +3,7 @@
 Shape, dtype and hyperparameter checks are free (no device work) and always run.
 Checks of tensor *values* (class indices in range, targets inside [0, 1]) need a
 host-device sync, so they run only when ``validate`` asks for them: ``None``
-(the default) checks on CPU tensors outside ``torch.compile``; ``True`` always
+(the default) checks on CPU tensors outside ``torch.compile`` and ``torch.func`` transforms; ``True`` always
 checks; ``False`` never does.
 """
 
@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import _compat
 from ._errors import InputTypeError, InputValueError
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -112,7 +113,7 @@ def is_distributed(distributed: bool | None) -> bool:
 def should_validate(validate: bool | None, x: Tensor) -> bool:
     if validate is not None:
         return bool(validate)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _compat.in_functorch_transform():  # no host reads of traced values
         return False
     return x.device.type == "cpu"
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import _backend, _checks, _fused, _math, _rows
+from . import _backend, _checks, _compat, _fused, _math, _rows
 from ._backend import engine_for, get_backend
 from ._errors import InputTypeError, InputValueError
 from ._numerics import (Probability, class_sum, compute_dtype, from_logs, is_class, log_probability_below,
@@ -217,13 +217,13 @@ def _index_target(target: Tensor, ignore_index: int, w, a, row_weight, smoothing
 def _default_call(logits, target, ignore_index, options: tuple) -> bool:
     """Whether a call is the commonest one, on which the contract's checks reduce to O(1) host work: ``(N, C)``
     fp32 or fp64 logits on CPU, int64 class indices ``(N,)``, the mean, every other option at its default
-    (``options`` all None), ``"auto"``, outside autocast and ``torch.compile``. Anything else, a wrong input
+    (``options`` all None), ``"auto"``, outside autocast, ``torch.compile`` and ``torch.func``. Anything else, a wrong input
     too, takes the full contract, which words the errors."""
     return (type(logits) is Tensor and type(target) is Tensor and logits.is_cpu and logits.ndim == 2
             and logits.dtype in _DEFAULT_DTYPES and target.dtype == torch.int64 and target.ndim == 1
             and type(ignore_index) is int and all(v is None for v in options) and logits.shape[1] >= 2
             and get_backend() == "auto" and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+            and not torch.compiler.is_compiling() and not _compat.in_functorch_transform())
 
 
 _DEFAULT_DTYPES = (torch.float32, torch.float64)
