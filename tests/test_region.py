@@ -352,3 +352,22 @@ def test_whole_batch_sums_across_two_ranks_equal_one_process(tmp_path, engine):
             torch.testing.assert_close(value, loss, rtol=1e-12, atol=1e-14)
         average = sum(rank[name][1] for rank in results) / len(results)
         torch.testing.assert_close(average, grad, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", [None, "eager"])
+@pytest.mark.parametrize("name", ["dice_loss", "tversky_loss", "focal_tversky_loss", "dice_focal_loss",
+                                  "unified_focal_loss"])
+def test_torch_func_grad_and_per_sample_gradients(name, backend):
+    """Inside ``torch.func`` the region sums and the unified focal part take autograd (their written-out
+    gradient's Function cannot serve functorch's wrapped tensors: the unified loss, and every loss with a
+    written-out engine asked for, raised there)."""
+    f = getattr(pf, name)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    t = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(5))
+    z = x.clone().requires_grad_()
+    torch.testing.assert_close(torch.func.grad(lambda v: f(v, t, backend=backend))(x),
+                               torch.autograd.grad(f(z, t, backend=backend), z)[0])
+    per_sample = torch.func.vmap(torch.func.grad(lambda xi, ti: f(xi[None], ti[None], backend=backend)))(x, t)
+    for i in range(2):
+        z = x[i:i + 1].clone().requires_grad_()
+        torch.testing.assert_close(per_sample[i], torch.autograd.grad(f(z, t[i:i + 1], backend=backend), z)[0][0])

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import _checks, _math, _rows
+from . import _checks, _compat, _math, _rows
 from ._backend import check_backend, get_backend
 from ._errors import InputTypeError, InputValueError
 from ._numerics import Probability, compute_dtype, from_logs, log_softmax_and_log1m, safe_pow
@@ -113,10 +113,11 @@ def written_out(backend: str | None, logits: Tensor | None) -> bool:
     forward and backward: with ``"auto"``, for ``logits`` of :data:`WRITTEN_OUT_MIN_ELEMENTS` or more, where
     memory counts and the two cost about the same time (below, autograd's is faster: 1.2-1.4x at 2M
     elements), or whatever their size for ``logits=None`` (the unified focal part's, faster everywhere);
-    ``"reference"`` never (autograd); every other engine always."""
+    ``"reference"`` never (autograd), nor inside a ``torch.func`` transform (whose wrapped tensors its
+    autograd Function cannot serve); every other engine always."""
     name = check_backend(backend if backend is not None else get_backend())
     small = logits is not None and logits.numel() < WRITTEN_OUT_MIN_ELEMENTS
-    return name != "reference" and not (name == "auto" and small)
+    return name != "reference" and not (name == "auto" and small) and not _compat.in_functorch_transform()
 
 
 def class_sums(pix: Pixels, *, squared: bool = False, batch: bool = False, distributed=None,
