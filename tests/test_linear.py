@@ -350,3 +350,25 @@ def test_linear_loss_runs_the_default_chunk(monkeypatch):
     pf.linear_loss(hidden, weight, target, head_bias=bias)
     rows = pf.linear.default_chunk_rows(96, 8, 40)
     assert 1 < rows < 96 and seen == [rows] * (96 // rows) + ([96 % rows] if 96 % rows else [])
+
+
+def test_inside_torch_func_the_head_says_what_to_do_instead():
+    """The chunked head's autograd Function cannot serve functorch's wrapped tensors: a clear error naming the
+    head and the way out, not functorch's own about setup_context (every head that runs it: linear_loss,
+    the distillation head, a top-k student given as (hidden, head))."""
+    h, w, wt = torch.randn(6, 8), torch.randn(11, 8), torch.randn(11, 8)
+    t = torch.randint(0, 11, (6,))
+    values, indices = torch.randn(6, 11).topk(3, dim=-1)
+    calls = [lambda v: pf.linear_loss(v, w, t, loss="focal_loss"),
+             lambda v: pf.linear_distillation_loss(v, w, h, wt, t),
+             lambda v: pf.topk_distillation_loss((v, w), values, indices)]
+    from polyfocal import vocab_parallel  # noqa: PLC0415 (its Function refuses first, before any rank is asked)
+
+    calls.append(lambda v: vocab_parallel._VocabParallel.apply(v, w, None, None).sum())
+    for call in calls:
+        with pytest.raises(NotImplementedError, match=r"torch\.func transform .* call the loss on them"):
+            torch.func.grad(call)(h)
+    logits_form = torch.func.grad(lambda v: pf.topk_distillation_loss(v @ w.T, values, indices))(h)
+    z = h.clone().requires_grad_()
+    torch.testing.assert_close(logits_form, torch.autograd.grad(pf.topk_distillation_loss(z @ w.T, values, indices),
+                                                                z)[0])

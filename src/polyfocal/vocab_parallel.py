@@ -24,7 +24,7 @@ from . import _checks
 from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .linear import _check_head, chunk_rows, hand_out, no_second_derivatives
+from .linear import _check_head, chunk_rows, hand_out, no_functorch, no_second_derivatives
 from .registry import declaration, softmax_loss_function
 
 __all__ = ["vocab_parallel_linear_loss"]
@@ -104,6 +104,11 @@ def _shard_chunks(shard: _Shard, hidden: Tensor, weight: Tensor, bias: Tensor | 
 
 
 class _VocabParallel(torch.autograd.Function):
+    @classmethod
+    def apply(cls, *args):
+        no_functorch("vocab_parallel_linear_loss")
+        return super().apply(*args)
+
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, shard: _Shard):
         ctx.shard, ctx.grads = shard, None
