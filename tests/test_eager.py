@@ -290,7 +290,7 @@ def test_plain_cross_entropy_on_torchs_kernel_words_the_contracts_errors(call, m
     assert message in str(caught.value)
 
 
-@pytest.mark.parametrize("loss_fn, budget", [(pf.focal_loss, 42), (pf.poly1_cross_entropy, 42),
+@pytest.mark.parametrize("loss_fn, budget", [(pf.focal_loss, 41), (pf.poly1_cross_entropy, 41),
                                              (pf.sigmoid_focal_loss, 38)])
 def test_eager_engine_dispatches_at_most_its_measured_ops(loss_fn, budget):
     """The eager engine's forward pass, ops counted as the README's table counts them (60-66 before
