@@ -4,7 +4,8 @@
 
 Forward+backward of cross-entropy (whose eager engine is ``F.cross_entropy``), focal loss, Poly-1
 and sigmoid focal loss on the eager and the fused engine, interleaved; prints the ratio fused /
-eager per size (below 1: the fused engine is faster). ``polyfocal._backend.FUSED_MIN_ELEMENTS`` is set from this table.
+eager per size (below 1: the fused engine is faster). ``polyfocal._backend.FUSED_MIN_ELEMENTS`` and
+``EAGER_MAX_ELEMENTS`` are set from this table.
 """
 
 from __future__ import annotations

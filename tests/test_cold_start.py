@@ -5,11 +5,13 @@ The rest of the suite compiles within the call (``POLYFOCAL_COMPILE=wait``, set 
 the default, ``background``, is set back.
 """
 
+import ast
 import os
 import subprocess
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,9 +173,6 @@ def test_the_first_call_on_an_empty_compile_cache_takes_seconds_not_the_compilat
 def test_every_benchmark_compiles_within_the_call_so_that_it_times_compiled_kernels():
     """In background mode a benchmark's warm-up would leave a kernel compiling and time the eager engine that
     stands in for it (small.py measured focal loss at 1024 x 1000 at 9.5x F.cross_entropy so)."""
-    import ast  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
     for path in sorted(folder.glob("*.py")):
         tree = ast.parse(path.read_text())

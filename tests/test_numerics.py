@@ -17,9 +17,9 @@ they test the engine's logic over the whole matrix, the same math as the compile
 ``test_fused.py`` holds to the references (values, gradients, saturated logits) one compiled variant
 each; compiling the matrix's ~250 float64 variants cost most of a cold run of the suite. The fp32 row
 compiles one loss of each kernel the fused engine builds (``COMPILED_PRECISION``) and runs the rest
-uncompiled: compiling its 85 fp32 variants took a fifth of a cold run. ``backend="triton"`` computes fp64 on the fused
-engine's compiled passes, so its second derivatives are the fused engine's; its first ones are
-checked in ``test_triton.py``.
+uncompiled: compiling its 85 fp32 variants took a fifth of a cold run. ``backend="triton"`` computes
+fp64 on the fused engine's compiled passes, so its second derivatives are the fused engine's; its
+first ones are checked in ``test_triton.py``.
 """
 
 from __future__ import annotations

@@ -250,15 +250,14 @@ def _plain_torch_cross_entropy(logits, target, ignore_index) -> Tensor | None:
 def _default_rows(phi: PerClass, params: dict, logits: Tensor, target: Tensor, ignore_index: int) -> Tensor | None:
     """A loss of ``p_t`` on a :func:`_default_call` below the row engine's crossover: the eager row engine
     after the one check that call needs (every label a class, so no row is ignored and the count is N). None
-    where the full contract must run (an ignored or out-of-range label, a parameter that needs a gradient)."""
+    where the full contract must run (an ignored label, a parameter that needs a gradient)."""
     num_rows, num_classes = logits.shape
     if (phi in _math.READS_BELOW or target.shape[0] != num_rows or not num_rows or 0 <= ignore_index < num_classes
             or logits.numel() >= _backend.EAGER_MAX_ELEMENTS["softmax"] or _backend.requires_grad((params,))):
         return None
-    low_high = torch.aminmax(target)
-    if int(low_high.min) < 0 or int(low_high.max) >= num_classes:
+    if not _checks.check_index_range(target, num_classes, ignore_index):  # raises the contract's error itself
         return None
-    scale = torch.scalar_tensor(1.0 / num_rows, dtype=logits.dtype)
+    scale = reduction_scale("mean", num_rows, None, logits)
     rows = RowTarget(target, None, None)
     reference = partial(_reference, phi=phi, params=params, dtype=logits.dtype, rows=rows, reduction="mean",
                         scale=scale)

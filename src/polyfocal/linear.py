@@ -166,30 +166,34 @@ def hand_out(ctx, grad_loss: Tensor, recompute: Callable[[], list]) -> list:
     return grads
 
 
-def no_functorch(what: str) -> None:
-    """A clear error inside a ``torch.func`` transform, whose wrapped tensors the chunked heads' autograd
-    Functions cannot serve (functorch's own error names neither the loss nor a way out)."""
-    if _compat.in_functorch_transform():
-        raise NotImplementedError(f"polyfocal: {what} cannot run inside a torch.func transform (grad, vmap, ...): "
-                                  "its chunks' written-out gradient is an autograd.Function; there, compute the "
-                                  "logits and call the loss on them (pf.focal_loss(hidden @ W.T, target))")
-
-
 def no_second_derivatives(name: str) -> None:
     if torch.is_grad_enabled():
         raise RuntimeError(f"polyfocal.{name} has no second derivatives (create_graph=True); use the unfused "
                            "loss on materialised logits for those")
 
 
-class FusedLinearLoss(torch.autograd.Function):
-    """``(loss, z_loss)`` of a :class:`_Head` (or a head like it) over ``hidden @ weight.T + bias``; see the
-    module docstring."""
+class ChunkedFunction(torch.autograd.Function):
+    """A chunked head's autograd Function. Inside a ``torch.func`` transform, whose wrapped tensors it cannot
+    serve, one clear error (``heads`` names the functions that run it) instead of functorch's own, which names
+    neither the loss nor a way out."""
+
+    heads = ""
 
     @classmethod
     def apply(cls, *args):
-        no_functorch("the fused linear head (linear_loss, linear_distillation_loss, topk_distillation_loss of "
-                     "(hidden, head))")
+        if _compat.in_functorch_transform():
+            raise NotImplementedError(f"polyfocal: {cls.heads} cannot run inside a torch.func transform (grad, "
+                                      "vmap, ...): its chunks' written-out gradient is an autograd.Function; there, "
+                                      "compute the logits and call the loss on them (pf.focal_loss(hidden @ W.T, "
+                                      "target))")
         return super().apply(*args)
+
+
+class FusedLinearLoss(ChunkedFunction):
+    """``(loss, z_loss)`` of a :class:`_Head` (or a head like it) over ``hidden @ weight.T + bias``; see the
+    module docstring."""
+
+    heads = "the fused linear head (linear_loss, linear_distillation_loss, topk_distillation_loss of (hidden, head))"
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, head):

@@ -24,7 +24,7 @@ from . import _checks
 from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .linear import _check_head, chunk_rows, hand_out, no_functorch, no_second_derivatives
+from .linear import ChunkedFunction, _check_head, chunk_rows, hand_out, no_second_derivatives
 from .registry import declaration, softmax_loss_function
 
 __all__ = ["vocab_parallel_linear_loss"]
@@ -103,11 +103,8 @@ def _shard_chunks(shard: _Shard, hidden: Tensor, weight: Tensor, bias: Tensor | 
     return loss, [None if g is None else g.to(t.dtype) for g, t in zip(grads, (hidden, weight, weight))]
 
 
-class _VocabParallel(torch.autograd.Function):
-    @classmethod
-    def apply(cls, *args):
-        no_functorch("vocab_parallel_linear_loss")
-        return super().apply(*args)
+class _VocabParallel(ChunkedFunction):
+    heads = "vocab_parallel_linear_loss"
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, shard: _Shard):
