@@ -21,8 +21,8 @@ from torch import Tensor
 
 from ._fused import (as_tensors, class_indices, log_slope, rows_3d, run, shape_3d, sigmoid_parts,
                      with_saved_gradient)
-from ._math import SLOPES
-from ._numerics import Probability, class_sum, is_class, optional_product, sigmoid_probability
+from ._math import SLOPES, VALUES_AND_SLOPES
+from ._numerics import Probability, class_sum, in_dtype, is_class, optional_product, sigmoid_probability
 
 
 # --- softmax losses with probability targets (and label smoothing) ------------------------------
@@ -92,10 +92,11 @@ def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype, classes: Tensor | 
             exp_other.to(x_in.dtype))
 
 
-def _row_gradient_in_place(exp_other: Tensor, t: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
-    """``exp(x_k - m) * other_coef`` off the target and ``target_grad`` on it, written over ``exp_other``."""
+def _row_gradient_in_place(exp_other: Tensor, at: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
+    """``exp(x_k - m) * other_coef`` off the target and ``target_grad`` on it (the labels ``at``,
+    ``(N, 1, *)``), written over ``exp_other``."""
     exp_other.mul_(other_coef.unsqueeze(1))
-    return exp_other.scatter_(1, t.unsqueeze(1), target_grad.unsqueeze(1).to(exp_other.dtype))
+    return exp_other.scatter_(1, at, in_dtype(target_grad, exp_other.dtype).unsqueeze(1))
 
 
 def _row_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
@@ -114,15 +115,14 @@ def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tenso
     return rows, exp_other, other_coef, target_grad
 
 
-def _eager_statistics(x: Tensor, t: Tensor, dtype: torch.dtype):
-    """:func:`_row_statistics` in a few eager ops, for small inputs: the target masked in a copy
-    that becomes ``exp(x_k - m)`` in place (``exp(-inf) = 0`` on the target)."""
-    at = t.unsqueeze(1)
-    exp_other = x.to(dtype).scatter(1, at, float("-inf"))
+def _eager_statistics(x: Tensor, at: Tensor, dtype: torch.dtype):
+    """:func:`_row_statistics` in a few eager ops, for small inputs (``at`` the labels ``(N, 1, *)``): the
+    target masked in a copy that becomes ``exp(x_k - m)`` in place (``exp(-inf) = 0`` on the target). No
+    conversion where the logits are in ``dtype`` already (:func:`~polyfocal._numerics.in_dtype`)."""
+    exp_other = in_dtype(x, dtype).scatter(1, at, float("-inf"))
     m_other = exp_other.amax(1, keepdim=True)
-    shifted_t = (x.gather(1, at).to(dtype) - m_other).squeeze(1)
-    exp_other.sub_(m_other).exp_()
-    return shifted_t, class_sum(exp_other), exp_other
+    shifted_t = in_dtype(x.gather(1, at), dtype).sub_(m_other).squeeze(1)
+    return shifted_t, class_sum(exp_other.sub_(m_other).exp_()), exp_other
 
 
 def _target_probability(shifted_t: Tensor, s_other: Tensor) -> Probability:
@@ -131,15 +131,18 @@ def _target_probability(shifted_t: Tensor, s_other: Tensor) -> Probability:
 
 
 def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, scale: Tensor, params: dict):
-    """:func:`_row_partials` with the loss's written-out slope (``_math.SLOPES``) where it has one:
-    on a few hundred rows autograd's bookkeeping costs more than the whole pass over the logits.
-    ``factor`` None stands for 1 (no row ignored or weighted)."""
+    """:func:`_row_partials` with the loss's written-out slope (``_math.SLOPES``) where it has one, and its
+    value from the same call where they share terms (``_math.VALUES_AND_SLOPES``): on a few hundred rows
+    autograd's bookkeeping costs more than the whole pass over the logits. ``factor`` None stands for 1
+    (no row ignored or weighted)."""
     slope = SLOPES.get(phi)
     if slope is None:
         return _row_partials(phi, shifted_t, s_other, 1.0 if factor is None else factor, scale, params)
     prob = _target_probability(shifted_t, s_other)
-    target_grad = slope(prob, **params) * optional_product(scale, factor)
-    return optional_product(phi(prob, **params), factor), -target_grad / s_other, target_grad
+    joint = VALUES_AND_SLOPES.get(phi)
+    rows, d_rows = joint(prob, **params) if joint else (phi(prob, **params), slope(prob, **params))
+    target_grad = d_rows * optional_product(scale, factor)
+    return optional_product(rows, factor), -target_grad / s_other, target_grad
 
 
 # --- the three ways the row engine runs: each ``(phi, params, logits, t, factor, dtype, scale, gradient)``
@@ -150,12 +153,13 @@ def eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype:
                gradient: bool = True):
     """The passes as a handful of eager ops, with the loss's written-out slope on the rows (no
     compilation, no per-call compiled-code overhead: small inputs); they take (N, C, *) as it comes."""
-    shifted_t, s_other, exp_other = _eager_statistics(x, t, dtype)
+    at = t.unsqueeze(1)
+    shifted_t, s_other, exp_other = _eager_statistics(x, at, dtype)
     if not gradient:
         return optional_product(phi(_target_probability(shifted_t, s_other), **params), factor), None
     rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
-    grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
-    return rows, grad.to(x.dtype)
+    grad = _row_gradient_in_place(exp_other, at, other_coef, target_grad)
+    return rows, in_dtype(grad, x.dtype)
 
 
 def fused_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
@@ -169,7 +173,7 @@ def fused_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, d
     classes = class_indices(x.shape[1], x.device)
     rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype, factor, scale,
                                                    as_tensors(params, scale))
-    grad = _row_gradient_in_place(exp_other, t, other_coef, target_grad)
+    grad = _row_gradient_in_place(exp_other, t.unsqueeze(1), other_coef, target_grad)
     return rows.reshape(shape[:1] + shape[2:]), grad.reshape(shape)
 
 

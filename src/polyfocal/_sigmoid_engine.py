@@ -26,7 +26,7 @@ from . import _checks, _fused
 from ._backend import engine_for
 from ._errors import InputTypeError, InputValueError
 from ._math import SigmoidMath
-from ._numerics import compute_dtype, is_class, no_autocast, output_dtype, shared_like, sigmoid_probability
+from ._numerics import compute_dtype, in_dtype, is_class, no_autocast, output_dtype, shared_like, sigmoid_probability
 from ._reduce import reduce_loss, reduction_scale
 
 
@@ -157,14 +157,19 @@ def _eager_elements(math: SigmoidMath, params: dict, logits: Tensor, labels, y, 
     autograd graph through the elements)."""
     gradient = logits.requires_grad and torch.is_grad_enabled()
     with torch.no_grad():
-        z, flipped, y_hard, form, valid = _hard_inputs(logits.to(dtype), labels, y, ignore_index, math)
+        z, flipped, y_hard, form, valid = _hard_inputs(in_dtype(logits, dtype), labels, y, ignore_index, math)
         prob = sigmoid_probability(z)
-        loss = _masked(form(prob, y_hard, **params), valid, weight)
+        if gradient and math.binary_and_slope is not None:
+            loss, slope = math.binary_and_slope(prob, y_hard, **params)
+        else:
+            loss = form(prob, y_hard, **params)
+            slope = math.binary_slope(prob, y_hard, **params) if gradient else None
+        loss = _masked(loss, valid, weight)
         loss = loss.sum() * scale if summed else loss
         if not gradient:  # the values alone
             return loss
-        slope = _masked(math.binary_slope(prob, y_hard, **params), valid, weight) * scale
-        grad = torch.where(flipped, -slope, slope).to(logits.dtype)
+        slope = _masked(slope, valid, weight) * scale
+        grad = in_dtype(torch.where(flipped, -slope, slope), logits.dtype)
     return _fused.with_saved_gradient(logits, loss, grad, reference)
 
 

@@ -248,21 +248,23 @@ def _plain_torch_cross_entropy(logits, target, ignore_index) -> Tensor | None:
 
 
 def _default_rows(phi: PerClass, params: dict, logits: Tensor, target: Tensor, ignore_index: int) -> Tensor | None:
-    """A loss of ``p_t`` on a :func:`_default_call` below the row engine's crossover: the eager row engine
-    after the one check that call needs (every label a class, so no row is ignored and the count is N). None
-    where the full contract must run (an ignored label, a parameter that needs a gradient)."""
+    """A loss of ``p_t`` on a :func:`_default_call` below the row engine's crossover: the eager row engine, whose
+    first op on the labels (a ``scatter`` along the classes) checks on the CPU that every one is a class, so that
+    no row is ignored and the count is N (the index check's own pass and two reads cost as much as three ops of
+    the kernel). None where the full contract must run (a label out of range, which it words; a parameter that
+    needs a gradient)."""
     num_rows, num_classes = logits.shape
     if (phi in _math.READS_BELOW or target.shape[0] != num_rows or not num_rows or 0 <= ignore_index < num_classes
             or logits.numel() >= _backend.EAGER_MAX_ELEMENTS["softmax"] or _backend.requires_grad((params,))):
         return None
-    if not _checks.check_index_range(target, num_classes, ignore_index):  # raises the contract's error itself
-        return None
     scale = reduction_scale("mean", num_rows, None, logits)
-    rows = RowTarget(target, None, None)
-    reference = partial(_reference, phi=phi, params=params, dtype=logits.dtype, rows=rows, reduction="mean",
-                        scale=scale)
-    return _rows.softmax_rows(_rows.eager_rows, phi, params, logits, target, None, dtype=logits.dtype, scale=scale,
-                              summed=True, reference=reference)
+    reference = partial(_reference, phi=phi, params=params, dtype=logits.dtype, rows=RowTarget(target, None, None),
+                        reduction="mean", scale=scale)
+    try:
+        return _rows.softmax_rows(_rows.eager_rows, phi, params, logits, target, None, dtype=logits.dtype, scale=scale,
+                                  summed=True, reference=reference)
+    except RuntimeError:  # "index -100 is out of bounds for dimension 1": an ignored or a wrong label
+        return None
 
 
 def _reference(x: Tensor, *, phi: PerClass, params: dict, dtype: torch.dtype, rows: "RowTarget", reduction: str,
