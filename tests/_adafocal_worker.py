@@ -8,29 +8,16 @@ updates its own AdaFocalLoss and saves its gammas and bin edges.
 
 from __future__ import annotations
 
-import sys
-from datetime import timedelta
-
-import torch
-import torch.distributed as dist
-
 import polyfocal as pf
+from _gloo import serve_rank
 
 
-def main() -> None:
-    rank, world = int(sys.argv[1]), int(sys.argv[2])
-    store_file, data_file, out_file = sys.argv[3:6]
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=30))
-    try:
-        data = torch.load(data_file)
-        rows = slice(0, data["split"]) if rank == 0 else slice(data["split"], None)
-        module = pf.AdaFocalLoss(num_bins=7)
-        module.update(data["probs"][rows], data["labels"][rows])
-        torch.save((module.gammas, module.bin_edges), out_file)
-    finally:
-        dist.destroy_process_group()
+def run(rank: int, data: dict):
+    rows = slice(0, data["split"]) if rank == 0 else slice(data["split"], None)
+    module = pf.AdaFocalLoss(num_bins=7)
+    module.update(data["probs"][rows], data["labels"][rows])
+    return module.gammas, module.bin_edges
 
 
 if __name__ == "__main__":
-    main()
+    serve_rank(run)

@@ -11,13 +11,11 @@ the Modules' buffers to OUT_FILE.
 
 from __future__ import annotations
 
-import sys
-from datetime import timedelta
-
 import torch
 import torch.distributed as dist
 
 import polyfocal as pf
+from _gloo import serve_rank
 
 
 def _slice(t, rank, world):
@@ -32,41 +30,32 @@ def _loss_and_grad(fn, x, *args, **kwargs):
     return loss.detach(), grad
 
 
-def main() -> None:
-    rank, world = int(sys.argv[1]), int(sys.argv[2])
-    store_file, data_file, out_file = sys.argv[3:6]
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=30))
-    try:
-        data = torch.load(data_file)
-        part = {k: [tuple(_slice(t, rank, world) for t in batch) for batch in v] for k, v in data.items()}
-        out = {}
+def run(rank: int, data: dict) -> dict:
+    world = dist.get_world_size()
+    part = {k: [tuple(_slice(t, rank, world) for t in batch) for batch in v] for k, v in data.items()}
+    out = {}
 
-        # Stateless GHM-C on each step's batch (index targets with ignore_index, weights with zeros).
-        out["ghm_c_loss"] = [_loss_and_grad(pf.ghm_c_loss, x, t, weight=w, bins=7) for x, t, w in part["c"]]
-        out["ghm_r_loss"] = [_loss_and_grad(pf.ghm_r_loss, p, t, weight=w, mu=0.1, bins=7)
-                             for p, t, w in part["r"]]
+    # Stateless GHM-C on each step's batch (index targets with ignore_index, weights with zeros).
+    out["ghm_c_loss"] = [_loss_and_grad(pf.ghm_c_loss, x, t, weight=w, bins=7) for x, t, w in part["c"]]
+    out["ghm_r_loss"] = [_loss_and_grad(pf.ghm_r_loss, p, t, weight=w, mu=0.1, bins=7)
+                         for p, t, w in part["r"]]
 
-        # distributed=False inside the group: this rank's slice alone.
-        x, t, w = part["c"][0]
-        out["local_only"] = pf.ghm_c_loss(x, t, weight=w, bins=7, distributed=False)
+    # distributed=False inside the group: this rank's slice alone.
+    x, t, w = part["c"][0]
+    out["local_only"] = pf.ghm_c_loss(x, t, weight=w, bins=7, distributed=False)
 
-        cmod = pf.GHMCLoss(bins=7, momentum=0.75)
-        out["GHMCLoss"] = [_loss_and_grad(cmod, x, t, w) for x, t, w in part["c"]]
-        out["GHMCLoss_buffers"] = (cmod.counts.clone(), cmod.steps.clone())
+    cmod = pf.GHMCLoss(bins=7, momentum=0.75)
+    out["GHMCLoss"] = [_loss_and_grad(cmod, x, t, w) for x, t, w in part["c"]]
+    out["GHMCLoss_buffers"] = (cmod.counts.clone(), cmod.steps.clone())
 
-        cmod_nb = pf.GHMCLoss(bins=7, momentum=0.75, bias_correction=False, reduction="sum")
-        out["GHMCLoss_sum_nobc"] = [_loss_and_grad(cmod_nb, x, t, w) for x, t, w in part["c"]]
+    cmod_nb = pf.GHMCLoss(bins=7, momentum=0.75, bias_correction=False, reduction="sum")
+    out["GHMCLoss_sum_nobc"] = [_loss_and_grad(cmod_nb, x, t, w) for x, t, w in part["c"]]
 
-        rmod = pf.GHMRLoss(bins=7, momentum=0.75, mu=0.1)
-        out["GHMRLoss"] = [_loss_and_grad(rmod, p, t, w) for p, t, w in part["r"]]
-        out["GHMRLoss_buffers"] = (rmod.counts.clone(), rmod.steps.clone())
-
-        torch.save(out, out_file)
-    finally:
-        dist.destroy_process_group()
+    rmod = pf.GHMRLoss(bins=7, momentum=0.75, mu=0.1)
+    out["GHMRLoss"] = [_loss_and_grad(rmod, p, t, w) for p, t, w in part["r"]]
+    out["GHMRLoss_buffers"] = (rmod.counts.clone(), rmod.steps.clone())
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    serve_rank(run)
