@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
+from _ddp_ghm_worker import ghm_cases
 from _gloo import needs_gloo, run_ranks
 from polyfocal.ghm import scatter_counts
 
@@ -666,29 +667,12 @@ def _dist_data(seed=14):
     return {"c": [(x, t, w) for x, t, _, w, _ in c], "r": [(p, q, v) for p, q, _, v, _ in r]}
 
 
-def _single_process(data):
-    def lg(fn, x, *args, **kwargs):
-        return value_and_grad(fn, x, *args, **kwargs)
-
-    out = {"ghm_c_loss": [lg(pf.ghm_c_loss, x, t, weight=w, bins=7) for x, t, w in data["c"]],
-           "ghm_r_loss": [lg(pf.ghm_r_loss, p, t, weight=w, mu=0.1, bins=7) for p, t, w in data["r"]]}
-    cmod = pf.GHMCLoss(bins=7, momentum=0.75)
-    out["GHMCLoss"] = [lg(cmod, x, t, w) for x, t, w in data["c"]]
-    out["GHMCLoss_buffers"] = (cmod.counts.clone(), cmod.steps.clone())
-    cmod_nb = pf.GHMCLoss(bins=7, momentum=0.75, bias_correction=False, reduction="sum")
-    out["GHMCLoss_sum_nobc"] = [lg(cmod_nb, x, t, w) for x, t, w in data["c"]]
-    rmod = pf.GHMRLoss(bins=7, momentum=0.75, mu=0.1)
-    out["GHMRLoss"] = [lg(rmod, p, t, w) for p, t, w in data["r"]]
-    out["GHMRLoss_buffers"] = (rmod.counts.clone(), rmod.steps.clone())
-    return out
-
-
 @pytest.mark.slow
 @needs_gloo
 def test_distributed_ranks_add_up_to_single_process(tmp_path):
     data = _dist_data()
     ranks = run_ranks(WORKER, data, tmp_path)
-    single = _single_process(data)
+    single = ghm_cases(data)  # the workers' cases on the whole batches
     for key in ("ghm_c_loss", "ghm_r_loss", "GHMCLoss", "GHMCLoss_sum_nobc", "GHMRLoss"):
         for step, (want_loss, want_grad) in enumerate(single[key]):
             got_loss = sum(r[key][step][0] for r in ranks)
