@@ -5,15 +5,14 @@ polyfocal's own losses for the hard part), in value and in every student gradien
 from __future__ import annotations
 
 import warnings
-import weakref
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
+from _dispatch import LiveLargeTensors
 from _gloo import assert_shards_agree, needs_gloo, run_ranks
 from test_linear import _LargestTensor
 
@@ -155,22 +154,6 @@ def test_neither_logit_tensor_exists_whole(reduction):
     assert mode.largest <= max(chunk * V, n * HT, V * HT) < n * V
 
 
-class _LiveLargeTensors(TorchDispatchMode):
-    """The most tensors of ``size`` elements or more alive at once (storages made by the call's ops)."""
-
-    def __init__(self, size: int):
-        super().__init__()
-        self.size, self.refs, self.most = size, [], 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.refs.extend(weakref.ref(t) for t in (out if isinstance(out, (tuple, list)) else (out,))
-                         if isinstance(t, torch.Tensor) and t.numel() >= self.size)
-        alive = {t.untyped_storage().data_ptr() for t in (r() for r in self.refs) if t is not None}
-        self.most = max(self.most, len(alive))
-        return out
-
-
 @pytest.mark.parametrize("hard", [None, "focal_loss"])
 def test_a_chunk_holds_two_logit_sized_buffers(hard):
     """Each log-softmax is written over its logits, and a hard part runs a block of rows at a time: no third
@@ -182,7 +165,7 @@ def test_a_chunk_holds_two_logit_sized_buffers(hard):
     target = target % v
     inputs = [t.clone().requires_grad_() for t in student]
     hard_kwargs = {} if hard is None else {"hard_loss": hard, "hard_weight": 0.5}
-    with _LiveLargeTensors(chunk * v // 2) as mode:  # larger than a block of rows, and than any input
+    with LiveLargeTensors(chunk * v // 2) as mode:  # larger than a block of rows, and than any input
         loss = pf.linear_distillation_loss(inputs[0], inputs[1], *teacher[:2], target, student_bias=inputs[2],
                                            teacher_bias=teacher[2], chunk_size=chunk, **hard_kwargs)
         loss.backward()

@@ -4,6 +4,7 @@ logits materialised, then the polyfocal loss) and to the float64 references."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import polyfocal as pf
 import reference as ref
+from _dispatch import LiveLargeTensors
 from _gloo import assert_shards_agree, needs_gloo, run_ranks
 from polyfocal import _triton
 from reference import declared
@@ -350,6 +352,75 @@ def test_linear_loss_runs_the_default_chunk(monkeypatch):
     pf.linear_loss(hidden, weight, target, head_bias=bias)
     rows = pf.linear.default_chunk_rows(96, 8, 40)
     assert 1 < rows < 96 and seen == [rows] * (96 // rows) + ([96 % rows] if 96 % rows else [])
+
+
+def _chunk_rows_seen(monkeypatch, mode=None, loss="focal_loss", **kwargs) -> list:
+    """The rows of each chunk of a head of ``loss`` with a default chunk of 4 rows (``mode``: a dispatch mode to
+    run it under), its loss checked against the unfused one."""
+    monkeypatch.setattr(pf.linear, "MIN_CHUNK_ROWS", 4)
+    monkeypatch.setattr(pf.linear, "MIN_CHUNK_ELEMENTS", 1)
+    n, h, v = 96, 2, 400
+    seen, chunk = [], pf.linear._chunk
+    monkeypatch.setattr(pf.linear, "_chunk", lambda head, x, *args: seen.append(x.shape[0]) or chunk(head, x, *args))
+    hidden, weight, bias, target = head(n, h, v)
+    inputs = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
+    assert pf.linear.default_chunk_rows(n, h, v) == 4
+    with mode or contextlib.nullcontext():
+        got = pf.linear_loss(*inputs[:2], target, loss=loss, head_bias=inputs[2], **kwargs)
+    logits, valid = hidden @ weight.T + bias, target != -100
+    z_loss = kwargs.get("z_loss", 0) * (torch.logsumexp(logits, 1).square() * valid).sum() / valid.sum()
+    torch.testing.assert_close(got, getattr(pf, loss)(logits, target) + z_loss, rtol=1e-5, atol=1e-6)
+    return seen
+
+
+#: the logits of a chunk of 4 rows (the most bytes of such storages alive at once: 2 of these budgeted)
+CHUNK_BYTES = 4 * 400 * 4
+
+
+@pytest.mark.parametrize("loss, backend", [("focal_loss", "eager"), ("focal_loss", "fused"), ("cross_entropy", None)])
+def test_the_gradient_is_written_over_the_chunks_logits_and_later_chunks_take_twice_the_rows(monkeypatch, loss,
+                                                                                             backend):
+    """The row engine writes each chunk's gradient over its logits (the head gives them up), so after the first
+    chunk one buffer of twice the rows fits the memory of the default chunk's two buffers (logits and
+    gradient), the first buffer freed before the second is made (eager: measured; the compiled kernel's own
+    buffers are out of the dispatcher's sight, and it compiles under no dispatch mode). Plain cross-entropy
+    takes the row engine too, not torch's kernel, whose buffers would sit beside the chunk's (its small last
+    chunk added 12 MiB at (4096, 512, 32000))."""
+    mode = LiveLargeTensors(CHUNK_BYTES // 4) if backend != "fused" else None
+    kwargs = {} if backend is None else {"backend": backend}
+    assert _chunk_rows_seen(monkeypatch, mode, loss, **kwargs) == [4] + [8] * 11 + [4]
+    assert mode is None or mode.most_bytes <= 2 * CHUNK_BYTES, mode.most_bytes
+
+
+@pytest.mark.parametrize("kwargs", [{"z_loss": 1e-3}, {"chunk_size": 4}])
+def test_the_chunks_keep_their_rows_where_the_logits_are_read_again_or_the_size_was_given(monkeypatch, kwargs):
+    """The z-loss reads a chunk's logits after the loss: they are not given up, and a chunk keeps two buffers.
+    A ``chunk_size`` given is kept (and then one buffer holds a chunk)."""
+    mode = LiveLargeTensors(CHUNK_BYTES // 4)
+    assert _chunk_rows_seen(monkeypatch, mode, backend="eager", **kwargs) == [4] * 24
+    assert "z_loss" in kwargs or mode.most_bytes <= CHUNK_BYTES, mode.most_bytes
+
+
+def test_a_kernel_that_fails_after_writing_over_the_logits_has_the_chunk_made_again(monkeypatch):
+    """Under a dispatch mode dynamo runs the fused kernel as Python, which writes over the chunk's logits, and
+    then refuses it (fullgraph): the head makes the logits again and runs the chunk without giving them up
+    (the fallback engine on the written-over logits gave a loss off by 0.5%); the next chunks run on the eager
+    engine, which writes over them again, so they grow."""
+    from polyfocal import _fused
+
+    monkeypatch.setattr(_fused, "_broken", None)  # restored after the test: the failure disables the engine
+    monkeypatch.delenv("POLYFOCAL_STRICT", raising=False)  # and then the eager engine runs the chunks
+    with pytest.warns(RuntimeWarning, match="fused engine is unavailable"):
+        assert _chunk_rows_seen(monkeypatch, LiveLargeTensors(1), backend="fused") == [4, 4] + [8] * 11
+
+
+def test_logits_given_up_are_only_those_the_caller_named():
+    """A loss called on any other tensor inside :func:`polyfocal._rows.logits_given_up` leaves it as it was."""
+    x, other, t = torch.randn(64, 500, requires_grad=True), torch.randn(64, 500), torch.randint(0, 500, (64,))
+    before = x.detach().clone()
+    with pf._rows.logits_given_up(other):
+        torch.autograd.grad(pf.focal_loss(x, t, backend="eager"), x)
+    assert torch.equal(x.detach(), before)
 
 
 def test_inside_torch_func_the_head_says_what_to_do_instead():

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -81,15 +83,20 @@ def soft_rows_and_gradient(x: Tensor, scale: Tensor, target, phi: Callable,
 
 # --- the softmax row engine for class-index targets -----------------------------------------------
 
+def _row_max(x: Tensor, t: Tensor, classes: Tensor | None):
+    """The target mask, and per row the max ``m`` of the non-target logits and ``x_t - m``."""
+    target = is_class(x, t, classes)
+    m_other = x.masked_fill(target, float("-inf")).amax(1)
+    return target, m_other, x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other
+
+
 def _row_statistics(x: Tensor, t: Tensor, dtype: torch.dtype, classes: Tensor | None = None):
     """Per row: ``x_t - m``, the max ``m`` and shifted exp-sum ``s`` of the non-target logits; and
     ``exp(x_k - m)`` off the target (0 on it) in the logits' dtype, the gradient's buffer to be."""
     x_in, x = x, x.to(dtype)
-    target = is_class(x, t, classes)
-    m_other = x.masked_fill(target, float("-inf")).amax(1)
+    target, m_other, shifted_t = _row_max(x, t, classes)
     exp_other = torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0)
-    return (x.gather(1, t.unsqueeze(1)).squeeze(1) - m_other, m_other, class_sum(exp_other),
-            exp_other.to(x_in.dtype))
+    return shifted_t, m_other, class_sum(exp_other), exp_other.to(x_in.dtype)
 
 
 def _row_gradient_in_place(exp_other: Tensor, at: Tensor, other_coef: Tensor, target_grad: Tensor) -> Tensor:
@@ -115,13 +122,28 @@ def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tenso
     return rows, exp_other, other_coef, target_grad
 
 
-def _eager_statistics(x: Tensor, at: Tensor, dtype: torch.dtype):
+def _statistics_and_partials_over(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor,
+                                  scale: Tensor, params: dict):
+    """:func:`_statistics_and_partials` with ``exp(x_k - m)`` written over ``x`` (in ``dtype``; logits their caller
+    gave up, :func:`logits_given_up`). Its exponentials are two expressions, one summed, one stored, so that
+    the compiled kernel computes them in both loops and holds no logits-sized temporary (one expression
+    with two uses is materialised: a second buffer, the one this saves)."""
+    target, m_other, shifted_t = _row_max(x, t, classes)
+    s_other = class_sum(torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0))
+    rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
+    x.copy_(torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0))
+    return rows, other_coef, target_grad
+
+
+def _eager_statistics(x: Tensor, at: Tensor, dtype: torch.dtype, over: bool = False):
     """:func:`_row_statistics` in a few eager ops, for small inputs (``at`` the labels ``(N, 1, *)``): the
-    target masked in a copy that becomes ``exp(x_k - m)`` in place (``exp(-inf) = 0`` on the target). No
-    conversion where the logits are in ``dtype`` already (:func:`~polyfocal._numerics.in_dtype`)."""
-    exp_other = in_dtype(x, dtype).scatter(1, at, float("-inf"))
+    target masked in a copy (``over``: in ``x`` itself, in ``dtype``) that becomes ``exp(x_k - m)`` in place
+    (``exp(-inf) = 0`` on the target). No conversion where the logits are in ``dtype`` already
+    (:func:`~polyfocal._numerics.in_dtype`)."""
+    x_t = x.gather(1, at)
+    exp_other = x.scatter_(1, at, float("-inf")) if over else in_dtype(x, dtype).scatter(1, at, float("-inf"))
     m_other = exp_other.amax(1, keepdim=True)
-    shifted_t = in_dtype(x.gather(1, at), dtype).sub_(m_other).squeeze(1)
+    shifted_t = in_dtype(x_t, dtype).sub_(m_other).squeeze(1)
     return shifted_t, class_sum(exp_other.sub_(m_other).exp_()), exp_other
 
 
@@ -145,16 +167,16 @@ def _eager_partials(phi: Callable, shifted_t: Tensor, s_other: Tensor, factor, s
     return optional_product(rows, factor), -target_grad / s_other, target_grad
 
 
-# --- the three ways the row engine runs: each ``(phi, params, logits, t, factor, dtype, scale, gradient)``
-# -> ``(rows, grad)``, the rows ``(N, *)`` and the gradient of their sum times ``scale`` (None without
-# ``gradient``), for logits ``(N, C, *)``
+# --- the three ways the row engine runs: each ``(phi, params, logits, t, factor, dtype, scale, gradient,
+# over)`` -> ``(rows, grad)``, the rows ``(N, *)`` and the gradient of their sum times ``scale`` (None without
+# ``gradient``), for logits ``(N, C, *)``; with ``over`` the gradient may be written over the logits
 
 def eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
-               gradient: bool = True):
+               gradient: bool = True, over: bool = False):
     """The passes as a handful of eager ops, with the loss's written-out slope on the rows (no
     compilation, no per-call compiled-code overhead: small inputs); they take (N, C, *) as it comes."""
     at = t.unsqueeze(1)
-    shifted_t, s_other, exp_other = _eager_statistics(x, at, dtype)
+    shifted_t, s_other, exp_other = _eager_statistics(x, at, dtype, over)
     if not gradient:
         return optional_product(phi(_target_probability(shifted_t, s_other), **params), factor), None
     rows, other_coef, target_grad = _eager_partials(phi, shifted_t, s_other, factor, scale, params)
@@ -163,28 +185,52 @@ def eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype:
 
 
 def fused_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
-               gradient: bool = True):
+               gradient: bool = True, over: bool = False):
     """One compiled pass computes the statistics and writes ``exp(x_k - m)`` into the buffer that
-    becomes the gradient, then one in-place multiply by the row coefficient (a vectorised eager op)
-    finishes it: one exponential per element in all (the gradient too for the values alone: it costs
-    less than a second, values-only kernel would save)."""
+    becomes the gradient (``over``: the logits themselves), then one in-place multiply by the row
+    coefficient (a vectorised eager op) finishes it: one exponential per element in all (two with
+    ``over``; the gradient too for the values alone: it costs less than a second, values-only kernel
+    would save)."""
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
-    classes = class_indices(x.shape[1], x.device)
-    rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype, factor, scale,
-                                                   as_tensors(params, scale))
+    classes, params = class_indices(x.shape[1], x.device), as_tensors(params, scale)
+    if over:
+        rows, other_coef, target_grad = _run_over(phi, x, t, classes, dtype, factor, scale, params)
+        exp_other = x
+    else:
+        rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype, factor,
+                                                       scale, params)
     grad = _row_gradient_in_place(exp_other, t.unsqueeze(1), other_coef, target_grad)
     return rows.reshape(shape[:1] + shape[2:]), grad.reshape(shape)
 
 
+class LogitsWrittenOver(RuntimeError):
+    """The fused kernel failed after it had written over logits given up to it (:func:`logits_given_up`): no
+    other engine can run on them; their owner makes them again."""
+
+
+def _run_over(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor, scale, params):
+    """:func:`_statistics_and_partials_over`, compiled. A failure before it wrote ``x`` (its compilation) lets the
+    caller fall back as for any kernel; one after (dynamo ran the frame as Python, then refused it: under a
+    dispatch mode, with ``fullgraph``) raises :class:`LogitsWrittenOver`, never a fallback on the gradient."""
+    version = x._version
+    try:
+        return run(_statistics_and_partials_over, phi, x, t, classes, dtype, factor, scale, params)
+    except Exception as error:
+        if x._version != version:
+            raise LogitsWrittenOver("the fused kernel failed after writing over the logits given up to it") from error
+        raise
+
+
 def triton_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
-                gradient: bool = True):
+                gradient: bool = True, over: bool = False):
     """The Triton kernels make two passes (statistics, then gradient), with the written-out slope's few
-    eager ops on the N rows between them; they compute in fp32, so an fp64 loss takes :func:`fused_rows`."""
+    eager ops on the N rows between them; they compute in fp32, so an fp64 loss takes :func:`fused_rows`.
+    They write the gradient into a buffer of their own (``over`` is not taken here)."""
     from . import _triton  # noqa: PLC0415 (Triton is optional and loads lazily)
 
     if not _triton.handles(dtype):
-        return fused_rows(phi, params, logits, t, factor, dtype, scale, gradient)
+        return fused_rows(phi, params, logits, t, factor, dtype, scale, gradient, over)
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
     shifted_t, m_other, s_other = _triton.row_statistics(x, t, dtype)
@@ -195,6 +241,28 @@ def triton_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, 
 
 #: the row engine's kernels, by the engine :func:`polyfocal._backend.engine_for` chose
 ROW_KERNELS: dict[str, Callable] = {"eager": eager_rows, "fused": fused_rows, "triton": triton_rows}
+
+
+#: logits that their caller gives up to the row kernel (:func:`logits_given_up`)
+_GIVEN_UP: ContextVar[Tensor | None] = ContextVar("polyfocal_logits_given_up", default=None)
+
+
+@contextlib.contextmanager
+def logits_given_up(logits: Tensor):
+    """Within this context the row kernels may write the gradient over ``logits`` (that tensor object, in the
+    compute dtype, where the call needs a gradient): one logits-sized buffer instead of two. The linear head
+    gives up each chunk's logits, which live in a buffer of its own; a loss called on any other tensor never
+    writes it."""
+    token = _GIVEN_UP.set(logits)
+    try:
+        yield
+    finally:
+        _GIVEN_UP.reset(token)
+
+
+def is_given_up(logits: Tensor) -> bool:
+    """Whether ``logits`` are those given up to the row kernels (:func:`logits_given_up`)."""
+    return _GIVEN_UP.get() is logits
 
 
 def softmax_rows(kernel: Callable, phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, *,
@@ -211,7 +279,8 @@ def softmax_rows(kernel: Callable, phi: Callable, params: dict, logits: Tensor, 
     ``reference(logits)`` is the same loss by autograd, for second derivatives.
     """
     gradient = logits.requires_grad and torch.is_grad_enabled()
+    over = gradient and is_given_up(logits) and logits.dtype == dtype
     with torch.no_grad():
-        rows, grad = kernel(phi, params, logits, t, factor, dtype, scale, gradient)
+        rows, grad = kernel(phi, params, logits, t, factor, dtype, scale, gradient, over)
         rows = rows.sum() * scale if summed else rows
     return with_saved_gradient(logits, rows, grad, reference) if gradient else rows

@@ -310,7 +310,9 @@ def softmax_loss(phi: PerClass, params: dict, logits: Tensor, target: Tensor, *,
         like = shared_like(dtype, logits.device)
         w = _checks.class_vector(weight, "weight", num_classes, like)
         a = class_factor(alpha, num_classes, like)
-        plain = index and _is_torch_cross_entropy(phi, params, logits, a, sample_weight)
+        # (logits given up to the row kernel take it: torch's kernel would hold its own buffers beside them)
+        plain = (index and _is_torch_cross_entropy(phi, params, logits, a, sample_weight)
+                 and not _rows.is_given_up(logits))
         engine = engine_for(backend, logits, (target, weight, alpha, sample_weight, params),
                             eager="cross_entropy" if plain else "softmax" if index else None)
         if plain and _uses_torch_kernel(engine, backend, logits):

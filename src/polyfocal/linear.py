@@ -20,13 +20,14 @@ or ``normalizer``), so chunking never changes the result.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from . import _checks, _compat
+from . import _checks, _compat, _rows
 from ._errors import InputTypeError, InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
@@ -83,6 +84,7 @@ class _Head:
     chunk: int
     z_loss: float | None
     softcap: float | None
+    grows: bool = True  # a default chunk: later chunks take twice the rows where one buffer held a chunk (_grows)
 
     def rows(self, x: Tensor, target: Tensor, reduction: str) -> tuple[Tensor, Tensor]:
         """The chunk's loss (per row, or summed) and z-loss, from logits ``x`` that may require a gradient."""
@@ -103,19 +105,27 @@ class _Head:
 def _chunk(head: _Head, h: Tensor, t: Tensor, weight: Tensor, bias: Tensor | None, seed: Tensor | None,
            out: Tensor | None):
     """One chunk: its loss (per row, or summed) and z-loss, and with ``seed`` (the upstream gradient:
-    per row, or the mean's scale) the gradient in the chunk's logits, in the head's dtype."""
+    per row, or the mean's scale) the gradient in the chunk's logits, in the head's dtype. The row engine may
+    write the gradient over the chunk's logits (not where the z-loss reads them after the loss); should its
+    kernel fail after it did, the logits are made again and given up no more."""
     x = head_logits(h, weight, bias, out).requires_grad_(seed is not None)
-    with torch.enable_grad():
+    try:
+        return _chunk_pass(head, x, t, seed, weight.dtype, given_up=head.z_loss is None)
+    except _rows.LogitsWrittenOver:
+        x = head_logits(h, weight, bias, out).requires_grad_(seed is not None)
+        return _chunk_pass(head, x, t, seed, weight.dtype, given_up=False)
+
+
+def _chunk_pass(head: _Head, x: Tensor, t: Tensor, seed: Tensor | None, dtype: torch.dtype, given_up: bool):
+    with torch.enable_grad(), _rows.logits_given_up(x) if given_up else contextlib.nullcontext():
         loss, z = head.rows(x, t, "none" if head.reduction == "none" else "sum")
         if seed is None:
             return loss.detach(), z.detach(), None
         total = loss + z
-        if head.reduction == "none":
-            (g,) = torch.autograd.grad(total, x, seed.to(total.dtype))
-        else:  # a seed of 1 hands back the engine's saved gradient itself, scaled here in place: no copy
-            (g,) = torch.autograd.grad(total, x)
-            g.mul_(seed.to(g.dtype))
-    return loss.detach(), z.detach(), g.to(weight.dtype)
+        (g,) = torch.autograd.grad(total, x, seed.to(total.dtype) if head.reduction == "none" else None)
+    if head.reduction != "none":  # a seed of 1 hands back the engine's saved gradient itself, scaled here in place
+        g = g.detach().mul_(seed.to(g.dtype))  # (no copy; it may be the chunk's logits, written over)
+    return loss.detach(), z.detach(), g.to(dtype)
 
 
 def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, upstream: Tensor | None,
@@ -130,9 +140,10 @@ def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, 
     grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs[1] else None
     grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if needs[2] else None
     losses, z_losses = [head.scale.new_zeros(0)], [head.scale.new_zeros(0)]
-    out = logits_buffer(min(head.chunk, n), weight)
-    for start in range(0, n, head.chunk):
-        rows = slice(start, min(start + head.chunk, n))
+    chunk, start = head.chunk, 0
+    out = logits_buffer(min(chunk, n), weight)
+    while start < n:
+        rows = slice(start, min(start + chunk, n))
         h = hidden[rows]
         seed = None if not any(needs) else upstream[rows] if per_row else head.scale * (
             1 if upstream is None else upstream)
@@ -145,11 +156,25 @@ def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, 
             grad_weight.addmm_(g.T.to(accumulate), h.to(accumulate))
         if needs[2]:
             grad_bias += g.sum(0).to(accumulate)
+        start, grows = rows.stop, _grows(head, chunk, g, out)
         del g  # before the next chunk's logits exist (in ``out``: g may be it, written over)
+        if grows:  # the gradient was written over the logits: one buffer where two were budgeted
+            chunk, out = 2 * chunk, None
+            out = logits_buffer(min(chunk, n - start), weight)
     loss, z_loss = torch.cat(losses), torch.cat(z_losses)
     if not per_row:
         loss, z_loss = loss.sum() * head.scale, z_loss.sum() * head.scale
     return loss, z_loss, (grad_hidden, grad_weight, grad_bias)
+
+
+def _grows(head, chunk: int, g: Tensor | None, out: Tensor | None) -> bool:
+    """Whether the chunks after this one take twice its rows: the head's default chunk is sized for two
+    logits-sized buffers (the logits and their gradient), and the row engine wrote this chunk's gradient over
+    its logits in ``out`` (:func:`polyfocal._rows.logits_given_up`), so one buffer of twice the rows fits the
+    same memory. Only :class:`_Head` s with a default chunk grow (the distillation heads budget their own
+    buffers), once."""
+    return (getattr(head, "grows", False) and chunk == head.chunk and g is not None and out is not None
+            and g.untyped_storage().data_ptr() == out.untyped_storage().data_ptr())
 
 
 def hand_out(ctx, grad_loss: Tensor, recompute: Callable[[], list]) -> list:
@@ -314,7 +339,7 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
     if _checks.should_validate(loss_params.pop("validate", None), hidden):  # once, not once per chunk
         _checks.check_index_range(flat, vocabulary, ignore_index)
     params = {**loss_params, "validate": False, **({} if weight is None else {"weight": weight})}
-    head = _Head(function, params, flat, ignore_index, reduction, scale, chunk, z_loss, softcap)
+    head = _Head(function, params, flat, ignore_index, reduction, scale, chunk, z_loss, softcap, chunk_size is None)
     value, z = FusedLinearLoss.apply(hidden.reshape(-1, hidden.shape[-1]), head_weight, head_bias, head)
     if reduction == "none":
         value, z = value.reshape(target.shape), z.reshape(target.shape)
