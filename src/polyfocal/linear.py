@@ -49,7 +49,8 @@ def default_chunk_rows(rows: int, hidden: int, vocabulary: int) -> int:
     chunk's logits and their gradient, the head's extra memory, are at most a quarter of the bytes of the
     inputs and their gradients); at least :data:`MIN_CHUNK_ROWS` rows and :data:`MIN_CHUNK_ELEMENTS`
     logits. Sized to the problem, not a fixed budget: the extra memory is then flat in N once N H exceeds
-    128 V."""
+    128 V. Where the row engine writes the gradient over the logits, one buffer holds a chunk, and the chunks
+    after the first take twice these rows (:func:`_grows`)."""
     floor = max(MIN_CHUNK_ROWS, MIN_CHUNK_ELEMENTS // vocabulary)
     return max(floor, min(rows, (rows + vocabulary) // 8) * hidden // vocabulary)
 
@@ -303,7 +304,9 @@ def linear_loss(hidden: Tensor, head_weight: Tensor, target: Tensor, *, loss: st
             ``label_smoothing``, ``backend``...).
         head_bias: ``(V,)`` or None.
         chunk_size: rows per chunk; default :func:`default_chunk_rows`: about ``N H / V`` (a chunk's
-            logits the size of ``hidden``), at most ``(N + V) H / (8 V)``, at least 128 and ``2^22 / V``.
+            logits the size of ``hidden``), at most ``(N + V) H / (8 V)``, at least 128 and ``2^22 / V``,
+            twice that after the first chunk where the loss writes its gradient over the logits. A value
+            given is kept (then, for a loss of ``p_t`` without z-loss, one chunk's logits are the extra memory).
         z_loss: PaLM's auxiliary ``z * logsumexp(logits)^2`` per non-ignored row, added to the loss
             and reduced as it is; None (off) or a number >= 0.
         softcap: Gemma's logit soft-capping ``c * tanh(logits / c)`` before the softmax; None or c > 0.
