@@ -168,7 +168,8 @@ def test_every_chunk_writes_its_logits_into_one_buffer(bias):
     with _ProductOutputs() as mode:
         pf.linear_loss(hidden, weight, target, head_bias=head_bias if bias else None, chunk_size=chunk)
     logits = [(overload, ptr) for overload, ptr, shape in mode.storages if shape == (chunk, v)]
-    assert len(logits) == n // chunk and len(set(logits)) == 1 and logits[0][0] == "out"
+    full_chunks = int((target != -100).sum()) // chunk  # of the rows that count (30 of 40)
+    assert full_chunks == 3 and len(logits) == full_chunks and len(set(logits)) == 1 and logits[0][0] == "out"
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -343,15 +344,18 @@ def test_the_default_chunk_is_flat_in_the_number_of_rows():
     assert max(rows) <= 1.1 * min(rows)
 
 
-def test_linear_loss_runs_the_default_chunk(monkeypatch):
+def test_linear_loss_runs_the_default_chunk_over_the_rows_that_count(monkeypatch):
+    """Chunks of the default rows, over the 72 of 96 rows whose target is not ignored: an ignored row's logits
+    are never made (its loss and gradient are 0)."""
     monkeypatch.setattr(pf.linear, "MIN_CHUNK_ROWS", 1)
     monkeypatch.setattr(pf.linear, "MIN_CHUNK_ELEMENTS", 1)
     seen, chunk = [], pf.linear._chunk
-    monkeypatch.setattr(pf.linear, "_chunk", lambda head, h, *args: seen.append(h.shape[0]) or chunk(head, h, *args))
+    monkeypatch.setattr(pf.linear, "_chunk", lambda head, h, *args: seen.append(h) or chunk(head, h, *args))
     hidden, weight, bias, target = head(n=96, h=8, v=40)
     pf.linear_loss(hidden, weight, target, head_bias=bias)
-    rows = pf.linear.default_chunk_rows(96, 8, 40)
-    assert 1 < rows < 96 and seen == [rows] * (96 // rows) + ([96 % rows] if 96 % rows else [])
+    rows, kept = pf.linear.default_chunk_rows(96, 8, 40), hidden[target != -100]
+    assert 1 < rows < 72 and [h.shape[0] for h in seen] == [rows] * (72 // rows) + ([72 % rows] if 72 % rows else [])
+    assert torch.equal(torch.cat(seen), kept)
 
 
 def _chunk_rows_seen(monkeypatch, mode=None, loss="focal_loss", **kwargs) -> list:
@@ -388,7 +392,7 @@ def test_the_gradient_is_written_over_the_chunks_logits_and_later_chunks_take_tw
     chunk added 12 MiB at (4096, 512, 32000))."""
     mode = LiveLargeTensors(CHUNK_BYTES // 4) if backend != "fused" else None
     kwargs = {} if backend is None else {"backend": backend}
-    assert _chunk_rows_seen(monkeypatch, mode, loss, **kwargs) == [4] + [8] * 11 + [4]
+    assert _chunk_rows_seen(monkeypatch, mode, loss, **kwargs) == [4] + [8] * 8 + [4]  # 72 rows not ignored
     assert mode is None or mode.most_bytes <= 2 * CHUNK_BYTES, mode.most_bytes
 
 
@@ -397,7 +401,7 @@ def test_the_chunks_keep_their_rows_where_the_logits_are_read_again_or_the_size_
     """The z-loss reads a chunk's logits after the loss: they are not given up, and a chunk keeps two buffers.
     A ``chunk_size`` given is kept (and then one buffer holds a chunk)."""
     mode = LiveLargeTensors(CHUNK_BYTES // 4)
-    assert _chunk_rows_seen(monkeypatch, mode, backend="eager", **kwargs) == [4] * 24
+    assert _chunk_rows_seen(monkeypatch, mode, backend="eager", **kwargs) == [4] * 18
     assert "z_loss" in kwargs or mode.most_bytes <= CHUNK_BYTES, mode.most_bytes
 
 
@@ -411,7 +415,7 @@ def test_a_kernel_that_fails_after_writing_over_the_logits_has_the_chunk_made_ag
     monkeypatch.setattr(_fused, "_broken", None)  # restored after the test: the failure disables the engine
     monkeypatch.delenv("POLYFOCAL_STRICT", raising=False)  # and then the eager engine runs the chunks
     with pytest.warns(RuntimeWarning, match="fused engine is unavailable"):
-        assert _chunk_rows_seen(monkeypatch, LiveLargeTensors(1), backend="fused") == [4, 4] + [8] * 11
+        assert _chunk_rows_seen(monkeypatch, LiveLargeTensors(1), backend="fused") == [4, 4] + [8] * 8
 
 
 def test_logits_given_up_are_only_those_the_caller_named():

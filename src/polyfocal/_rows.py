@@ -122,17 +122,19 @@ def _statistics_and_partials(phi: Callable, x: Tensor, t: Tensor, classes: Tenso
     return rows, exp_other, other_coef, target_grad
 
 
-def _statistics_and_partials_over(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor,
-                                  scale: Tensor, params: dict):
-    """:func:`_statistics_and_partials` with ``exp(x_k - m)`` written over ``x`` (in ``dtype``; logits their caller
-    gave up, :func:`logits_given_up`). Its exponentials are two expressions, one summed, one stored, so that
-    the compiled kernel computes them in both loops and holds no logits-sized temporary (one expression
-    with two uses is materialised: a second buffer, the one this saves)."""
+def _rows_and_gradient_over(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor,
+                            scale: Tensor, params: dict) -> Tensor:
+    """The row losses, with their gradient written over ``x`` (in ``dtype``; logits their caller gave up,
+    :func:`logits_given_up`): ``exp(x_k - m) * other_coef`` off the target, ``target_grad`` on it. Its
+    exponentials are two expressions, one summed, one stored with its row's coefficient, so that the compiled
+    kernel computes them in both loops and holds no logits-sized temporary (one expression with two uses is
+    materialised: a second buffer, the one this saves), and no eager pass over the logits is left to do."""
     target, m_other, shifted_t = _row_max(x, t, classes)
     s_other = class_sum(torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0))
     rows, other_coef, target_grad = _row_partials(phi, shifted_t, s_other, factor, scale, params)
-    x.copy_(torch.exp(x - m_other.unsqueeze(1)).masked_fill(target, 0))
-    return rows, other_coef, target_grad
+    other = torch.exp(x - m_other.unsqueeze(1)) * other_coef.unsqueeze(1)
+    x.copy_(torch.where(target, target_grad.unsqueeze(1), other))
+    return rows
 
 
 def _eager_statistics(x: Tensor, at: Tensor, dtype: torch.dtype, over: bool = False):
@@ -187,20 +189,19 @@ def eager_rows(phi: Callable, params: dict, x: Tensor, t: Tensor, factor, dtype:
 def fused_rows(phi: Callable, params: dict, logits: Tensor, t: Tensor, factor, dtype: torch.dtype, scale: Tensor,
                gradient: bool = True, over: bool = False):
     """One compiled pass computes the statistics and writes ``exp(x_k - m)`` into the buffer that
-    becomes the gradient (``over``: the logits themselves), then one in-place multiply by the row
-    coefficient (a vectorised eager op) finishes it: one exponential per element in all (two with
-    ``over``; the gradient too for the values alone: it costs less than a second, values-only kernel
-    would save)."""
+    becomes the gradient, then one in-place multiply by the row coefficient (a vectorised eager op)
+    finishes it: one exponential per element in all (the gradient too for the values alone: it costs
+    less than a second, values-only kernel would save). With ``over`` the kernel writes the whole
+    gradient over the logits themselves (two exponentials per element, one pass fewer over memory)."""
     shape = logits.shape
     x, t, factor = logits.reshape(shape_3d(shape)), rows_3d(t, shape), rows_3d(factor, shape)
     classes, params = class_indices(x.shape[1], x.device), as_tensors(params, scale)
     if over:
-        rows, other_coef, target_grad = _run_over(phi, x, t, classes, dtype, factor, scale, params)
-        exp_other = x
+        rows, grad = _run_over(phi, x, t, classes, dtype, factor, scale, params), x
     else:
         rows, exp_other, other_coef, target_grad = run(_statistics_and_partials, phi, x, t, classes, dtype, factor,
                                                        scale, params)
-    grad = _row_gradient_in_place(exp_other, t.unsqueeze(1), other_coef, target_grad)
+        grad = _row_gradient_in_place(exp_other, t.unsqueeze(1), other_coef, target_grad)
     return rows.reshape(shape[:1] + shape[2:]), grad.reshape(shape)
 
 
@@ -210,12 +211,12 @@ class LogitsWrittenOver(RuntimeError):
 
 
 def _run_over(phi: Callable, x: Tensor, t: Tensor, classes: Tensor, dtype: torch.dtype, factor, scale, params):
-    """:func:`_statistics_and_partials_over`, compiled. A failure before it wrote ``x`` (its compilation) lets the
+    """:func:`_rows_and_gradient_over`, compiled. A failure before it wrote ``x`` (its compilation) lets the
     caller fall back as for any kernel; one after (dynamo ran the frame as Python, then refused it: under a
     dispatch mode, with ``fullgraph``) raises :class:`LogitsWrittenOver`, never a fallback on the gradient."""
     version = x._version
     try:
-        return run(_statistics_and_partials_over, phi, x, t, classes, dtype, factor, scale, params)
+        return run(_rows_and_gradient_over, phi, x, t, classes, dtype, factor, scale, params)
     except Exception as error:
         if x._version != version:
             raise LogitsWrittenOver("the fused kernel failed after writing over the logits given up to it") from error

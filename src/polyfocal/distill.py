@@ -190,15 +190,15 @@ class _DistillationHead:
 def _finish(head, loss: Tensor, grad: Tensor | None, target: Tensor | None, seed: Tensor | None,
             dtype: torch.dtype):
     """The chunk's ``(loss, z-loss, gradient)`` for :func:`polyfocal.linear._chunk_gradients`: ignored rows
-    zeroed, the gradient times ``seed`` (per row, or the mean's scale) in the head's dtype."""
+    zeroed, the gradient times ``seed`` where it is per row (a scalar seed is the caller's to apply), in the
+    head's dtype."""
     if target is not None:
         valid = (target != head.ignore_index).to(loss.dtype)
         loss = loss * valid
         if grad is not None:
             grad.mul_(valid.unsqueeze(1))
     if grad is not None:
-        grad.mul_(seed.unsqueeze(1) if seed.dim() else seed)
-        grad = grad.to(dtype)
+        grad = (grad.mul_(seed.unsqueeze(1)) if seed.dim() else grad).to(dtype)
     loss = loss if head.reduction == "none" else loss.sum()
     return loss, torch.zeros_like(loss), grad
 

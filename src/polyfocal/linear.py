@@ -123,10 +123,10 @@ def _chunk_pass(head: _Head, x: Tensor, t: Tensor, seed: Tensor | None, dtype: t
         if seed is None:
             return loss.detach(), z.detach(), None
         total = loss + z
+        # a seed of 1 hands back the engine's saved gradient itself (no copy; it may be the chunk's logits, written
+        # over); a scalar seed is the caller's to apply (_chunk_gradients)
         (g,) = torch.autograd.grad(total, x, seed.to(total.dtype) if head.reduction == "none" else None)
-    if head.reduction != "none":  # a seed of 1 hands back the engine's saved gradient itself, scaled here in place
-        g = g.detach().mul_(seed.to(g.dtype))  # (no copy; it may be the chunk's logits, written over)
-    return loss.detach(), z.detach(), g.to(dtype)
+    return loss.detach(), z.detach(), g.detach().to(dtype)
 
 
 def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, upstream: Tensor | None,
@@ -134,38 +134,67 @@ def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, 
     """The loss (summed and scaled, or per row), the z-loss, and the gradients of hidden, weight and
     bias, a chunk of rows at a time; ``upstream`` is the upstream gradient (per row for ``reduction="none"``).
     ``head`` is a :class:`_Head` or another head with its ``reduction``, ``scale``, ``chunk`` (rows) and
-    ``run_chunk`` (the distillation heads of :mod:`polyfocal.distill`)."""
+    ``run_chunk`` (the distillation heads of :mod:`polyfocal.distill`). ``run_chunk``'s ``seed`` is None (no
+    gradient), the rows' upstream gradient (``reduction="none"``), which it applies, or a scalar that it leaves
+    to this function, which applies it to the chunk's products with ``hidden`` and ``weight`` (``(n, H)``
+    values, not the chunk's ``(n, V)`` gradient: a pass over memory fewer)."""
     n, per_row = hidden.shape[0], head.reduction == "none"
     accumulate = torch.float32 if weight.dtype != torch.float64 else weight.dtype
     grad_hidden = torch.zeros_like(hidden) if needs[0] else None
     grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs[1] else None
     grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if needs[2] else None
     losses, z_losses = [head.scale.new_zeros(0)], [head.scale.new_zeros(0)]
-    chunk, start = head.chunk, 0
-    out = logits_buffer(min(chunk, n), weight)
-    while start < n:
-        rows = slice(start, min(start + chunk, n))
+    chunk, start, kept = head.chunk, 0, _kept_rows(head, n)
+    count = n if kept is None else kept.numel()
+    factor = None if per_row else head.scale * (1 if upstream is None else upstream)
+    out = logits_buffer(min(chunk, count), weight)
+    while start < count:
+        stop = min(start + chunk, count)
+        rows = slice(start, stop) if kept is None else kept[start:stop]
         h = hidden[rows]
-        seed = None if not any(needs) else upstream[rows] if per_row else head.scale * (
-            1 if upstream is None else upstream)
+        seed = None if not any(needs) else upstream[rows] if per_row else factor
         loss, z, g = head.run_chunk(rows, h, weight, bias, seed, out)
         losses.append(loss.reshape(-1))
         z_losses.append(z.reshape(-1))
-        if needs[0]:
-            grad_hidden[rows] = g @ weight
-        if needs[1]:
-            grad_weight.addmm_(g.T.to(accumulate), h.to(accumulate))
-        if needs[2]:
-            grad_bias += g.sum(0).to(accumulate)
-        start, grows = rows.stop, _grows(head, chunk, g, out)
+        if g is not None:
+            _add_products((grad_hidden, grad_weight, grad_bias), rows, g, h, weight, factor, accumulate)
+        start, grows = stop, _grows(head, chunk, g, out)
         del g  # before the next chunk's logits exist (in ``out``: g may be it, written over)
         if grows:  # the gradient was written over the logits: one buffer where two were budgeted
             chunk, out = 2 * chunk, None
-            out = logits_buffer(min(chunk, n - start), weight)
+            out = logits_buffer(min(chunk, count - start), weight)
     loss, z_loss = torch.cat(losses), torch.cat(z_losses)
+    if per_row and kept is not None:  # the ignored rows' losses are 0
+        loss, z_loss = (v.new_zeros(n).index_copy_(0, kept, v) for v in (loss, z_loss))
     if not per_row:
         loss, z_loss = loss.sum() * head.scale, z_loss.sum() * head.scale
     return loss, z_loss, (grad_hidden, grad_weight, grad_bias)
+
+
+def _kept_rows(head, n: int) -> Tensor | None:
+    """The indices of the rows that count (their target is not the head's ``ignore_index``), or None where all
+    of the ``n`` rows do: an ignored row's loss and gradient are 0 for every loss, so its logits are never
+    made (a share of the matrix products saved as large as the share of ignored rows). One device sync."""
+    target = getattr(head, "target", None)
+    if target is None:
+        return None
+    kept = (target != head.ignore_index).nonzero().squeeze(1)
+    return None if kept.numel() == n else kept
+
+
+def _add_products(grads: tuple, rows: slice, g: Tensor, h: Tensor, weight: Tensor, factor: Tensor | None,
+                  accumulate: torch.dtype) -> None:
+    """Add a chunk's products with its logit gradient ``g`` (times ``factor``, a scalar, where one is given) to
+    the gradients of hidden (its ``rows``), weight and bias (``grads``; None where not wanted), in
+    ``accumulate``'s precision."""
+    grad_hidden, grad_weight, grad_bias = grads
+    scaled = (lambda a: a) if factor is None else (lambda a: a * factor)  # noqa: E731
+    if grad_hidden is not None:
+        grad_hidden[rows] = scaled((g @ weight).to(accumulate)).to(grad_hidden.dtype)
+    if grad_weight is not None:
+        grad_weight.addmm_(g.T.to(accumulate), scaled(h.to(accumulate)))
+    if grad_bias is not None:
+        grad_bias += scaled(g.sum(0).to(accumulate))
 
 
 def _grows(head, chunk: int, g: Tensor | None, out: Tensor | None) -> bool:
