@@ -78,8 +78,11 @@ def _shard_chunks(shard: _Shard, hidden: Tensor, weight: Tensor, bias: Tensor | 
     grads = [torch.zeros_like(hidden, dtype=torch.float32) if needs[0] else None,
              torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None,
              torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if needs[2] else None]
-    for start in range(0, n, shard.chunk):
-        rows = slice(start, min(start + shard.chunk, n))
+    kept = shard.factor.nonzero().squeeze(1)  # the rows that count: the others' loss and gradient are 0
+    every_row = kept.numel() == n
+    for start in range(0, kept.numel(), shard.chunk):
+        stop = min(start + shard.chunk, kept.numel())
+        rows = slice(start, stop) if every_row else kept[start:stop]
         h = hidden[rows]
         x = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
         m, s, z, local = shard.statistics(x, shard.target[rows])
@@ -100,6 +103,8 @@ def _shard_chunks(shard: _Shard, hidden: Tensor, weight: Tensor, bias: Tensor | 
     if needs[0]:
         dist.all_reduce(grads[0], group=shard.group)
     loss = torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
+    if not every_row:
+        loss = loss.new_zeros(n).index_copy_(0, kept, loss)
     return loss, [None if g is None else g.to(t.dtype) for g, t in zip(grads, (hidden, weight, weight))]
 
 
