@@ -3,6 +3,7 @@
     python benchmarks/linear_head.py [--rounds 3] [--threads 2] [--shapes N,H,V ...] [--no-growth] [--no-peak]
                                      [--out FILE]
     python benchmarks/linear_head.py --small [--threads 1]    # ordinary heads: time ratios only
+    python benchmarks/linear_head.py --device cuda [--dtype bfloat16]    # on a GPU (its default there)
 
 For each shape, every implementation takes ``hidden (N, H)``, ``head_weight (V, H)`` and class
 indices (1 in 8 ignored, as padding and prompt tokens are) and runs forward + backward to the gradients of
@@ -72,18 +73,26 @@ IMPLEMENTATIONS = {
 BASELINE = "unfused F.cross_entropy"
 
 
+#: where and in what dtype the inputs are made (``--device``, ``--dtype``): fp32 on the CPU; on a GPU bf16, where
+#: polyfocal's head runs its chunks through the Triton row kernels
+DEVICE = {"device": "cpu", "dtype": torch.float32}
+
+
 def inputs(n: int, h: int, v: int):
     g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(n, h, generator=g).requires_grad_()
-    weight = (torch.randn(v, h, generator=g) / h ** 0.5).requires_grad_()
+    hidden = torch.randn(n, h, generator=g)
+    weight = torch.randn(v, h, generator=g) / h ** 0.5
     target = torch.randint(0, v, (n,), generator=g)
     target[::8] = -100
-    return hidden, weight, target
+    hidden, weight = (t.to(**DEVICE).requires_grad_() for t in (hidden, weight))
+    return hidden, weight, target.to(DEVICE["device"])
 
 
 def step(name: str, hidden, weight, target) -> None:
     loss = IMPLEMENTATIONS[name](hidden, weight, target)
     torch.autograd.grad(loss, (hidden, weight))
+    if hidden.is_cuda:
+        torch.cuda.synchronize()
 
 
 def times(shape, rounds: int) -> dict[str, float]:
@@ -138,9 +147,24 @@ def peak_in_this_process(name: str, shape) -> int:
     return measure_peak(lambda: step(name, *data), sum(t.numel() * t.element_size() for t in data[:2]))
 
 
+def cuda_peak(name: str, shape) -> int:
+    """On a GPU: the allocator's peak during one forward + backward beyond the inputs and the gradients (its
+    statistics are exact, so no fresh process is needed)."""
+    data = inputs(*shape)
+    step(name, *data)
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step(name, *data)
+    return torch.cuda.max_memory_allocated() - before - sum(t.numel() * t.element_size() for t in data[:2])
+
+
 def peak(name: str, shape, module: str = "linear_head") -> int:
     """:func:`peak_in_this_process` of ``module`` (a benchmark beside this one) in a fresh process."""
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import {module} as b; "
+    if DEVICE["device"] != "cpu":
+        return cuda_peak(name, shape)
+    dtype = str(DEVICE["dtype"]).removeprefix("torch.")  # this run's, where the module makes its inputs by DEVICE
+    code = (f"import sys, torch; sys.path.insert(0, {os.path.dirname(__file__)!r}); import {module} as b; "
+            f"getattr(b, 'DEVICE', {{}}).update(dtype=torch.{dtype}); "
             f"print(b.peak_in_this_process({name!r}, {tuple(shape)!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
@@ -170,8 +194,13 @@ def main() -> None:
     parser.add_argument("--no-growth", action="store_true", help="skip the table of peak memory against N")
     parser.add_argument("--no-peak", action="store_true",
                         help="times only (a peak is measured in a fresh process, the same with one thread or two)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="default: float32 on the CPU, bfloat16 on a GPU")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
+    DEVICE.update(device=args.device, dtype=getattr(torch, dtype))
     if args.small:
         for shape in SMALL:
             t = small_times(shape)
@@ -192,7 +221,8 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"machine": platform.processor() or platform.machine(), "threads": args.threads,
-                       "torch": torch.__version__, "results": results, "growth": growth}, f, indent=1)
+                       "device": args.device, "dtype": dtype, "torch": torch.__version__, "results": results,
+                       "growth": growth}, f, indent=1)
 
 
 if __name__ == "__main__":
