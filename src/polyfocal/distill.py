@@ -184,19 +184,13 @@ class _DistillationHead:
             loss, grad = divergence(student_log, teacher_log, self.divergence, self.beta, gradient, *shards, extra)
             del teacher_log
             loss = loss * (t * t) if hard is None else loss * (t * t) + torch.cat(hard)
-            return _finish(self, loss, None if grad is None else grad.mul_(t), target, seed, weight.dtype)
+            return _finish(self, loss, None if grad is None else grad.mul_(t), seed, weight.dtype)
 
 
-def _finish(head, loss: Tensor, grad: Tensor | None, target: Tensor | None, seed: Tensor | None,
-            dtype: torch.dtype):
-    """The chunk's ``(loss, z-loss, gradient)`` for :func:`polyfocal.linear._chunk_gradients`: ignored rows
-    zeroed, the gradient times ``seed`` where it is per row (a scalar seed is the caller's to apply), in the
-    head's dtype."""
-    if target is not None:
-        valid = (target != head.ignore_index).to(loss.dtype)
-        loss = loss * valid
-        if grad is not None:
-            grad.mul_(valid.unsqueeze(1))
+def _finish(head, loss: Tensor, grad: Tensor | None, seed: Tensor | None, dtype: torch.dtype):
+    """The chunk's ``(loss, z-loss, gradient)`` for :func:`polyfocal.linear._chunk_gradients`, which hands a head
+    no ignored row: the gradient times ``seed`` where it is per row (a scalar seed is the caller's to apply),
+    in the head's dtype."""
     if grad is not None:
         grad = (grad.mul_(seed.unsqueeze(1)) if seed.dim() else grad).to(dtype)
     loss = loss if head.reduction == "none" else loss.sum()

@@ -48,8 +48,7 @@ class _TopKHead:
                 student = log_softmax.gather(1, index)
                 grad = log_softmax.exp_().scatter_add_(1, index, -pt)
             loss = _row_dot(pt, log_ratio.sub_(student)) * (t * t)
-            target = None if self.target is None else self.target[rows]
-            return _finish(self, loss, grad.mul_(t) if seed is not None else None, target, seed, weight.dtype)
+            return _finish(self, loss, grad.mul_(t) if seed is not None else None, seed, weight.dtype)
 
 
 def _teacher_topk(values: Tensor, temperature: float) -> tuple[Tensor, Tensor]:

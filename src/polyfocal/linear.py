@@ -144,7 +144,7 @@ def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, 
     grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs[1] else None
     grad_bias = torch.zeros(weight.shape[0], dtype=accumulate, device=weight.device) if needs[2] else None
     losses, z_losses = [head.scale.new_zeros(0)], [head.scale.new_zeros(0)]
-    chunk, start, kept = head.chunk, 0, _kept_rows(head, n)
+    chunk, start, kept = head.chunk, 0, _kept_rows(head)
     count = n if kept is None else kept.numel()
     factor = None if per_row else head.scale * (1 if upstream is None else upstream)
     out = logits_buffer(min(chunk, count), weight)
@@ -164,22 +164,30 @@ def _chunk_gradients(head, hidden: Tensor, weight: Tensor, bias: Tensor | None, 
             chunk, out = 2 * chunk, None
             out = logits_buffer(min(chunk, count - start), weight)
     loss, z_loss = torch.cat(losses), torch.cat(z_losses)
-    if per_row and kept is not None:  # the ignored rows' losses are 0
-        loss, z_loss = (v.new_zeros(n).index_copy_(0, kept, v) for v in (loss, z_loss))
-    if not per_row:
+    if per_row:  # the ignored rows' losses are 0
+        loss, z_loss = spread_rows(loss, kept, n), spread_rows(z_loss, kept, n)
+    else:
         loss, z_loss = loss.sum() * head.scale, z_loss.sum() * head.scale
     return loss, z_loss, (grad_hidden, grad_weight, grad_bias)
 
 
-def _kept_rows(head, n: int) -> Tensor | None:
-    """The indices of the rows that count (their target is not the head's ``ignore_index``), or None where all
-    of the ``n`` rows do: an ignored row's loss and gradient are 0 for every loss, so its logits are never
-    made (a share of the matrix products saved as large as the share of ignored rows). One device sync."""
+def rows_that_count(counts: Tensor) -> Tensor | None:
+    """The indices of the rows where ``counts`` (a mask or a per-row factor) is not 0, or None where every row
+    counts: a row that does not has loss 0 and gradient 0, so the chunk loops never make its logits (a share
+    of the matrix products saved as large as the share of such rows). One device sync."""
+    kept = counts.nonzero().squeeze(1)
+    return None if kept.numel() == counts.numel() else kept
+
+
+def spread_rows(values: Tensor, kept: Tensor | None, n: int) -> Tensor:
+    """Per-row ``values`` of the rows ``kept`` (:func:`rows_that_count`) put back among ``n`` rows, 0 elsewhere."""
+    return values if kept is None else values.new_zeros(n).index_copy_(0, kept, values)
+
+
+def _kept_rows(head) -> Tensor | None:
+    """:func:`rows_that_count` of a head: those whose target is not its ``ignore_index`` (all without a target)."""
     target = getattr(head, "target", None)
-    if target is None:
-        return None
-    kept = (target != head.ignore_index).nonzero().squeeze(1)
-    return None if kept.numel() == n else kept
+    return None if target is None else rows_that_count(target != head.ignore_index)
 
 
 def _add_products(grads: tuple, rows: slice, g: Tensor, h: Tensor, weight: Tensor, factor: Tensor | None,

@@ -24,7 +24,8 @@ from . import _checks
 from ._errors import InputValueError
 from ._reduce import reduction_scale
 from ._softmax_engine import _count
-from .linear import ChunkedFunction, _check_head, chunk_rows, hand_out, no_second_derivatives
+from .linear import (ChunkedFunction, _check_head, chunk_rows, hand_out, no_second_derivatives, rows_that_count,
+                     spread_rows)
 from .registry import declaration, softmax_loss_function
 
 __all__ = ["vocab_parallel_linear_loss"]
@@ -78,11 +79,11 @@ def _shard_chunks(shard: _Shard, hidden: Tensor, weight: Tensor, bias: Tensor | 
     grads = [torch.zeros_like(hidden, dtype=torch.float32) if needs[0] else None,
              torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None,
              torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if needs[2] else None]
-    kept = shard.factor.nonzero().squeeze(1)  # the rows that count: the others' loss and gradient are 0
-    every_row = kept.numel() == n
-    for start in range(0, kept.numel(), shard.chunk):
-        stop = min(start + shard.chunk, kept.numel())
-        rows = slice(start, stop) if every_row else kept[start:stop]
+    kept = rows_that_count(shard.factor)  # a factor of 0: ignored, or a class weighted 0
+    count = n if kept is None else kept.numel()
+    for start in range(0, count, shard.chunk):
+        stop = min(start + shard.chunk, count)
+        rows = slice(start, stop) if kept is None else kept[start:stop]
         h = hidden[rows]
         x = (h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)).float()
         m, s, z, local = shard.statistics(x, shard.target[rows])
@@ -102,9 +103,7 @@ def _shard_chunks(shard: _Shard, hidden: Tensor, weight: Tensor, bias: Tensor | 
             grads[2] += grad.sum(0)
     if needs[0]:
         dist.all_reduce(grads[0], group=shard.group)
-    loss = torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32)
-    if not every_row:
-        loss = loss.new_zeros(n).index_copy_(0, kept, loss)
+    loss = spread_rows(torch.cat(losses) if losses else hidden.new_zeros(0, dtype=torch.float32), kept, n)
     return loss, [None if g is None else g.to(t.dtype) for g, t in zip(grads, (hidden, weight, weight))]
 
 
